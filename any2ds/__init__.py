@@ -1,0 +1,39 @@
+"""any2ds: turn lists of URLs into sharded training datasets, through plugins."""
+
+from any2ds.components import (
+    Component,
+    Distributor,
+    Fetcher,
+    InputSource,
+    NoOptions,
+    Observer,
+    Processor,
+    Reader,
+    ShardWriter,
+    Verifier,
+    Writer,
+    option,
+)
+from any2ds.errors import ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError
+from any2ds.hookspecs import hookimpl
+from any2ds.types import FetchResult, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats
+
+__version__ = "0.1.0"
+
+
+def download(**kwargs):
+    """Run a download; takes img2dataset's ``download()`` arguments (and every plugin's options).
+
+    Returns the run summary (also written to ``<output_folder>/run_summary.json``).
+    """
+    from any2ds.run import download as _download
+
+    return _download(**kwargs)
+
+
+__all__ = [
+    "Component", "ConfigError", "Distributor", "FetchError", "FetchResult", "Fetcher", "InputSource",
+    "Media", "NoOptions", "Observer", "PluginError", "ProcessError", "Processor", "Reader", "Sample",
+    "SampleError", "SampleResult", "Shard", "ShardFailure", "ShardStats", "ShardWriter", "Verifier",
+    "VerifyError", "Writer", "download", "hookimpl", "option",
+]

@@ -1,0 +1,158 @@
+"""The output folder: incremental modes, atomic shard commits, stats files.
+
+A shard is written under ``<out>/_tmp/<shard>-<uuid>/`` and committed by
+renaming each file into place, ``<shard>_stats.json`` last. The stats file
+is the completion marker (as in img2dataset), so a shard is either complete
+or redone by the next incremental run, which overwrites any partial files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import uuid
+from typing import Any
+
+import fsspec
+
+from any2ds.errors import ConfigError
+from any2ds.types import shard_name
+
+TMP_DIR = "_tmp"
+STATS_SUFFIX = "_stats.json"
+SUMMARY_FILE = "run_summary.json"
+_STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
+
+
+class OutputFolder:
+    """The run's output location on any fsspec filesystem."""
+
+    def __init__(self, url: str, oom_shard_count: int) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        if _is_local(self.fs):
+            self.root = os.path.abspath(self.root)
+        self.root = self.root.rstrip("/")
+        self.oom_shard_count = oom_shard_count
+
+    def join(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def done_shards(self) -> set[int]:
+        """Shard ids whose stats file exists (committed shards)."""
+        if not self.fs.exists(self.root):
+            return set()
+        self.fs.invalidate_cache(self.root)
+        done = set()
+        for path in self.fs.ls(self.root, detail=False):
+            match = _STATS_NAME.match(path.rstrip("/").rsplit("/", 1)[-1])
+            if match:
+                done.add(int(match.group(1)))
+        return done
+
+    def prepare(self, mode: str) -> tuple[set[int], int]:
+        """Apply the incremental mode; return (shard ids to skip, id of the first new shard)."""
+        if mode == "overwrite" and self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+        self.fs.makedirs(self.root, exist_ok=True)
+        if self.fs.exists(self.join(TMP_DIR)):
+            # Leftovers of an interrupted run: never committed, safe to drop.
+            self.fs.rm(self.join(TMP_DIR), recursive=True)
+        done = self.done_shards()
+        if mode == "extend":
+            return set(), (max(done) + 1 if done else 0)
+        return done, 0
+
+    def target(self, shard_id: int) -> ShardTarget:
+        return ShardTarget(self, shard_name(shard_id, self.oom_shard_count))
+
+    def read_json(self, name: str) -> Any:
+        path = self.join(name)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "r") as f:
+            return json.load(f)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write ``<out>/<name>`` atomically where the filesystem can rename."""
+        tmp = self.join(f"{TMP_DIR}/{uuid.uuid4().hex}-{name}")
+        self.fs.makedirs(self.join(TMP_DIR), exist_ok=True)
+        with self.fs.open(tmp, "w") as f:
+            json.dump(data, f, indent=4)
+        self.fs.mv(tmp, self.join(name))
+
+    def finish(self) -> None:
+        """Drop the temporary folder (img2dataset left it behind on S3)."""
+        if self.fs.exists(self.join(TMP_DIR)):
+            self.fs.rm(self.join(TMP_DIR), recursive=True)
+
+
+class ShardTarget:
+    """Temporary paths for one shard's files, renamed into place by :meth:`commit`."""
+
+    def __init__(self, folder: OutputFolder, name: str) -> None:
+        self.folder = folder
+        self.fs = folder.fs
+        self.shard_name = name
+        self._tmp_dir = folder.join(f"{TMP_DIR}/{name}-{uuid.uuid4().hex}")
+        self._paths: dict[str, str] = {}
+        self._uploads: dict[str, str] = {}
+        self.fs.makedirs(self._tmp_dir, exist_ok=True)
+
+    def path(self, suffix: str) -> str:
+        """A temporary fsspec path that becomes ``<out>/<shard><suffix>`` on commit.
+
+        ``suffix`` is e.g. ``.tar``; ``""`` names a folder (the files writer).
+        """
+        tmp = f"{self._tmp_dir}/{self.shard_name}{suffix}"
+        self._paths[suffix] = tmp
+        return tmp
+
+    def local_path(self, suffix: str) -> str:
+        """Like :meth:`path`, but a path on the local disk for libraries that cannot
+        write through fsspec (tensorflow); uploaded on commit when the output is remote."""
+        if _is_local(self.fs):
+            return self.path(suffix)
+        handle, local = tempfile.mkstemp(suffix=suffix, prefix=f"any2ds-{self.shard_name}-")
+        os.close(handle)
+        self._uploads[suffix] = local
+        return local
+
+    def commit(self, stats: dict[str, Any]) -> None:
+        """Move every file into place, then write the stats file: the shard is done."""
+        for suffix, local in self._uploads.items():
+            self.fs.put(local, self.path(suffix))
+            os.remove(local)
+        for suffix, tmp in self._paths.items():
+            final = self.folder.join(self.shard_name + suffix)
+            if self.fs.exists(final):  # a partial file from an interrupted run
+                self.fs.rm(final, recursive=True)
+            if self.fs.exists(tmp):
+                self.fs.mv(tmp, final, recursive=True)
+        stats_tmp = f"{self._tmp_dir}/{self.shard_name}{STATS_SUFFIX}"
+        with self.fs.open(stats_tmp, "w") as f:
+            json.dump(stats, f, indent=4)
+        self.fs.mv(stats_tmp, self.folder.join(self.shard_name + STATS_SUFFIX))
+        self.abort()
+
+    def abort(self) -> None:
+        """Remove every temporary file of the shard."""
+        for local in self._uploads.values():
+            if os.path.exists(local):
+                os.remove(local)
+        if self.fs.exists(self._tmp_dir):
+            self.fs.rm(self._tmp_dir, recursive=True)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def check_output_url(url: str) -> None:
+    """Fail early, and clearly, on an output URL fsspec cannot handle."""
+    try:
+        fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"output_folder {url!r}: {exc}") from exc

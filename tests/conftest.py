@@ -1,0 +1,77 @@
+"""Shared fixtures: a corpus of real images and a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.http_server import LocalHTTPServer
+
+# (name, width, height): varied shapes for the resize-geometry tests.
+JPEG_SIZES = [("123_456.jpg", 123, 456), ("456_123.jpg", 456, 123), ("300_500.jpg", 300, 500),
+              ("500_300.jpg", 500, 300), ("1000_100.jpg", 1000, 100), ("64_64.jpg", 64, 64),
+              ("800_600.jpg", 800, 600)]
+
+
+def gradient(width: int, height: int, channels: int = 3, dtype=np.uint8) -> np.ndarray:
+    """A smooth, non-trivial picture (so encoders and resizers have real work)."""
+    y, x = np.mgrid[0:height, 0:width]
+    peak = np.iinfo(dtype).max
+    planes = [(x * peak // max(width - 1, 1)), (y * peak // max(height - 1, 1)),
+              ((x + y) * peak // max(width + height - 2, 1))]
+    return np.stack(planes[:channels], axis=-1).astype(dtype)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def make_image_corpus(root: Path) -> dict[str, tuple[int, int]]:
+    """Write the test images into ``root``; return name -> (width, height) as displayed."""
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for name, w, h in JPEG_SIZES:
+        (root / name).write_bytes(encode(Image.fromarray(gradient(w, h)), "JPEG", quality=90))
+        sizes[name] = (w, h)
+    rgba = gradient(200, 100, 3)
+    alpha = np.full((100, 200, 1), 255, np.uint8)
+    alpha[:, :100] = 0  # left half fully transparent
+    (root / "alpha.png").write_bytes(encode(Image.fromarray(np.concatenate([rgba, alpha], -1), "RGBA"), "PNG"))
+    sizes["alpha.png"] = (200, 100)
+    (root / "gray16.png").write_bytes(encode(Image.fromarray(np.full((50, 80), 40000, np.uint16)), "PNG"))
+    sizes["gray16.png"] = (80, 50)
+    (root / "gray.jpg").write_bytes(encode(Image.fromarray(gradient(90, 60, 1)[..., 0], "L"), "JPEG"))
+    sizes["gray.jpg"] = (90, 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    (root / "rotated.jpg").write_bytes(encode(Image.fromarray(gradient(160, 90)), "JPEG", exif=exif))
+    sizes["rotated.jpg"] = (90, 160)
+    (root / "image.webp").write_bytes(encode(Image.fromarray(gradient(120, 80)), "WEBP"))
+    sizes["image.webp"] = (120, 80)
+    (root / "not_an_image.jpg").write_bytes(b"<html><body>this is not an image</body></html>")
+    return sizes
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    make_image_corpus(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_sizes(image_dir) -> dict[str, tuple[int, int]]:
+    return make_image_corpus(image_dir)
+
+
+@pytest.fixture(scope="session")
+def http_server(image_dir):
+    server = LocalHTTPServer(image_dir)
+    yield server
+    server.close()
