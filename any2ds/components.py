@@ -57,6 +57,10 @@ class Component:
         """Metadata columns this component fills in ``SampleResult.metadata``."""
         return ()
 
+    def check(self) -> None:
+        """Fail at startup (raise ConfigError) if this component cannot run here,
+        e.g. an optional dependency is missing. Called once in the main process."""
+
     def close(self) -> None:
         """Release what the instance holds (sessions, pools); called once per process."""
 
@@ -82,6 +86,9 @@ class Reader(Component):
     """
 
     kind = "reader"
+    # False for formats without column names (txt): only the URL column exists,
+    # other requested columns are null instead of an error.
+    named_columns: ClassVar[bool] = True
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most about ``batch_size`` rows holding ``columns``.
@@ -91,6 +98,10 @@ class Reader(Component):
         with the file's size. A column missing from the file is left out of
         the batches; the core reports it.
         """
+        raise NotImplementedError
+
+    def available_columns(self, source: InputSource) -> list[str]:
+        """The file's column names, read cheaply (header, schema, first record)."""
         raise NotImplementedError
 
 
@@ -119,6 +130,8 @@ class Processor(Component):
     """Turns the fetched bytes into stored media (resize, resample, ...). Thread-safe."""
 
     kind = "processor"
+    # The status of a sample this processor fails without a ProcessError of its own.
+    failure_status: ClassVar[str] = "failed_to_process"
 
     def media_streams(self) -> Sequence[str]:
         """Names of the media streams this processor adds (``jpg``): parquet column names."""

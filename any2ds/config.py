@@ -8,8 +8,9 @@ declaring the same option name is a startup error.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Optional
 
 import attrs
@@ -58,7 +59,9 @@ class CoreOptions:
     fetchers: list[str] = option(["http"], "Fetchers to enable; each URL goes to the one claiming its scheme.")
     verifiers: list[str] = option(["hash"], "Verifiers run on the raw bytes (hash: compute_hash, verify_hash).")
     processors: list[str] = option(["image"], "Processors chained on each sample ([] stores nothing but metadata).")
-    observers: list[str] = option(["progress"], "Observers of the run (progress printing, trackers).")
+    observers: list[str] = option(
+        ["progress", "wandb"], "Observers of the run; wandb logs only with enable_wandb."
+    )
 
     def cpu_threads(self) -> int:
         if self.processing_threads is not None:
@@ -125,16 +128,20 @@ class RunConfig:
         return {**attrs.asdict(self.core), **self.plugin_values}
 
 
+def reject_unknown(host: PluginHost, names: Iterable[str]) -> None:
+    """ConfigError naming every option no core field or registered component declares."""
+    known = CORE_OPTION_NAMES | set(declared_options(host))
+    unknown = sorted(set(names) - known)
+    if unknown:
+        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, n=1)) else repr(u)
+                 for u in unknown]
+        raise ConfigError(f"unknown option(s): {', '.join(hints)}")
+
+
 def build_config(host: PluginHost, values: Mapping[str, Any]) -> RunConfig:
     """Validate already-typed ``values`` (from the CLI, YAML or kwargs) into a RunConfig."""
+    reject_unknown(host, values)
     plugin_options = declared_options(host)
-    unknown = sorted(set(values) - CORE_OPTION_NAMES - set(plugin_options))
-    if unknown:
-        import difflib
-
-        known = sorted(CORE_OPTION_NAMES | set(plugin_options))
-        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, n=1)) else repr(u) for u in unknown]
-        raise ConfigError(f"unknown option(s): {', '.join(hints)}")
     core_values = {k: v for k, v in values.items() if k in CORE_OPTION_NAMES}
     if core_values.get("url_list") in (None, ""):
         raise ConfigError("url_list is required: a file, a folder of input files, or an fsspec URL")

@@ -128,7 +128,13 @@ class ShardTarget:
             final = self.folder.join(self.shard_name + suffix)
             if self.fs.exists(final):  # a partial file from an interrupted run
                 self.fs.rm(final, recursive=True)
-            if self.fs.exists(tmp):
+            if not self.fs.exists(tmp):
+                continue
+            if not _is_local(self.fs) and self.fs.isdir(tmp):
+                # s3fs's recursive mv also tries to copy the folder's own missing key
+                # (fsspec/s3fs#394); a recursive copy skips it, abort() drops the source.
+                self.fs.copy(tmp, final, recursive=True)
+            else:
                 self.fs.mv(tmp, final, recursive=True)
         stats_tmp = f"{self._tmp_dir}/{self.shard_name}{STATS_SUFFIX}"
         with self.fs.open(stats_tmp, "w") as f:

@@ -1,0 +1,5 @@
+import sys
+
+from any2ds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""One download run, from validated options to a summary: the orchestration.
+
+Startup is loud (every option and plugin is checked before any work); the
+run itself contains failures: a sample's becomes its metadata row, a shard's
+is retried ``max_shard_retry`` times and then reported in the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from any2ds.config import RunConfig, build_config
+from any2ds.errors import ConfigError
+from any2ds.manager import PluginHost
+from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
+from any2ds.pipeline import RunPipeline
+from any2ds.sharding import ShardCutter, find_input_files
+from any2ds.types import Shard, ShardFailure, ShardStats
+from any2ds.worker import ShardTask, close_runners
+
+# Changing these between runs changes which rows land in which shard.
+SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_shard_count")
+
+
+def download(**kwargs: Any) -> dict[str, Any]:
+    """``any2ds.download``: type-check the keyword arguments like CLI flags, then run."""
+    from any2ds.cli import parse_kwargs
+
+    host = PluginHost.load()
+    return run(host, parse_kwargs(host, kwargs))
+
+
+def run(host: PluginHost, values: Mapping[str, Any]) -> dict[str, Any]:
+    config = build_config(host, values)
+    return Run(host, config).execute()
+
+
+class Run:
+    def __init__(self, host: PluginHost, config: RunConfig) -> None:
+        self.host = host
+        self.config = config
+        check_output_url(config.core.output_folder)
+        self.pipeline = RunPipeline.build(host, config)
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
+        self.sources = find_input_files(config.core.url_list, config.core.input_format)
+
+    def execute(self) -> dict[str, Any]:
+        core = self.config.core
+        self._check_resume()
+        skip, first_id = self.output.prepare(core.incremental_mode)
+        start = time.time()
+        self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
+        cutter = ShardCutter(self.pipeline.reader, self.sources, self.pipeline.samples.input_columns(),
+                             core.number_sample_per_shard, skip, first_id)
+        task = ShardTask(self.config)
+        totals = _Totals()
+        for observer in self.pipeline.observers:
+            observer.run_started(self.config)
+        try:
+            failed = self._run_round(cutter, task, totals)
+            for _round in range(core.max_shard_retry):
+                if not failed:
+                    break
+                failed = self._run_round(list(failed.values()), task, totals)
+        finally:
+            close_runners()
+            self.pipeline.close()
+        summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
+        self.output.write_json(SUMMARY_FILE, summary)
+        self.output.finish()
+        for observer in self.pipeline.observers:
+            observer.run_completed(summary)
+        return summary
+
+    def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: _Totals) -> dict[int, Shard]:
+        """Run ``shards``; return the ones that failed, by id, for the next round."""
+        in_flight: dict[int, Shard] = {}
+        failed: dict[int, Shard] = {}
+
+        def tracked() -> Iterator[Shard]:
+            for shard in shards:
+                in_flight[shard.shard_id] = shard
+                yield shard
+
+        for outcome in self.pipeline.distributor.run(tracked(), task, self.config):
+            shard = in_flight.pop(outcome.shard_id)
+            if isinstance(outcome, ShardFailure):
+                failed[outcome.shard_id] = shard
+                for observer in self.pipeline.observers:
+                    observer.shard_failed(outcome)
+            else:
+                totals.add(outcome)
+                for observer in self.pipeline.observers:
+                    observer.shard_completed(outcome)
+        return failed
+
+    def _check_resume(self) -> None:
+        """Refuse to resume into an output made with other sharding options (rows would move)."""
+        if self.config.core.incremental_mode != "incremental":
+            return
+        previous = self.output.read_json(SUMMARY_FILE)
+        if not previous or not self.output.done_shards():
+            return
+        before = previous.get("config", {})
+        now = self.config.as_dict()
+        changed = [k for k in SHARDING_OPTIONS if k in before and before[k] != now[k]]
+        if changed:
+            raise ConfigError(
+                f"output_folder {self.config.core.output_folder!r} was made with other "
+                + ", ".join(f"{k} ({before[k]!r}, now {now[k]!r})" for k in changed)
+                + "; resuming would shift rows between shards. Use the same options, "
+                "incremental_mode=overwrite, or another output_folder."
+            )
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.count = 0
+        self.successes = 0
+        self.shards = 0
+        self.statuses: Counter[str] = Counter()
+        self.error_types: Counter[str] = Counter()
+
+    def add(self, stats: ShardStats) -> None:
+        self.shards += 1
+        self.count += stats.count
+        self.successes += stats.successes
+        self.statuses.update(stats.statuses)
+        self.error_types.update(stats.error_types)
+
+    def summary(self, start: float, end: float, skipped: int, failed: Mapping[int, Shard],
+                config: RunConfig) -> dict[str, Any]:
+        return {
+            "state": "failed_shards" if failed else "done",
+            "count": self.count,
+            "successes": self.successes,
+            "statuses": dict(self.statuses),
+            "error_types": dict(self.error_types.most_common()),
+            "shards_done": self.shards,
+            "shards_skipped": skipped,
+            "shards_failed": sorted(failed),
+            "start_time": start,
+            "end_time": end,
+            "duration": end - start,
+            "samples_per_sec": self.count / max(end - start, 1e-9),
+            "config": config.as_dict(),
+        }

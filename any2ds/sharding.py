@@ -1,0 +1,120 @@
+"""Cutting the input into shards, streaming: memory does not grow with the input.
+
+As in img2dataset, each input file is cut into ``ceil(rows / number_sample_per_shard)``
+shards (the last one short, files never merged) and shard ids continue
+across the files in sorted order, so keys are the same from run to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import fsspec
+import pyarrow as pa
+
+from any2ds.components import InputSource, Reader
+from any2ds.errors import ConfigError
+from any2ds.types import Shard
+
+READ_BATCH_ROWS = 8192
+
+
+def split_input_format(input_format: str) -> tuple[str, str | None]:
+    """``csv.gz`` -> (``csv``, ``gzip``); ``csv`` -> (``csv``, None)."""
+    if input_format.endswith(".gz"):
+        return input_format[: -len(".gz")], "gzip"
+    return input_format, None
+
+
+def find_input_files(url_list: str, input_format: str) -> list[InputSource]:
+    """The input files: ``url_list`` itself, or the sorted ``*.<input_format>`` files of a folder."""
+    _reader, compression = split_input_format(input_format)
+    try:
+        fs, path = fsspec.core.url_to_fs(url_list)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"url_list {url_list!r}: {exc}") from exc
+    try:
+        exists = fs.exists(path)
+        is_dir = exists and fs.isdir(path)
+    except OSError as exc:
+        raise ConfigError(f"url_list {url_list!r} cannot be read: {exc}") from exc
+    if not exists:
+        raise ConfigError(f"url_list {url_list!r} does not exist")
+    if not is_dir:
+        return [InputSource(path, fs, compression)]
+    files = sorted(p for p in fs.glob(f"{path.rstrip('/')}/*.{input_format}") if fs.isfile(p))
+    if not files:
+        raise ConfigError(f"url_list {url_list!r} is a folder with no *.{input_format} file")
+    return [InputSource(p, fs, compression) for p in files]
+
+
+class ShardCutter:
+    """Reads every input file through ``reader`` and yields shards of ``rows_per_shard`` rows.
+
+    ``columns`` are the input columns to read, the URL column first. Shards whose
+    id is in ``skip`` are read past but not yielded; ``first_id`` offsets every id
+    (extend mode).
+    """
+
+    def __init__(self, reader: Reader, sources: Sequence[InputSource], columns: Sequence[str],
+                 rows_per_shard: int, skip: set[int] = frozenset(), first_id: int = 0) -> None:
+        self.reader = reader
+        self.sources = sources
+        self.columns = list(dict.fromkeys(columns))
+        self.rows_per_shard = rows_per_shard
+        self.skip = skip
+        self.first_id = first_id
+
+    def __iter__(self) -> Iterator[Shard]:
+        shard_id = self.first_id
+        for source in self.sources:
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            for batch in self._batches(source):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= self.rows_per_shard:
+                    table = pa.Table.from_batches(pending)
+                    rows, rest = table.slice(0, self.rows_per_shard), table.slice(self.rows_per_shard)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+                    if shard_id not in self.skip:
+                        yield Shard(shard_id, _compact(rows), source.path)
+                    shard_id += 1
+            if pending_rows:
+                if shard_id not in self.skip:
+                    yield Shard(shard_id, _compact(pa.Table.from_batches(pending)), source.path)
+                shard_id += 1
+
+    def _batches(self, source: InputSource) -> Iterator[pa.RecordBatch]:
+        """The file's batches, every requested column present and in order."""
+        checked = False
+        for batch in self.reader.read(source, self.columns, READ_BATCH_ROWS):
+            if not checked:
+                self._check_columns(source, batch.schema.names)
+                checked = True
+            if batch.num_rows:
+                yield _with_columns(batch, self.columns)
+
+    def _check_columns(self, source: InputSource, present: Sequence[str]) -> None:
+        required = self.columns if self.reader.named_columns else self.columns[:1]
+        missing = [c for c in required if c not in present]
+        if missing:
+            try:
+                available = self.reader.available_columns(source)
+            except Exception:  # only used to word the error
+                available = list(present)
+            raise ConfigError(
+                f"input file {source.path}: column(s) {', '.join(map(repr, missing))} not found; "
+                f"its columns are: {', '.join(map(repr, available))} (check url_col, caption_col, "
+                f"save_additional_columns)"
+            )
+
+
+def _with_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
+    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows, pa.string()) for c in columns]
+    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
+def _compact(table: pa.Table) -> pa.Table:
+    """A copy holding only the shard's rows: a slice would pickle its parent's buffers."""
+    return table.take(pa.array(range(table.num_rows), pa.int64()))

@@ -1,0 +1,155 @@
+"""Running one shard inside a worker process.
+
+Fetching runs on ``thread_count`` threads; the CPU-heavy part of each sample
+(verify, decode, resize, encode) runs on the same threads but at most
+``processing_threads`` at a time, so every core decodes in parallel (Pillow,
+OpenCV and hashlib release the GIL) without hundreds of threads fighting for
+them. The shard's own thread only writes, so writers need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from urllib.parse import urlsplit
+
+from any2ds.config import RunConfig
+from any2ds.errors import FetchError, SampleError
+from any2ds.manager import PluginHost
+from any2ds.output import OutputFolder
+from any2ds.pipeline import SamplePipeline
+from any2ds.types import Sample, SampleResult, Shard, ShardStats, make_key
+
+
+class ShardRunner:
+    """Runs shards for one process: plugins, thread pool and output built once, reused per shard."""
+
+    def __init__(self, config: RunConfig, host: PluginHost | None = None) -> None:
+        self.config = config
+        self.pipeline = SamplePipeline.build(host or PluginHost.load(), config)
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
+        self._fetch_threads = ThreadPoolExecutor(config.core.thread_count, thread_name_prefix="any2ds-fetch")
+        self._cpu_slots = threading.BoundedSemaphore(config.core.cpu_threads())
+
+    def run(self, shard: Shard) -> ShardStats:
+        """Fetch, process and write every row of ``shard``, then commit it atomically."""
+        start = time.time()
+        layout = self.pipeline.layout(shard.rows.schema)
+        target = self.output.target(shard.shard_id)
+        writer = None
+        statuses: Counter[str] = Counter()
+        messages: Counter[str] = Counter()
+        error_types: Counter[str] = Counter()
+        try:
+            writer = self.pipeline.writer.open_shard(target, layout)
+            for result in self._results(shard):
+                writer.write(result)
+                statuses[result.status] += 1
+                messages[result.error_message if result.error_message is not None else result.status] += 1
+                if result.error_type:
+                    error_types[result.error_type] += 1
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            target.abort()
+            raise
+        stats = ShardStats(shard_id=shard.shard_id, count=len(shard), successes=statuses["success"],
+                           status_dict=dict(messages), error_types=dict(error_types), statuses=dict(statuses),
+                           start_time=start, end_time=time.time())
+        target.commit(stats.to_json())
+        return stats
+
+    def _samples(self, shard: Shard):
+        core = self.config.core
+        url_col, caption_col = core.url_col, core.caption_col
+        for index, row in enumerate(shard.rows.to_pylist()):
+            url = row.pop(url_col)
+            caption = row.pop(caption_col) if caption_col else None
+            yield Sample(key=make_key(shard.shard_id, index, core.number_sample_per_shard, core.oom_shard_count),
+                         shard_id=shard.shard_id, index=index, url=url,
+                         caption=None if caption is None else str(caption), columns=row)
+
+    def _results(self, shard: Shard):
+        """Sample results in completion order; at most 2 x thread_count samples in flight."""
+        window = 2 * self.config.core.thread_count
+        pending: set[Future[SampleResult]] = set()
+        for sample in self._samples(shard):
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+            pending.add(self._fetch_threads.submit(self.process_sample, sample))
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)
+
+    def process_sample(self, sample: Sample) -> SampleResult:
+        """Fetch, verify and process one sample; any failure becomes the result's status."""
+        result = SampleResult(sample)
+        stage_status = "failed_to_download"
+        try:
+            fetcher = self._fetcher_for(sample.url)
+            fetched = fetcher.fetch(sample)
+            with self._cpu_slots:
+                for verifier in self.pipeline.verifiers:
+                    result.metadata.update(verifier.verify(sample, fetched))
+                for processor in self.pipeline.processors:
+                    stage_status = processor.failure_status
+                    processor.process(fetched, result)
+        except SampleError as error:
+            return _failed(sample, error.status, error.message, error.error_type)
+        except Exception as error:  # a plugin bug must cost one sample, not the shard
+            return _failed(sample, stage_status, str(error) or type(error).__name__, type(error).__name__)
+        return result
+
+    def _fetcher_for(self, url: str | None):
+        if url is None or not str(url).strip():
+            raise FetchError("missing url", error_type="MissingURL")
+        scheme = urlsplit(str(url).strip()).scheme.lower()
+        fetcher = self.pipeline.fetchers.get(scheme)
+        if fetcher is None:
+            enabled = ", ".join(sorted(self.pipeline.fetchers)) or "none"
+            raise FetchError(f"unsupported URL scheme {scheme!r} (enabled: {enabled})", error_type="UnsupportedScheme")
+        return fetcher
+
+    def close(self) -> None:
+        self._fetch_threads.shutdown(wait=True, cancel_futures=True)
+        self.pipeline.close()
+
+
+def _failed(sample: Sample, status: str, message: str, error_type: str) -> SampleResult:
+    return SampleResult(sample, status=status, error_message=message, error_type=error_type)
+
+
+_RUNNERS: dict[str, ShardRunner] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+class ShardTask:
+    """The picklable unit a distributor ships: the config, rebuilt into a runner per process."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._config_id = hashlib.sha256(pickle.dumps(config)).hexdigest()
+
+    def runner(self) -> ShardRunner:
+        with _RUNNERS_LOCK:
+            runner = _RUNNERS.get(self._config_id)
+            if runner is None:
+                runner = _RUNNERS[self._config_id] = ShardRunner(self.config)
+            return runner
+
+    def __call__(self, shard: Shard) -> ShardStats:
+        return self.runner().run(shard)
+
+
+def close_runners() -> None:
+    """Close every runner of this process (end of run, or worker shutdown)."""
+    with _RUNNERS_LOCK:
+        for runner in _RUNNERS.values():
+            runner.close()
+        _RUNNERS.clear()

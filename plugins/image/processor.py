@@ -1,0 +1,359 @@
+"""The ``image`` processor: img2dataset's decode, filter, blur, resize and encode.
+
+Output geometry, filters, messages and metadata match img2dataset (reference
+section 5); the pixels are corrected where img2dataset is wrong:
+
+- the header is read first, and images over ``max_image_pixels`` are refused
+  before any pixel is decoded (decompression-bomb guard);
+- large JPEGs are decoded at reduced resolution when the target is much
+  smaller (Pillow ``draft``); the output size is unchanged;
+- EXIF orientation is applied, 16-bit images are scaled to 8 bit, every kind
+  of transparency is composited on white, truncated files are rejected;
+- the bbox blur has its pre-1.46 strength (see ``blur.py``);
+- ``disable_all_reencoding`` stores the bytes under their real extension.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Optional, get_args
+
+import attrs
+import cv2
+import exifread
+import numpy as np
+import pyarrow as pa
+from PIL import ExifTags, Image, ImageOps
+
+from any2ds.components import Processor, option
+from any2ds.errors import ProcessError
+from any2ds.hookspecs import hookimpl
+from any2ds.types import FetchResult, Media, SampleResult
+from any2ds_plugins.image.blur import blur_boxes
+from any2ds_plugins.image.geometry import (
+    INTERPOLATION_FLAGS,
+    RESIZE_MODES,
+    Interpolation,
+    ResizeMode,
+    ResizePlan,
+    crop_or_pad,
+    plan_resize,
+    scale,
+)
+
+# This processor enforces its own pixel limit (max_image_pixels) before decoding;
+# Pillow's fixed-limit warning would only repeat it, once per worker process.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# exifread logs a warning for every image without EXIF (every PNG and WebP): noise at dataset scale.
+logging.getLogger("exifread").setLevel(logging.ERROR)
+
+EncodeFormat = Literal["jpg", "png", "webp"]
+ENCODE_FORMATS: tuple[str, ...] = get_args(EncodeFormat)
+
+FAILED_TO_RESIZE = "failed_to_resize"
+DECODING_ERROR = "Image decoding error"
+ENCODE_PARAMETERS = {"jpg": cv2.IMWRITE_JPEG_QUALITY, "png": cv2.IMWRITE_PNG_COMPRESSION,
+                     "webp": cv2.IMWRITE_WEBP_QUALITY}
+
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's default hard limit: 2 x PIL.Image.MAX_IMAGE_PIXELS
+
+# Pillow format name -> file extension, where the first one Pillow registers is not the usual one.
+USUAL_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+                    "TIFF": "tiff", "ICO": "ico", "AVIF": "avif", "JPEG2000": "jp2"}
+
+ORIENTATION = ExifTags.Base.Orientation
+REORIENTING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations exif_transpose acts on
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # those that swap width and height
+NATIVE_MODES = ("RGB", "L")  # stored as decoded: 3-channel colour, or 1-channel grayscale like img2dataset
+GRAY_MODES = ("1", "L", "LA", "La")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be greater than 0, got {value!r}")
+
+
+def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be 0 or more, got {value!r}")
+
+
+def _at_least_one(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value >= 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
+
+
+def _one_of(choices: Sequence[str]) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ImageOptions:
+    """Options of the image processor (img2dataset's names and defaults, plus max_image_pixels)."""
+
+    image_size: int = option(256, "Target size in pixels; what it means depends on resize_mode.", _positive)
+    resize_mode: ResizeMode = option(
+        "border",
+        "no: keep the size; keep_ratio: smallest side to image_size; keep_ratio_largest: longest side to "
+        "image_size; center_crop: keep_ratio then a centred square crop; border: keep_ratio_largest then "
+        "white padding to a square.",
+        _one_of(RESIZE_MODES),
+    )
+    resize_only_if_bigger: bool = option(
+        False, "Resize only images whose fitted side is larger than image_size; leave smaller ones untouched."
+    )
+    upscale_interpolation: Interpolation = option(
+        "lanczos", "Interpolation when enlarging: nearest, linear, cubic, area or lanczos.",
+        _one_of(tuple(INTERPOLATION_FLAGS)),
+    )
+    downscale_interpolation: Interpolation = option(
+        "area", "Interpolation when shrinking: nearest, linear, cubic, area or lanczos.",
+        _one_of(tuple(INTERPOLATION_FLAGS)),
+    )
+    encode_quality: int = option(
+        95, "JPEG/WebP quality (0-100; WebP above 100 is lossless); for png the compression level 0-9."
+    )
+    encode_format: EncodeFormat = option(
+        "jpg", "Stored format: jpg, png or webp; also the extension and the parquet column name.",
+        _one_of(ENCODE_FORMATS),
+    )
+    skip_reencode: bool = option(
+        False, "Keep the original bytes when the image needs no change and is already in encode_format."
+    )
+    disable_all_reencoding: bool = option(
+        False, "Store the downloaded bytes untouched (no resize, no blur) under their real extension."
+    )
+    min_image_size: int = option(0, "Refuse images whose smallest side is below this.", _non_negative)
+    max_image_area: float = option(float("inf"), "Refuse images with more pixels (width x height) than this.",
+                                   _positive)
+    max_aspect_ratio: float = option(float("inf"), "Refuse images whose longest/shortest side ratio exceeds this.",
+                                     _at_least_one)
+    max_image_pixels: int = option(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "Decompression-bomb guard: refuse, before decoding, images (and resize outputs) with more pixels "
+        "than this. Pillow itself refuses above 2 x PIL.Image.MAX_IMAGE_PIXELS.",
+        _positive,
+    )
+    bbox_col: Optional[str] = option(
+        None, "Input column of [x0, y0, x1, y1] boxes (fractions of the image) to blur; saved in the metadata."
+    )
+    extract_exif: bool = option(True, "Add an exif column: the original image's EXIF tags as a JSON string.")
+
+    def __attrs_post_init__(self) -> None:
+        """Checks that involve two options."""
+        lowest, highest = {"jpg": (0, 100), "png": (0, 9), "webp": (1, None)}[self.encode_format]
+        if self.encode_quality < lowest or (highest is not None and self.encode_quality > highest):
+            allowed = f"{lowest}-{highest}" if highest is not None else f"{lowest} or more"
+            what = "compression level" if self.encode_format == "png" else "quality"
+            raise ValueError(
+                f"encode_quality is the {self.encode_format} {what} and must be {allowed}, got {self.encode_quality}"
+            )
+        if self.bbox_col is not None and self.disable_all_reencoding:
+            raise ValueError("bbox_col blurs images, which disable_all_reencoding forbids; unset one of them")
+
+
+class ImageProcessor(Processor):
+    """Decodes an image, filters it, blurs its boxes, resizes and re-encodes it (thread-safe)."""
+
+    name = "image"
+    Options = ImageOptions
+    failure_status = FAILED_TO_RESIZE  # also for unexpected errors (cv2, numpy), as img2dataset counts them
+
+    options: ImageOptions
+
+    def read_columns(self) -> Sequence[str]:
+        return (self.options.bbox_col,) if self.options.bbox_col else ()
+
+    def kept_columns(self) -> Sequence[str]:
+        return self.read_columns()
+
+    def media_streams(self) -> Sequence[str]:
+        return [self.options.encode_format]
+
+    def metadata_fields(self) -> Sequence[pa.Field]:
+        fields = [pa.field(name, pa.int32()) for name in ("width", "height", "original_width", "original_height")]
+        if self.options.extract_exif:
+            fields.append(pa.field("exif", pa.string()))
+        return fields
+
+    def process(self, fetched: FetchResult, result: SampleResult) -> None:
+        """Store the processed image under ``encode_format`` with its sizes (and EXIF); raise ProcessError."""
+        boxes = self._bounding_boxes(result)
+        with _open_header(fetched.body, self.options.max_image_pixels) as image:
+            self._check_source_size(*image.size)
+            if self.options.disable_all_reencoding:
+                media = Media(fetched.body, _extension_of(image.format))
+                output_size = original_size = image.size
+            else:
+                media, output_size, original_size = self._transcode(image, fetched.body, boxes)
+        result.media[self.options.encode_format] = media
+        result.metadata.update(width=output_size[0], height=output_size[1],
+                               original_width=original_size[0], original_height=original_size[1])
+        if self.options.extract_exif:
+            result.metadata["exif"] = _exif_json(fetched.body)
+
+    def _bounding_boxes(self, result: SampleResult) -> np.ndarray | None:
+        """The sample's boxes as an (N, 4) float array, or None when there is nothing to blur."""
+        if not self.options.bbox_col:
+            return None
+        value = result.sample.columns.get(self.options.bbox_col)
+        if value is None or len(value) == 0:
+            return None
+        try:
+            return np.asarray(value, dtype=np.float64).reshape(-1, 4)
+        except (TypeError, ValueError) as exc:
+            message = f"bbox_col {self.options.bbox_col!r} must hold [x0, y0, x1, y1] boxes"
+            raise _failure(message, "InvalidBoxes") from exc
+
+    def _check_source_size(self, width: int, height: int) -> None:
+        """The bomb guard, then img2dataset's filters in its order (all invariant under rotation)."""
+        options = self.options
+        if width * height > options.max_image_pixels:
+            raise _too_large(options.max_image_pixels)
+        if min(width, height) < options.min_image_size:
+            raise _failure("image too small", "FilteredOut")
+        if width * height > options.max_image_area:
+            raise _failure("image area too large", "FilteredOut")
+        if max(width, height) / max(min(width, height), 1) > options.max_aspect_ratio:
+            raise _failure("aspect ratio too large", "FilteredOut")
+
+    def _plan(self, width: int, height: int) -> ResizePlan:
+        """img2dataset's geometry for a source of this displayed size, its output bounded by max_image_pixels."""
+        options = self.options
+        plan = plan_resize(width, height, image_size=options.image_size, resize_mode=options.resize_mode,
+                           resize_only_if_bigger=options.resize_only_if_bigger,
+                           downscale_interpolation=options.downscale_interpolation,
+                           upscale_interpolation=options.upscale_interpolation)
+        scaled_width, scaled_height = plan.scaled_size
+        if scaled_width * scaled_height > options.max_image_pixels:
+            raise _failure(f"resized image too large (more than max_image_pixels={options.max_image_pixels} pixels)",
+                           "TooLarge")
+        return plan
+
+    def _transcode(self, image: Image.Image, body: bytes,
+                   boxes: np.ndarray | None) -> tuple[Media, tuple[int, int], tuple[int, int]]:
+        """Decode, blur, resize and encode; return the media, output size and displayed source size."""
+        options = self.options
+        try:
+            orientation = image.getexif().get(ORIENTATION, 1)
+            stored_width, stored_height = image.size
+            original_size = ((stored_height, stored_width) if orientation in TRANSPOSING_ORIENTATIONS
+                             else (stored_width, stored_height))
+            plan = self._plan(*original_size)
+            shrink_to = plan.shrink_on_load_size()
+            if shrink_to is not None and image.format in ("JPEG", "MPO"):
+                stored_shrink = shrink_to[::-1] if orientation in TRANSPOSING_ORIENTATIONS else shrink_to
+                image.draft(image.mode, stored_shrink)
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            pixels, converted = _to_array(image)
+        except ProcessError:
+            raise
+        except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
+            raise _failure(DECODING_ERROR, "DecodeError") from exc
+
+        pixels = scale(pixels, plan)
+        if boxes is not None:
+            pixels = blur_boxes(pixels, boxes)
+        pixels = crop_or_pad(pixels, plan)
+
+        reoriented = orientation in REORIENTING_ORIENTATIONS
+        unchanged = not (converted or reoriented or plan.changes_geometry or boxes is not None)
+        if options.skip_reencode and unchanged and _extension_of(image.format) == options.encode_format:
+            data = body
+        else:
+            data = _encode(pixels, options.encode_format, options.encode_quality)
+        return Media(data, options.encode_format), plan.output_size, original_size
+
+
+def _open_header(body: bytes, max_image_pixels: int) -> Image.Image:
+    """Open ``body`` lazily: only the header is parsed, no pixel is decoded.
+
+    Pillow's own hard limit applies here, before ours; report it like ours.
+    """
+    try:
+        return Image.open(io.BytesIO(body))
+    except Image.DecompressionBombError as exc:
+        raise _too_large(max_image_pixels) from exc
+    except Exception as exc:
+        raise _failure(DECODING_ERROR, "DecodeError") from exc
+
+
+def _failure(message: str, error_type: str) -> ProcessError:
+    """A failed sample: img2dataset's status and message, plus an error class for any2ds's stats."""
+    return ProcessError(message, status=FAILED_TO_RESIZE, error_type=error_type)
+
+
+def _too_large(limit: int) -> ProcessError:
+    """The bomb-guard failure; one fixed message per run, so status counters stay small."""
+    return _failure(f"image too large to decode (more than max_image_pixels={limit} pixels)", "TooLarge")
+
+
+def _to_array(image: Image.Image) -> tuple[np.ndarray, bool]:
+    """The decoded image as uint8 RGB (H, W, 3) or grayscale (H, W); and whether its pixels were converted.
+
+    16-bit values are scaled to 8 bit (img2dataset saturated them to white);
+    transparency of any kind (alpha channel, palette or tRNS) is composited
+    on white; other modes (CMYK, P, YCbCr, ...) become RGB.
+    """
+    mode = image.mode
+    if mode in NATIVE_MODES and "transparency" not in image.info:
+        return np.asarray(image), False
+    if mode in SIXTEEN_BIT_MODES:  # round(v / 257) in integers: 65535 -> 255
+        values = np.asarray(image).clip(0, 65535).astype(np.uint32)
+        return ((values + 128) // 257).astype(np.uint8), True
+    if mode in ALPHA_MODES or "transparency" in image.info:
+        gray = mode in GRAY_MODES
+        with_alpha = np.asarray(image.convert("LA" if gray else "RGBA")).astype(np.uint16)
+        colour, alpha = with_alpha[..., :-1], with_alpha[..., -1:]
+        # img2dataset's rint(colour * alpha / 255 + 255 - alpha), exactly, in 16-bit integers.
+        composited = ((colour * alpha + 127) // 255 + 255 - alpha).astype(np.uint8)
+        return (composited[..., 0] if gray else composited), True
+    if mode == "1":
+        return np.asarray(image.convert("L")), True
+    return np.asarray(image.convert("RGB")), True
+
+
+def _encode(pixels: np.ndarray, encode_format: str, quality: int) -> bytes:
+    """cv2-encode RGB or grayscale pixels with only the quality/compression parameter, like img2dataset."""
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    try:
+        ok, encoded = cv2.imencode(f".{encode_format}", pixels, [ENCODE_PARAMETERS[encode_format], quality])
+    except cv2.error as exc:  # e.g. WebP's 16383-pixel side limit
+        raise _failure("Image encoding error", "EncodeError") from exc
+    if not ok:
+        raise _failure("Image encoding error", "EncodeError")
+    return encoded.tobytes()
+
+
+def _extension_of(pil_format: str) -> str:
+    """The usual file extension of a format Pillow detected (``JPEG`` -> ``jpg``)."""
+    if pil_format in USUAL_EXTENSIONS:
+        return USUAL_EXTENSIONS[pil_format]
+    registered = [ext for ext, fmt in Image.registered_extensions().items() if fmt == pil_format]
+    return registered[0].lstrip(".") if registered else pil_format.lower()
+
+
+def _exif_json(body: bytes) -> str | None:
+    """img2dataset's exif column: the original bytes' EXIF tags as JSON, ``"{}"`` if none, None if unreadable."""
+    try:
+        tags = exifread.process_file(io.BytesIO(body), details=False)
+    except Exception:  # exifread fails in many ways on odd files; img2dataset stores null then
+        return None
+    return json.dumps({tag: str(value).strip() for tag, value in tags.items() if value is not None})
+
+
+@hookimpl
+def any2ds_register_processors(register: Callable[[type[Processor]], None]) -> None:
+    register(ImageProcessor)

@@ -1,0 +1,87 @@
+"""The default distributor: shards run on ``processes_count`` local worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from any2ds.components import Distributor, ShardTask
+from any2ds.config import RunConfig
+from any2ds.hookspecs import hookimpl
+from any2ds.types import Shard, ShardFailure, ShardStats
+
+
+class MultiprocessingDistributor(Distributor):
+    """Runs shards on spawned processes; a dead worker fails only the shards it held.
+
+    Shards are read from the input only a few at a time (two per process), so
+    the input is never held in memory. Processes are spawned, not forked, so
+    fetch threads and sockets of the parent are never inherited; scripts
+    calling ``any2ds.download`` therefore need an ``if __name__ == "__main__"``
+    guard, as with any spawned multiprocessing.
+    """
+
+    name = "multiprocessing"
+
+    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+        processes = config.core.processes_count
+        window = 2 * processes
+        pool = _new_pool(processes)
+        pending: dict[Future[ShardStats], int] = {}
+        try:
+            for shard in shards:
+                while len(pending) >= window:
+                    outcomes, pool = self._collect(pending, pool, processes)
+                    yield from outcomes
+                pending[pool.submit(task, shard)] = shard.shard_id
+            while pending:
+                outcomes, pool = self._collect(pending, pool, processes)
+                yield from outcomes
+        except BaseException:
+            _kill(pool)
+            raise
+        pool.shutdown(wait=True)
+
+    @staticmethod
+    def _collect(pending: dict[Future[ShardStats], int], pool: ProcessPoolExecutor,
+                 processes: int) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        outcomes: list[ShardStats | ShardFailure] = []
+        broken = False
+        for future in done:
+            shard_id = pending.pop(future)
+            try:
+                outcomes.append(future.result())
+            except BrokenProcessPool as exc:
+                broken = True
+                outcomes.append(ShardFailure(shard_id, f"worker process died: {exc}"))
+            except Exception as exc:
+                outcomes.append(ShardFailure(shard_id, f"{type(exc).__name__}: {exc}"))
+        if broken:  # every other future of the dead pool fails too; start a fresh pool
+            for future, shard_id in list(pending.items()):
+                outcomes.append(ShardFailure(shard_id, "worker pool restarted after a worker died"))
+                del pending[future]
+            _kill(pool)
+            pool = _new_pool(processes)
+        return outcomes, pool
+
+
+def _new_pool(processes: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop at once: terminate workers instead of waiting for their shards."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public API lists them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
+@hookimpl
+def any2ds_register_distributors(register):
+    register(MultiprocessingDistributor)

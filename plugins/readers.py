@@ -1,0 +1,726 @@
+"""Built-in input readers: txt, csv, tsv, json, jsonl and parquet.
+
+Every reader streams its file: memory stays bounded by one block (or row
+group) plus one output batch, whatever the file's size. img2dataset loaded
+each input file whole, with every column, which crashed large runs at
+start-up (#338).
+
+A file that is not what its format says raises :class:`ConfigError` with one
+line naming the file and, where known, the line; no raw pyarrow traceback
+gets out.
+
+Every reader also has ``available_columns(source)``: the file's column names,
+found cheaply (header, schema, first records), so that the core can report a
+requested column that is missing together with the columns that exist.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, islice
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from any2ds.components import InputSource, Reader
+from any2ds.errors import ConfigError
+from any2ds.hookspecs import hookimpl
+
+SNIFF_BYTES = 64 * 1024
+"""Bytes looked at to tell text from binary before parsing a text format."""
+
+CHUNK_BYTES = 1024 * 1024
+"""Read size of the Python-parsed formats (txt, json)."""
+
+CSV_BLOCK_BYTES = 1024 * 1024
+"""pyarrow CSV block size; column types are inferred from the first block."""
+
+JSONL_BLOCK_BYTES = 8 * 1024 * 1024
+"""pyarrow JSON block size; one jsonl line must fit in a block."""
+
+SAMPLE_ROWS = 1000
+"""JSON objects whose keys and values define a json/jsonl file's columns and types."""
+
+# Errors that mean "the data is not what the format says" (as opposed to
+# I/O failures, which keep their own type so the core can retry them).
+_DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError,
+                gzip.BadGzipFile, EOFError, zlib.error)
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)
+
+
+# --------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------
+
+
+def _fail(source: InputSource, message: str) -> ConfigError:
+    return ConfigError(f"input file {source.path}: {message}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: error messages stay one line."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(source: InputSource, exc: BaseException) -> ConfigError:
+    """A ConfigError for a data error that no reader could pin down further."""
+    if isinstance(exc, _GZIP_ERRORS):
+        return _fail(source, f"not valid gzip data: {_one_line(exc)}")
+    if isinstance(exc, UnicodeDecodeError):
+        return _fail(source, f"not UTF-8 text: {_one_line(exc)}")
+    return _fail(source, _one_line(exc))
+
+
+def _check_text(source: InputSource, head: bytes, fmt: str) -> None:
+    """Refuse a file whose first bytes show it is not text (gzip, parquet, binary)."""
+    if head.startswith(b"\x1f\x8b"):
+        hint = f"; use input_format {fmt}.gz" if source.compression is None else ""
+        raise _fail(source, f"is gzip-compressed, not a plain {fmt} file{hint}")
+    if head.startswith(b"PAR1"):
+        raise _fail(source, f"is a parquet file, not a {fmt} file; use input_format parquet")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise _fail(source, f"is binary data, not a {fmt} file (NUL byte at byte {nul})")
+
+
+@contextlib.contextmanager
+def _open_text(source: InputSource, fmt: str) -> Iterator[BinaryIO]:
+    """Open a text-format file after checking that it starts like text."""
+    with source.open() as f:
+        head = _read(source, f, SNIFF_BYTES)
+        _check_text(source, head, fmt)
+        f.seek(0)
+        yield f
+
+
+def _read(source: InputSource, f: BinaryIO, size: int) -> bytes:
+    """``f.read(size)``, with broken gzip data reported as a ConfigError."""
+    try:
+        return f.read(size)
+    except _GZIP_ERRORS as exc:
+        raise _describe(source, exc) from exc
+
+
+def _binary_lines(source: InputSource, f: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``f``, with broken gzip data reported as a ConfigError."""
+    while True:
+        try:
+            line = f.readline()
+        except _GZIP_ERRORS as exc:
+            raise _describe(source, exc) from exc
+        if not line:
+            return
+        yield line
+
+
+def _present(columns: Sequence[str], names: Iterable[str]) -> list[str]:
+    """The requested columns the file has, in requested order, without duplicates."""
+    available = set(names)
+    return [name for name in dict.fromkeys(columns) if name in available]
+
+
+def _guarded(batches: Iterator[pa.RecordBatch], on_error: Callable[[BaseException], ConfigError | None],
+             errors: tuple[type[BaseException], ...] = _DATA_ERRORS) -> Iterator[pa.RecordBatch]:
+    """Pass ``batches`` through, turning an error of ``errors`` into ``on_error``'s ConfigError.
+
+    ``on_error`` returns None for an error that is not about the data; it is
+    re-raised as it is.
+    """
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except errors as exc:
+                error = on_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
+            yield batch
+    finally:
+        batches.close()
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Re-cut a stream of batches of any size into batches of ``batch_size`` rows (the last shorter)."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows < batch_size:
+            continue
+        merged = pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+        start = 0
+        while rows - start >= batch_size:
+            yield merged.slice(start, batch_size)
+            start += batch_size
+        pending = [merged.slice(start)] if start < rows else []
+        rows -= start
+    if pending:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+
+
+def _as_text_type(arrow_type: pa.DataType) -> pa.DataType:
+    """Text and all-null columns become strings: a later value cannot break them."""
+    if pa.types.is_null(arrow_type) or pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pa.string()
+    return arrow_type
+
+
+# --------------------------------------------------------------------------
+# txt
+# --------------------------------------------------------------------------
+
+
+class TxtReader(Reader):
+    """One URL per line (``txt``); the single column is named ``columns[0]``.
+
+    Lines are split on ``\\n`` only and lose a trailing ``\\r``; nothing else
+    is interpreted, so a URL may hold commas, quotes or tabs (img2dataset read
+    txt as a one-column CSV and failed on a comma). Empty lines are skipped,
+    as img2dataset's reader did, so sample keys match.
+    """
+
+    name = "txt"
+
+    def available_columns(self, source: InputSource) -> None:
+        """None: a txt file has no column names; its one column is named after ``columns[0]``."""
+        return None
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        schema = pa.schema([(columns[0], pa.string())])
+        pending: list[str] = []
+        for lines in self._lines(source):
+            pending.extend(lines)
+            while len(pending) >= batch_size:
+                yield pa.record_batch([pa.array(pending[:batch_size], pa.string())], schema=schema)
+                del pending[:batch_size]
+        if pending:
+            yield pa.record_batch([pa.array(pending, pa.string())], schema=schema)
+
+    def _lines(self, source: InputSource) -> Iterator[list[str]]:
+        """The file's non-empty lines, one list per chunk read."""
+        with _open_text(source, self.name) as f:
+            rest = b""
+            line = 1  # number of the first line in ``rest``
+            first = True
+            while True:
+                chunk = _read(source, f, CHUNK_BYTES)
+                if first:
+                    chunk = chunk.removeprefix(codecs.BOM_UTF8)
+                    first = False
+                data = rest + chunk
+                cut = len(data) if not chunk else data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    try:
+                        text = data[:cut].decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        bad_line = line + data.count(b"\n", 0, exc.start)
+                        raise _fail(source, f"not UTF-8 text at line {bad_line}: {_one_line(exc)}") from exc
+                    parts = text.replace("\r\n", "\n").split("\n")
+                    line += len(parts) - 1
+                    yield [part for part in parts if part]
+                if not chunk:
+                    return
+
+
+# --------------------------------------------------------------------------
+# csv, tsv
+# --------------------------------------------------------------------------
+
+
+class CsvReader(Reader):
+    """Comma-separated values with a header line (``csv``), parsed block by block by pyarrow.
+
+    Column types are inferred from the first block, as img2dataset's pyarrow
+    reader did (an int column stays int64), except that the URL column and
+    every column inferred as text or all-null are read as strings, so a later
+    block cannot break them. Quoted values may hold delimiters, quotes and
+    newlines; empty lines are skipped.
+
+    A row with the wrong number of fields raises ConfigError naming its line
+    rather than being skipped: dropping rows silently would shift sample keys
+    and lose URLs. So does a later value that does not fit a non-text column's
+    inferred type (``abc`` in an int64 column), naming the column.
+    """
+
+    name = "csv"
+    delimiter = ","
+
+    def available_columns(self, source: InputSource) -> list[str]:
+        """The header's column names."""
+        return self._first_block_schema(source).names
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        schema = self._first_block_schema(source)
+        present = _present(columns, schema.names)
+        if not present:
+            return
+        types = {name: pa.string() if name == columns[0] else _as_text_type(schema.field(name).type)
+                 for name in present}
+        convert = pacsv.ConvertOptions(include_columns=present, column_types=types)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with source.open() as f:
+                yield from pacsv.open_csv(f, read_options=self._read_options(),
+                                          parse_options=self._parse_options(), convert_options=convert)
+
+        yield from _rebatch(_guarded(batches(), lambda exc: self._error(source, exc, schema.names)), batch_size)
+
+    def _read_options(self) -> pacsv.ReadOptions:
+        return pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
+
+    def _parse_options(self) -> pacsv.ParseOptions:
+        return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
+
+    def _first_block_schema(self, source: InputSource) -> pa.Schema:
+        """Column names and inferred types, from the header and the first block."""
+        with _open_text(source, self.name) as f:
+            if not _read(source, f, 1):
+                raise _fail(source, f"empty file; {self.name} input needs a header line")
+            f.seek(0)
+            try:
+                # Single-threaded: no read-ahead still running when the file closes.
+                read_options = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+                return pacsv.open_csv(f, read_options=read_options, parse_options=self._parse_options()).schema
+            except _DATA_ERRORS as exc:
+                raise self._error(source, exc, None) from exc
+
+    def _error(self, source: InputSource, exc: BaseException, names: Sequence[str] | None) -> ConfigError:
+        """Name the column of a conversion error, or the line of a malformed row."""
+        message = _one_line(exc)
+        conversion = re.match(r"In CSV column #(\d+): (.*)", message)
+        if conversion and names is not None and int(conversion[1]) < len(names):
+            column = names[int(conversion[1])]
+            return _fail(source, f"column {column!r}: {conversion[2]} (its type was inferred from the first rows)")
+        if "columns, got" in message:
+            where = self._find_bad_row(source)
+            if where:
+                return _fail(source, where)
+        return _describe(source, exc)
+
+    def _find_bad_row(self, source: InputSource) -> str | None:
+        """Scan the file with the csv module for the first row with the wrong field count.
+
+        Only called after pyarrow refused the file, whose error does not say
+        where; None if this scan finds nothing either.
+        """
+        try:
+            with source.open() as f:
+                rows = csv.reader((line.decode("utf-8-sig") for line in f), delimiter=self.delimiter)
+                header = next(rows, None)
+                if header is None:
+                    return None
+                start = rows.line_num + 1
+                for row in rows:
+                    if row and len(row) != len(header):
+                        return f"line {start}: expected {len(header)} fields, got {len(row)}"
+                    start = rows.line_num + 1
+        except (csv.Error, UnicodeDecodeError, *_GZIP_ERRORS):
+            return None
+        return None
+
+
+class TsvReader(CsvReader):
+    """Tab-separated values with a header line (``tsv``); otherwise exactly like ``csv``."""
+
+    name = "tsv"
+    delimiter = "\t"
+
+
+# --------------------------------------------------------------------------
+# json, jsonl
+# --------------------------------------------------------------------------
+
+
+def _keys(records: Iterable[dict]) -> list[str]:
+    """Every key of ``records``, in order of first appearance."""
+    return list(dict.fromkeys(key for record in records for key in record))
+
+
+def _infer_schema(source: InputSource, sample: Sequence[tuple[int | None, dict]], present: Sequence[str],
+                  url: str, where: Callable[[int, int | None], str]) -> pa.Schema:
+    """Arrow types of the ``present`` columns, from the sample's (line, record) pairs.
+
+    A missing key is null. The URL column is a string; text and all-null
+    columns are strings; other columns keep the type pyarrow infers from the
+    values (int64, double, struct, list...). A column whose sample values do
+    not fit one type raises ConfigError at the first value that breaks it,
+    located by ``where(row index, line)``.
+    """
+    fields = []
+    for name in present:
+        if name == url:
+            fields.append(pa.field(name, pa.string()))
+            continue
+        values = [record.get(name) for _, record in sample]
+        try:
+            arrow_type = pa.array(values).type
+        except _CONVERSION_ERRORS as exc:
+            # Find the shortest failing prefix: its last value is the culprit.
+            good, bad = 0, len(values)
+            while bad - good > 1:
+                middle = (good + bad) // 2
+                try:
+                    pa.array(values[:middle])
+                    good = middle
+                except _CONVERSION_ERRORS:
+                    bad = middle
+            culprit = bad - 1
+            earlier = pa.array(values[:culprit]).type
+            raise _fail(source, f"{where(culprit, sample[culprit][0])}: column {name!r} holds "
+                                f"{_short(values[culprit])}, which does not fit the type {earlier} "
+                                "of the rows before it") from exc
+        fields.append(pa.field(name, _as_text_type(arrow_type)))
+    return pa.schema(fields)
+
+
+def _jsonl_where(index: int, line: int | None) -> str:
+    return f"line {line}"
+
+
+def _json_where(index: int, line: int | None) -> str:
+    return f"element {index}" + (f" (line {line})" if line else "")
+
+
+def _misfit(schema: pa.Schema, record: dict) -> str | None:
+    """Why ``record`` does not fit ``schema``, or None if it does."""
+    for field in schema:
+        value = record.get(field.name)
+        try:
+            pa.array([value], type=field.type)
+        except _CONVERSION_ERRORS:
+            return (f"column {field.name!r} holds {_short(value)}, which does not fit its type {field.type} "
+                    "(inferred from the first rows)")
+    return None
+
+
+def _jsonl_records(source: InputSource, f: BinaryIO) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; ConfigError on a line that is not a JSON object."""
+    for line, raw in enumerate(_binary_lines(source, f), 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _fail(source, f"invalid JSON at line {line}: {exc.msg} (column {exc.colno})") from exc
+        except UnicodeDecodeError as exc:
+            raise _fail(source, f"not UTF-8 text at line {line}: {_one_line(exc)}") from exc
+        if not isinstance(record, dict):
+            raise _fail(source, f"line {line} is not a JSON object")
+        yield line, record
+
+
+class JsonlReader(Reader):
+    """One JSON object per line (``jsonl``), parsed block by block by pyarrow.
+
+    The columns are the keys of the first 1000 objects (SAMPLE_ROWS); a key
+    missing from an object is null, and keys that appear only later are not
+    read. Column types come from those objects' values (see _infer_schema);
+    a later value that does not fit raises ConfigError naming its line, as
+    does a line that is not a JSON object. Blank lines are skipped.
+    """
+
+    name = "jsonl"
+
+    def available_columns(self, source: InputSource) -> list[str]:
+        """Keys of the first SAMPLE_ROWS objects."""
+        return _keys(record for _, record in self._sample(source))
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        sample = self._sample(source)
+        present = _present(columns, _keys(record for _, record in sample))
+        if not present:
+            return
+        schema = _infer_schema(source, sample, present, columns[0], _jsonl_where)
+        parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with source.open() as f:
+                yield from pajson.open_json(f, read_options=pajson.ReadOptions(block_size=JSONL_BLOCK_BYTES),
+                                            parse_options=parse)
+
+        yield from _rebatch(_guarded(batches(), lambda exc: self._error(source, schema, exc)), batch_size)
+
+    def _sample(self, source: InputSource) -> list[tuple[int, dict]]:
+        with _open_text(source, self.name) as f:
+            return list(islice(_jsonl_records(source, f), SAMPLE_ROWS))
+
+    def _error(self, source: InputSource, schema: pa.Schema, exc: BaseException) -> ConfigError:
+        """Find the line pyarrow refused (its message does not say which) by rescanning in Python."""
+        if "straddl" in str(exc):
+            return _fail(source, f"a line is longer than {JSONL_BLOCK_BYTES >> 20} MiB")
+        if isinstance(exc, _GZIP_ERRORS):
+            return _describe(source, exc)
+        with source.open() as f:
+            for line, record in _jsonl_records(source, f):
+                misfit = _misfit(schema, record)
+                if misfit:
+                    return _fail(source, f"{_jsonl_where(0, line)}: {misfit}")
+        return _describe(source, exc)
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class _JsonText:
+    """The decoded text of a JSON file, read chunk by chunk, tracking line numbers for messages."""
+
+    def __init__(self, source: InputSource, f: BinaryIO):
+        self.source = source
+        self.f = f
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.pos = 0  # parse position in buf
+        self.line = 1  # line number at buf[line_pos]
+        self.line_pos = 0
+        self.eof = False
+
+    def more(self) -> bool:
+        """Append the next chunk to the buffer, dropping what was parsed; False at end of file."""
+        if self.eof:
+            return False
+        data = _read(self.source, self.f, CHUNK_BYTES)
+        try:
+            text = self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            line = self.line_of(len(self.buf)) + data.count(b"\n", 0, exc.start)
+            raise _fail(self.source, f"not UTF-8 text at line {line}: {_one_line(exc)}") from exc
+        self.line_of(self.pos)
+        self.buf = self.buf[self.pos:] + text
+        self.pos = self.line_pos = 0
+        self.eof = not data
+        return True
+
+    def line_of(self, pos: int) -> int:
+        """Line number of ``buf[pos]``; positions must be asked in increasing order."""
+        self.line += self.buf.count("\n", self.line_pos, pos)
+        self.line_pos = pos
+        return self.line
+
+    def peek(self) -> str:
+        """Skip whitespace; the next character, or "" at end of file."""
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def value(self) -> tuple[Any, int]:
+        """Decode the JSON value at the parse position; (value, its line number)."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                # Ran into the end of the buffer: read on and retry. Any other
+                # error is the file's.
+                truncated = exc.msg.startswith("Unterminated string") or len(self.buf) - exc.pos <= 16
+                if truncated and self.more():
+                    continue
+                raise self.error(exc.pos, exc.msg) from exc
+            line = self.line_of(self.pos)
+            self.pos = end
+            return value, line
+
+    def rest(self) -> str:
+        """Everything not parsed yet, read whole."""
+        parts = []
+        while True:
+            parts.append(self.buf[self.pos:])
+            self.pos = len(self.buf)
+            if not self.more():
+                return "".join(parts)
+
+    def error(self, pos: int, message: str) -> ConfigError:
+        return _fail(self.source, f"invalid JSON at line {self.line_of(pos)}: {message}")
+
+
+class JsonReader(Reader):
+    """A JSON document (``json``) in the forms pandas.read_json reads (img2dataset used pandas).
+
+    The usual form, an array of objects (``[{"url": ...}, ...]``), streams:
+    objects are decoded one at a time with ``json.JSONDecoder.raw_decode``
+    over 1 MiB chunks. pandas' default "columns" orientation (``{"url": {"0":
+    ..., "1": ...}, ...}``, or lists as the values) cannot be streamed and is
+    loaded whole. Columns and types follow the first 1000 rows, as for jsonl;
+    a missing key is null; a later value that does not fit raises ConfigError
+    naming its element.
+    """
+
+    name = "json"
+
+    def available_columns(self, source: InputSource) -> list[str]:
+        """Keys of the first SAMPLE_ROWS rows."""
+        with contextlib.closing(self._records(source)) as records:
+            return _keys(record for _, record in islice(records, SAMPLE_ROWS))
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        with contextlib.closing(self._records(source)) as records:
+            sample = list(islice(records, SAMPLE_ROWS))
+            present = _present(columns, _keys(record for _, record in sample))
+            if not present:
+                return
+            schema = _infer_schema(source, sample, present, columns[0], _json_where)
+            rows = chain(sample, records)
+            index = 0
+            while chunk := list(islice(rows, batch_size)):
+                yield self._batch(source, schema, chunk, index)
+                index += len(chunk)
+
+    def _batch(self, source: InputSource, schema: pa.Schema, chunk: list[tuple[int | None, dict]],
+               index: int) -> pa.RecordBatch:
+        """One batch of rows; ``index`` is the first row's element number, for messages."""
+        try:
+            arrays = [pa.array([record.get(field.name) for _, record in chunk], type=field.type)
+                      for field in schema]
+        except _CONVERSION_ERRORS as exc:
+            for offset, (line, record) in enumerate(chunk):
+                misfit = _misfit(schema, record)
+                if misfit:
+                    raise _fail(source, f"{_json_where(index + offset, line)}: {misfit}") from exc
+            raise _fail(source, _one_line(exc)) from exc
+        return pa.record_batch(arrays, schema=schema)
+
+    def _records(self, source: InputSource) -> Iterator[tuple[int | None, dict]]:
+        """(line number or None, row) for each row of the file."""
+        with _open_text(source, self.name) as f:
+            text = _JsonText(source, f)
+            first = text.peek()
+            if first == "[":
+                text.pos += 1
+                yield from self._array(source, text)
+            elif first == "{":
+                yield from self._columns_orientation(source, text)
+            elif first == "":
+                raise _fail(source, "empty file, not JSON")
+            else:
+                raise text.error(text.pos, "expected an array of objects ('[') or an object of columns ('{')")
+
+    def _array(self, source: InputSource, text: _JsonText) -> Iterator[tuple[int, dict]]:
+        """The objects of an array whose '[' was just consumed."""
+        index = 0
+        while True:
+            char = text.peek()
+            if char == "]":
+                text.pos += 1
+                break
+            if char == "":
+                raise text.error(text.pos, "the file ends inside the array")
+            if index:
+                if char != ",":
+                    raise text.error(text.pos, "expected ',' or ']' after an element")
+                text.pos += 1
+                text.peek()
+            record, line = text.value()
+            if not isinstance(record, dict):
+                raise _fail(source, f"element {index} (line {line}) is not a JSON object")
+            yield line, record
+            index += 1
+        if text.peek() != "":
+            raise text.error(text.pos, "extra data after the array")
+
+    def _columns_orientation(self, source: InputSource, text: _JsonText) -> Iterator[tuple[None, dict]]:
+        """Rows of a ``{column: {index: value}}`` or ``{column: [values]}`` document, loaded whole."""
+        base_line = text.line_of(text.pos)
+        try:
+            document = json.loads(text.rest())
+        except json.JSONDecodeError as exc:
+            raise _fail(source, f"invalid JSON at line {base_line + exc.lineno - 1}: {exc.msg}") from exc
+        if not all(isinstance(values, (dict, list)) for values in document.values()):
+            raise _fail(source, "a JSON object must map each column to an {index: value} object or a list "
+                                "(pandas 'columns' orientation)")
+        index: dict[Any, None] = {}
+        for values in document.values():
+            index.update(dict.fromkeys(values) if isinstance(values, dict) else dict.fromkeys(range(len(values))))
+        for position, key in enumerate(index):
+            row = {}
+            for name, values in document.items():
+                if isinstance(values, dict):
+                    row[name] = values.get(key)
+                else:
+                    row[name] = values[position] if position < len(values) else None
+            yield None, row
+
+
+# --------------------------------------------------------------------------
+# parquet
+# --------------------------------------------------------------------------
+
+
+class ParquetReader(Reader):
+    """Apache Parquet (``parquet``): only the requested columns, one row group at a time."""
+
+    name = "parquet"
+
+    def available_columns(self, source: InputSource) -> list[str]:
+        """The schema's top-level column names, from the footer."""
+        with source.open() as f:
+            return self._file(source, f).schema_arrow.names
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        def batches() -> Iterator[pa.RecordBatch]:
+            with source.open() as f:
+                parquet = self._file(source, f)
+                present = _present(columns, parquet.schema_arrow.names)
+                if not present:
+                    return
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=present):
+                    yield batch.select(present)
+
+        yield from _rebatch(_guarded(batches(), lambda exc: self._error(source, exc, "corrupt parquet data"),
+                                     (*_DATA_ERRORS, OSError)), batch_size)
+
+    def _file(self, source: InputSource, f: BinaryIO) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(f)
+        except (*_DATA_ERRORS, OSError) as exc:
+            error = self._error(source, exc, "not a parquet file")
+            if error is None:
+                raise
+            raise error from exc
+
+    @staticmethod
+    def _error(source: InputSource, exc: BaseException, what: str) -> ConfigError | None:
+        """A ConfigError for bad data, None for an I/O failure.
+
+        pyarrow reports corrupt pages as a plain OSError; failures of the file
+        object itself keep their more specific types (ConnectionError, ...).
+        """
+        if isinstance(exc, _DATA_ERRORS) or type(exc) is OSError:
+            return _fail(source, f"{what}: {_one_line(exc)}")
+        return None
+
+
+READERS: tuple[type[Reader], ...] = (TxtReader, CsvReader, TsvReader, JsonReader, JsonlReader, ParquetReader)
+
+
+@hookimpl
+def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
+    """Register the built-in readers."""
+    for reader in READERS:
+        register(reader)

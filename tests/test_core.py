@@ -1,0 +1,124 @@
+"""The plugin core: the hookspec contract, registries, option schema, keys."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import attrs
+import pytest
+
+from any2ds import Processor, Writer, hookimpl, hookspecs, option
+from any2ds.config import build_config
+from any2ds.errors import ConfigError, PluginError
+from any2ds.manager import PluginHost
+from any2ds.types import make_key, shard_name
+
+
+def hook_functions():
+    return [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("any2ds_")]
+
+
+@pytest.mark.parametrize("hook", hook_functions(), ids=lambda f: f.__name__)
+def test_every_hook_is_documented(hook):
+    doc = inspect.getdoc(hook) or ""
+    assert "Called" in doc, f"{hook.__name__}: say when it is called"
+    for arg in inspect.signature(hook).parameters:
+        assert f":param {arg}:" in doc, f"{hook.__name__}: document argument {arg}"
+    assert ":returns:" in doc, f"{hook.__name__}: say what to return"
+
+
+def test_hooks_cover_every_registry_kind():
+    host = PluginHost.load()
+    assert {f.__name__ for f in hook_functions()} == {f"any2ds_register_{k}s" for k in host.registries}
+
+
+def test_builtins_are_registered_through_entry_points():
+    host = PluginHost.load()
+    names = {kind: reg.names() for kind, reg in host.registries.items()}
+    assert {"txt", "csv", "tsv", "json", "jsonl", "parquet"} <= set(names["reader"])
+    assert {"files", "webdataset", "parquet", "tfrecord", "dummy"} <= set(names["writer"])
+    assert "http" in names["fetcher"] and "image" in names["processor"] and "hash" in names["verifier"]
+    assert "multiprocessing" in names["distributor"] and "progress" in names["observer"]
+    assert PluginHost.load(entry_points=False).component_classes() == []
+
+
+class _EchoWriter(Writer):
+    name = "webdataset"
+
+
+def test_duplicate_name_is_a_startup_error_naming_both_plugins():
+    plugin = types.SimpleNamespace(any2ds_register_writers=hookimpl(lambda register: register(_EchoWriter)))
+    with pytest.raises(PluginError, match=r"duplicate writer name 'webdataset': registered by plugin 'writers' and by plugin 'dup'"):
+        host = PluginHost()
+        host._load_entry_points()
+        host.register(plugin, name="dup")
+        host.collect()
+
+
+def test_unknown_hook_is_a_startup_error():
+    plugin = types.SimpleNamespace(any2ds_register_widgets=hookimpl(lambda register: None))
+    with pytest.raises(PluginError, match="unknown hook"):
+        PluginHost.load([plugin], entry_points=False)
+
+
+def test_registering_a_non_component_is_an_error():
+    plugin = types.SimpleNamespace(any2ds_register_processors=hookimpl(lambda register: register(dict)))
+    with pytest.raises(PluginError, match="does not derive from any2ds.Processor"):
+        PluginHost.load([plugin], entry_points=False)
+
+
+def test_unknown_name_lists_what_is_available(tmp_path):
+    host = PluginHost.load()
+    with pytest.raises(ConfigError, match=r"output_format: unknown writer 'lance'; available: dummy, files, parquet, tfrecord, webdataset"):
+        host.component("writer", "lance", "output_format")
+
+
+@attrs.frozen
+class _ThumbOptions:
+    thumbnail_size: int = option(64, "Thumbnail side in pixels.")
+
+
+class _Thumbnail(Processor):
+    name = "thumbnail"
+    Options = _ThumbOptions
+
+
+@attrs.frozen
+class _ClashingOptions:
+    image_size: int = option(3, "Clashes with the image processor's option.")
+
+
+class _Clashing(Processor):
+    name = "clash"
+    Options = _ClashingOptions
+
+
+def _plugin(cls):
+    return types.SimpleNamespace(any2ds_register_processors=hookimpl(lambda register: register(cls)))
+
+
+def test_plugin_options_become_config_keys_with_defaults(tmp_path):
+    host = PluginHost.load([_plugin(_Thumbnail)])
+    config = build_config(host, {"url_list": "x", "thumbnail_size": 32})
+    assert config.options_for(_Thumbnail).thumbnail_size == 32
+    assert build_config(host, {"url_list": "x"}).options_for(_Thumbnail).thumbnail_size == 64
+
+
+def test_option_name_clash_is_an_error():
+    host = PluginHost.load([_plugin(_Clashing)])
+    with pytest.raises(ConfigError, match="option 'image_size' is declared by both"):
+        build_config(host, {"url_list": "x"})
+
+
+def test_unknown_option_is_rejected_with_a_suggestion():
+    host = PluginHost.load()
+    with pytest.raises(ConfigError, match=r"unknown option\(s\): 'resize_mod' \(did you mean 'resize_mode'\?\)"):
+        build_config(host, {"url_list": "x", "resize_mod": "border"})
+
+
+def test_keys_and_shard_names_follow_img2dataset():
+    assert make_key(1, 5, 10000, 5) == "000010005"
+    assert make_key(0, 3, 10, 5) == "000003"
+    assert make_key(123456, 7, 10, 5) == "1234567"  # grows, never truncated
+    assert shard_name(3, 5) == "00003" and shard_name(123456, 5) == "123456"

@@ -1,0 +1,278 @@
+"""dataset_examples/: every YAML parses with the real download parser, and runs for real.
+
+The parse tests build the same parser as ``any2ds download`` (from the plugin
+registries) and read each file with ``--config``. The end-to-end test runs
+each example's YAML through the CLI against the loopback HTTP server, with
+only the input, output and process/thread counts overridden.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from any2ds.cli import download_parser, main, values_from_namespace
+from any2ds.config import CORE_OPTION_NAMES, build_config, declared_options
+from any2ds.manager import PluginHost
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "dataset_examples"
+YAMLS = sorted(EXAMPLES_DIR.rglob("*.yaml"))
+# The datasets of img2dataset's dataset_examples/ that this folder must cover.
+REQUIRED = ["laion400m", "laion5B", "mscoco", "cc3m", "cc12m", "datacomp"]
+
+# img2dataset's download() parameters (README / main.py): an example may only use these names...
+IMG2DATASET_OPTIONS = {
+    "url_list", "image_size", "output_folder", "processes_count", "resize_mode", "resize_only_if_bigger",
+    "upscale_interpolation", "downscale_interpolation", "encode_quality", "encode_format", "skip_reencode",
+    "output_format", "input_format", "url_col", "caption_col", "bbox_col", "thread_count",
+    "number_sample_per_shard", "extract_exif", "save_additional_columns", "timeout", "enable_wandb",
+    "wandb_project", "oom_shard_count", "compute_hash", "verify_hash", "distributor", "subjob_size", "retries",
+    "disable_all_reencoding", "min_image_size", "max_image_area", "max_aspect_ratio", "incremental_mode",
+    "max_shard_retry", "user_agent_token", "disallowed_header_directives", "ignore_ssl_certificate",
+}
+# ...or one of any2ds's own options.
+ANY2DS_OPTIONS = {
+    "processors", "fetchers", "verifiers", "observers", "processing_threads",
+    "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after", "max_image_pixels",
+}
+
+OUTPUT_FORMATS = {"files", "webdataset", "parquet", "tfrecord", "dummy"}
+INPUT_FORMATS = {"txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet"}
+RESIZE_MODES = {"no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"}
+
+# Values that follow img2dataset's own dataset_examples (and DataComp's download script).
+EXPECTED = {
+    "laion400m": dict(input_format="parquet", url_col="URL", caption_col="TEXT", output_format="webdataset",
+                      processes_count=16, thread_count=128, image_size=256,
+                      save_additional_columns=["NSFW", "similarity", "LICENSE"]),
+    "mscoco": dict(input_format="parquet", url_col="URL", caption_col="TEXT", output_format="webdataset",
+                   processes_count=16, thread_count=64, image_size=256),
+    "cc3m": dict(input_format="tsv", url_col="url", caption_col="caption", output_format="webdataset",
+                 processes_count=16, thread_count=64, image_size=256),
+    "cc12m": dict(input_format="tsv", url_col="url", caption_col="caption", output_format="webdataset",
+                  processes_count=16, thread_count=64, image_size=256),
+    "laion5B": dict(input_format="parquet", url_col="URL", caption_col="TEXT", output_format="webdataset",
+                    image_size=384, resize_mode="keep_ratio", resize_only_if_bigger=True, skip_reencode=True,
+                    oom_shard_count=6, thread_count=64),
+    "datacomp": dict(input_format="parquet", url_col="url", caption_col="text", output_format="webdataset",
+                     image_size=512, resize_mode="keep_ratio_largest", resize_only_if_bigger=True,
+                     skip_reencode=True, oom_shard_count=8, save_additional_columns=["uid"]),
+}
+
+# The header line each tsv page tells users to add with sed (the files ship without one).
+TSV_HEADERS = {"cc3m": ["caption", "url"], "cc12m": ["url", "caption"]}
+
+IMAGES = ["123_456.jpg", "456_123.jpg", "800_600.jpg"]
+
+
+def example_id(path: Path) -> str:
+    return path.relative_to(EXAMPLES_DIR).with_suffix("").as_posix()
+
+
+@pytest.fixture(scope="module")
+def host() -> PluginHost:
+    return PluginHost.load()
+
+
+def parse(host: PluginHost, *argv: str):
+    return download_parser(host).parse_args(list(argv))
+
+
+def raw_yaml(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.name}: expected a flat mapping of options"
+    return data
+
+
+def test_every_required_example_exists():
+    for name in REQUIRED:
+        assert (EXAMPLES_DIR / f"{name}.yaml").is_file(), name
+        page = (EXAMPLES_DIR / f"{name}.md").read_text()
+        assert f"any2ds download --config dataset_examples/{name}.yaml" in page, name
+    index = (EXAMPLES_DIR / "README.md").read_text()
+    for path in YAMLS:
+        assert path.name in index, f"README.md does not index {path.name}"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=example_id)
+def test_example_keys_are_flat_known_option_names(host, path):
+    data = raw_yaml(path)
+    for key, value in data.items():
+        assert not isinstance(value, dict), f"{key}: keys must be flat, as img2dataset's flags"
+    keys = set(data)
+    assert keys <= IMG2DATASET_OPTIONS | ANY2DS_OPTIONS, sorted(keys - IMG2DATASET_OPTIONS - ANY2DS_OPTIONS)
+    known = CORE_OPTION_NAMES | set(declared_options(host))
+    assert keys <= known, f"unknown to the installed plugins: {sorted(keys - known)}"
+    assert "distributor" not in data or data["distributor"] == "multiprocessing", "only multiprocessing exists today"
+    # A page mentions enable_wandb only when its YAML sets it.
+    page = path.with_suffix(".md")
+    if page.exists() and "enable_wandb" not in data:
+        assert "enable_wandb" not in page.read_text()
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=example_id)
+def test_example_parses_with_the_download_parser(host, path):
+    ns = parse(host, "--config", str(path))
+    values = values_from_namespace(ns)
+    # Every key of the file reached the namespace with its value (nothing dropped or coerced away).
+    for key, value in raw_yaml(path).items():
+        assert values[key] == value, key
+    assert ns.output_format in OUTPUT_FORMATS
+    assert ns.input_format in INPUT_FORMATS
+    assert ns.resize_mode in RESIZE_MODES
+    assert isinstance(ns.url_list, str) and ns.url_list
+    assert isinstance(ns.output_folder, str) and ns.output_folder
+    assert isinstance(ns.url_col, str)
+    assert ns.caption_col is None or isinstance(ns.caption_col, str)
+    for name in ("processes_count", "thread_count", "image_size", "oom_shard_count", "number_sample_per_shard"):
+        assert type(getattr(ns, name)) is int and getattr(ns, name) >= 1, name
+    for name in ("resize_only_if_bigger", "skip_reencode"):
+        assert type(getattr(ns, name)) is bool, name
+    extra = ns.save_additional_columns
+    assert extra is None or (isinstance(extra, list) and all(isinstance(c, str) for c in extra))
+    directives = values.get("disallowed_header_directives")
+    assert directives is None or (isinstance(directives, list) and all(isinstance(d, str) for d in directives))
+    config = build_config(host, values)
+    assert config.core.output_format == ns.output_format
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_values_follow_img2dataset(host, name):
+    values = values_from_namespace(parse(host, "--config", str(EXAMPLES_DIR / f"{name}.yaml")))
+    for key, value in EXPECTED[name].items():
+        assert values[key] == value, key
+    # Placeholder paths are local and relative: the commands in the pages run from one folder.
+    assert "://" not in values["url_list"] and not values["url_list"].startswith("/")
+    assert "://" not in values["output_folder"] and not values["output_folder"].startswith("/")
+
+
+def test_flags_override_the_yaml(host):
+    ns = parse(host, "--config", str(EXAMPLES_DIR / "laion400m.yaml"), "--thread_count", "4", "--url_list", "x.parquet")
+    assert ns.thread_count == 4 and ns.url_list == "x.parquet" and ns.processes_count == 16
+
+
+# ---------------------------------------------------------------- end to end
+
+def column_values(name: str, values: dict, urls: list[str]) -> dict[str, list]:
+    """The input columns the example reads, with plausible values of the real datasets' types."""
+    n = len(urls)
+    columns = {values["url_col"]: urls}
+    if values.get("caption_col"):
+        columns[values["caption_col"]] = [f"{name} caption {i}" for i in range(n)]
+    samples = {"NSFW": ["UNLIKELY"] * n, "similarity": [0.31, 0.32, 0.33][:n], "LICENSE": ["?"] * n,
+               "uid": [f"{i:032x}" for i in range(n)]}
+    for col in values.get("save_additional_columns") or []:
+        columns[col] = samples.get(col, [f"{col} {i}" for i in range(n)])
+    if values.get("bbox_col"):
+        # One face box on the last image (which is resized anyway); none on the others.
+        columns[values["bbox_col"]] = [[] for _ in range(n - 1)] + [[[0.1, 0.1, 0.4, 0.5]]]
+    return columns
+
+
+def write_input(path: Path, input_format: str, columns: dict[str, list], order: list[str] | None) -> None:
+    names = order or list(columns)
+    if input_format == "parquet":
+        pq.write_table(pa.Table.from_pydict({c: columns[c] for c in names}), path)
+    elif input_format in ("tsv", "csv"):
+        sep = "\t" if input_format == "tsv" else ","
+        lines = [sep.join(names)] + [sep.join(str(columns[c][i]) for c in names) for i in range(len(columns[names[0]]))]
+        path.write_text("\n".join(lines) + "\n")
+    elif input_format == "jsonl":
+        rows = [{c: columns[c][i] for c in names} for i in range(len(columns[names[0]]))]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pytest.fail(f"no input writer for input_format {input_format!r} in this test")
+
+
+def expected_size(w: int, h: int, size: int, mode: str, only_if_bigger: bool) -> tuple[int, int] | None:
+    """img2dataset's output geometry for the modes the examples use (None: not checked)."""
+    if mode in ("keep_ratio", "keep_ratio_largest"):
+        side = min(w, h) if mode == "keep_ratio" else max(w, h)
+        if side == size or (only_if_bigger and side <= size):
+            return w, h
+        scale = size / side
+        return round(w * scale), round(h * scale)
+    if mode == "border":
+        if only_if_bigger and max(w, h) <= size:
+            return w, h
+        return size, size
+    if mode == "no":
+        return w, h
+    return None
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=example_id)
+def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes, tmp_path, path):
+    name = example_id(path)
+    values = values_from_namespace(parse(host, "--config", str(path)))
+    fmt = values["input_format"]
+    tag = name.replace("/", "_")
+    # The query string marks this test's requests in the shared server's log; the server ignores it.
+    urls = [http_server.url(f"/allowed/{image}?example={tag}") for image in IMAGES]
+    columns = column_values(name, values, urls)
+    input_file = tmp_path / f"input.{fmt}"
+    write_input(input_file, fmt, columns, TSV_HEADERS.get(name) if fmt == "tsv" else None)
+    out = tmp_path / "out"
+
+    code = main(["download", "--config", str(path), "--url_list", str(input_file), "--output_folder", str(out),
+                 "--processes_count", "1", "--thread_count", "4"])
+    assert code == 0
+
+    shard = "0".zfill(values["oom_shard_count"])
+    stats = json.loads((out / f"{shard}_stats.json").read_text())
+    assert stats["count"] == 3 and stats["successes"] == 3, stats
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["successes"] == 3 and summary["shards_failed"] == []
+    assert not (out / "_tmp").exists()
+
+    output_format = values["output_format"]
+    ext = values["encode_format"]
+    if output_format != "dummy":
+        meta = pq.read_table(out / f"{shard}.parquet").to_pylist()
+        assert len(meta) == 3 and {r["status"] for r in meta} == {"success"}
+        by_url = {r["url"]: r for r in meta}
+        for col in values.get("save_additional_columns") or []:
+            assert [by_url[u][col] for u in urls] == columns[col], col
+        if values.get("caption_col"):
+            assert [by_url[u]["caption"] for u in urls] == columns[values["caption_col"]]
+        for image, url in zip(IMAGES, urls):
+            w, h = image_sizes[image]
+            want = expected_size(w, h, values["image_size"], values["resize_mode"], values["resize_only_if_bigger"])
+            if want is not None:
+                assert (by_url[url]["width"], by_url[url]["height"]) == want, image
+
+    if output_format == "webdataset":
+        with tarfile.open(out / f"{shard}.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        images = {k: v for k, v in members.items() if k.endswith(f".{ext}")}
+        assert len(images) == 3
+        kept_bytes = 0
+        for key_file, data in images.items():
+            key = key_file[: -len(ext) - 1]
+            record = json.loads(members[f"{key}.json"])
+            assert Image.open(io.BytesIO(data)).size == (record["width"], record["height"])
+            if values.get("caption_col"):
+                assert members[f"{key}.txt"].decode() == record["caption"]
+            image = record["url"].split("/allowed/")[1].split("?")[0]
+            if values["skip_reencode"] and (record["width"], record["height"]) == image_sizes[image]:
+                assert data == (image_dir / image).read_bytes(), f"{key}: skip_reencode should keep the original bytes"
+                kept_bytes += 1
+        if values["skip_reencode"] and values["resize_only_if_bigger"]:
+            assert kept_bytes >= 1  # 123x456 and 456x123 are below every example's image_size
+    elif output_format == "files":
+        assert len(list((out / shard).glob(f"*.{ext}"))) == 3
+    elif output_format == "parquet":
+        assert all(r[ext] for r in pq.read_table(out / f"{shard}.parquet").to_pylist())
+
+    token = values.get("user_agent_token")
+    if token:
+        agents = [h.get("User-Agent", "") for p, h in list(http_server.requests) if f"example={tag}" in p]
+        assert agents and all(token.strip().lower() in a.lower() for a in agents), agents

@@ -1,0 +1,323 @@
+"""End to end: the CLI and any2ds.download against the loopback HTTP server."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+import any2ds
+from any2ds.cli import main
+
+IMAGES = ["123_456.jpg", "456_123.jpg", "300_500.jpg", "500_300.jpg", "1000_100.jpg", "64_64.jpg", "800_600.jpg",
+          "alpha.png", "gray.jpg", "rotated.jpg", "image.webp"]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    pq_table = pa.Table.from_pylist(rows)
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(pq_table, path)
+    return path
+
+
+def url_rows(server, names=IMAGES, extra=True) -> list[dict]:
+    rows = [{"url": server.url(f"/allowed/{n}"), "caption": f"caption {i}", "extra": i} for i, n in enumerate(names)]
+    if extra:
+        rows += [
+            {"url": server.url("/allowed/missing.jpg"), "caption": "a 404", "extra": 100},
+            {"url": server.url("/allowed/not_an_image.jpg"), "caption": "html", "extra": 101},
+            {"url": server.url("/disallowed/64_64.jpg"), "caption": "opted out", "extra": 102},
+        ]
+    return rows
+
+
+def run(*args: str) -> int:
+    return main(["download", *args])
+
+
+def read_stats(out: Path) -> dict[str, dict]:
+    return {Path(p).name: json.loads(Path(p).read_text()) for p in sorted(glob.glob(f"{out}/*_stats.json"))}
+
+
+def read_metadata(out: Path) -> list[dict]:
+    files = sorted(glob.glob(f"{out}/[0-9]*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist()
+
+
+@pytest.fixture
+def csv_input(tmp_path, http_server):
+    return write_csv(tmp_path / "input.csv", url_rows(http_server))
+
+
+def test_webdataset_end_to_end(tmp_path, csv_input):
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--caption_col", "caption",
+               "--save_additional_columns", '["extra"]', "--output_folder", str(out),
+               "--output_format", "webdataset", "--number_sample_per_shard", "10", "--image_size", "64",
+               "--thread_count", "8") == 0
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet",
+                                        "00001.tar", "00001_stats.json", "run_summary.json"]
+    samples = list(wds.WebDataset([str(out / "00000.tar"), str(out / "00001.tar")], shardshuffle=False))
+    assert len(samples) == len(IMAGES)
+    for s in samples:
+        assert Image.open(io.BytesIO(s["jpg"])).size == (64, 64)  # border mode
+        meta = json.loads(s["json"])
+        assert meta["key"] == s["__key__"] and meta["status"] == "success"
+        assert s["txt"].decode() == meta["caption"]
+    with tarfile.open(out / "00000.tar") as tar:
+        assert {m.mode for m in tar.getmembers()} == {0o444}
+    rows = read_metadata(out)
+    assert len(rows) == len(IMAGES) + 3
+    # nsps=10 -> keys are 6 digits: shard id * 10 + row index.
+    assert [r["key"] for r in rows] == [f"{i // 10:05d}{i % 10}" for i in range(len(rows))]
+    by_caption = {r["caption"]: r for r in rows}
+    assert by_caption["a 404"]["status"] == "failed_to_download"
+    assert by_caption["a 404"]["error_message"] == "HTTP Error 404: Not Found"
+    assert by_caption["html"]["status"] == "failed_to_resize"
+    assert by_caption["html"]["error_message"] == "Image decoding error"
+    assert by_caption["opted out"]["error_message"] == "Use of image disallowed by X-Robots-Tag directive"
+    assert by_caption["caption 0"]["original_width"] == 123 and by_caption["caption 0"]["width"] == 64
+    assert by_caption["caption 0"]["sha256"] and by_caption["a 404"]["sha256"] is None
+
+
+def test_metadata_schema_and_stats_match_img2dataset(tmp_path, csv_input):
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--caption_col", "caption",
+               "--save_additional_columns", '["extra"]', "--output_folder", str(out),
+               "--output_format", "files", "--thread_count", "8") == 0
+    schema = pq.read_schema(out / "00000.parquet")
+    assert schema.names == ["extra", "caption", "url", "key", "status", "error_message", "error_type", "width",
+                            "height", "original_width", "original_height", "exif", "sha256"]
+    assert schema.field("extra").type == pa.int64()
+    assert schema.field("width").type == pa.int32()
+    stats = read_stats(out)["00000_stats.json"]
+    assert list(stats)[:8] == ["count", "successes", "failed_to_download", "failed_to_resize", "duration",
+                               "start_time", "end_time", "status_dict"]
+    assert stats["count"] == len(IMAGES) + 3 and stats["successes"] == len(IMAGES)
+    assert stats["failed_to_download"] == 2 and stats["failed_to_resize"] == 1
+    assert stats["status_dict"]["success"] == len(IMAGES)
+    # files layout: <shard>/<key>.jpg, .txt, .json for successes only
+    files = sorted(os.listdir(out / "00000"))
+    assert len(files) == 3 * len(IMAGES)
+    assert (out / "00000" / "000000000.txt").read_text() == "caption 0"
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["state"] == "done" and summary["count"] == len(IMAGES) + 3
+
+
+def test_parquet_output_holds_media(tmp_path, csv_input):
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+               "--output_format", "parquet", "--encode_format", "png", "--thread_count", "4") == 0
+    table = pq.read_table(out / "00000.parquet")
+    assert "png" in table.column_names and table.num_rows == len(IMAGES) + 3
+    ok = [r for r in table.to_pylist() if r["status"] == "success"]
+    assert all(Image.open(io.BytesIO(r["png"])).format == "PNG" for r in ok)
+    assert all(r["png"] is None for r in table.to_pylist() if r["status"] != "success")
+
+
+def test_tfrecord_output_reads_back_with_tf_data(tmp_path, csv_input):
+    tf = pytest.importorskip("tensorflow")
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--caption_col", "caption",
+               "--output_folder", str(out), "--output_format", "tfrecord", "--thread_count", "4") == 0
+    features = {"key": tf.io.FixedLenFeature([], tf.string), "jpg": tf.io.FixedLenFeature([], tf.string),
+                "txt": tf.io.FixedLenFeature([], tf.string), "width": tf.io.FixedLenFeature([], tf.int64)}
+    records = [tf.io.parse_single_example(r, features) for r in tf.data.TFRecordDataset(str(out / "00000.tfrecord"))]
+    assert len(records) == len(IMAGES)
+    assert all(int(r["width"]) == 256 for r in records)
+
+
+def test_dummy_output_writes_only_stats(tmp_path, csv_input):
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+               "--output_format", "dummy", "--thread_count", "4") == 0
+    assert sorted(os.listdir(out)) == ["00000_stats.json", "run_summary.json"]
+
+
+@pytest.mark.parametrize("input_format", ["txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz",
+                                          "jsonl", "jsonl.gz", "parquet"])
+def test_every_input_format(tmp_path, http_server, input_format):
+    import gzip
+
+    rows = url_rows(http_server, IMAGES[:4], extra=False)
+    base = input_format.removesuffix(".gz")
+    path = tmp_path / f"input.{input_format}"
+    if base == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        if base == "txt":
+            text = "".join(r["url"] + "\n" for r in rows)
+        elif base in ("csv", "tsv"):
+            sep = "," if base == "csv" else "\t"
+            text = f"url{sep}caption\n" + "".join(f"{r['url']}{sep}{r['caption']}\n" for r in rows)
+        elif base == "json":
+            text = json.dumps(rows)
+        else:
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+        data = text.encode()
+        path.write_bytes(gzip.compress(data) if input_format.endswith(".gz") else data)
+    out = tmp_path / "out"
+    args = ["--url_list", str(path), "--input_format", input_format, "--output_folder", str(out),
+            "--output_format", "files", "--thread_count", "4"]
+    if base != "txt":
+        args += ["--caption_col", "caption"]
+    assert run(*args) == 0
+    rows_out = read_metadata(out)
+    assert [r["status"] for r in rows_out] == ["success"] * 4
+    if base != "txt":
+        assert [r["caption"] for r in rows_out] == [f"caption {i}" for i in range(4)]
+
+
+def test_folder_of_inputs_continues_shard_ids(tmp_path, http_server):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"part{i}.txt").write_text("".join(http_server.url(f"/allowed/{n}") + "\n" for n in IMAGES[:3]))
+    out = tmp_path / "out"
+    assert run("--url_list", str(folder), "--output_folder", str(out), "--output_format", "dummy",
+               "--number_sample_per_shard", "2", "--thread_count", "4") == 0
+    # 3 rows per file, 2 per shard, files never merged: shards 0,1 from part0 and 2,3 from part1.
+    assert sorted(read_stats(out)) == [f"0000{i}_stats.json" for i in range(4)]
+    assert [s["count"] for s in read_stats(out).values()] == [2, 1, 2, 1]
+
+
+def test_bad_rows_become_failed_records(tmp_path, http_server):
+    rows = [{"url": http_server.url("/allowed/64_64.jpg")}, {"url": None}, {"url": ""},
+            {"url": "ftp://example.com/a.jpg"}, {"url": "file:///etc/passwd"}, {"url": "not a url"}]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("url", pa.string())])), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--output_folder", str(out),
+               "--thread_count", "4") == 0
+    got = read_metadata(out)
+    assert len(got) == 6
+    assert got[0]["status"] == "success"
+    assert [r["error_message"] for r in got[1:3]] == ["missing url", "missing url"]
+    assert got[3]["error_message"].startswith("unsupported URL scheme 'ftp'")
+    assert got[4]["error_message"].startswith("unsupported URL scheme 'file'")
+    assert got[5]["status"] == "failed_to_download"
+
+
+def test_python_api_and_yaml_config(tmp_path, csv_input):
+    out = tmp_path / "api"
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+                              output_format="dummy", thread_count=4, image_size=32)
+    assert summary["count"] == len(IMAGES) + 3 and summary["successes"] == len(IMAGES)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"url_list: {csv_input}\ninput_format: csv\noutput_folder: {tmp_path / 'yaml'}\n"
+                      "output_format: files\nimage_size: 32\nresize_mode: keep_ratio\nthread_count: 4\n")
+    assert run("--config", str(config)) == 0
+    widths = {r["width"] for r in read_metadata(tmp_path / "yaml") if r["status"] == "success"}
+    assert 32 in widths
+
+
+def test_incremental_resume_redoes_only_unfinished_shards(tmp_path, csv_input):
+    out = tmp_path / "out"
+    args = ["--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+            "--output_format", "webdataset", "--number_sample_per_shard", "5", "--thread_count", "4"]
+    assert run(*args) == 0
+    first = read_stats(out)
+    assert len(first) == 3
+    # Simulate a crash in shard 1: its stats are gone and its tar is truncated.
+    (out / "00001_stats.json").unlink()
+    (out / "00001.tar").write_bytes(b"partial")
+    (out / "_tmp" / "00001-dead").mkdir(parents=True)
+    assert run(*args) == 0
+    second = read_stats(out)
+    assert second["00000_stats.json"] == first["00000_stats.json"]  # untouched
+    assert second["00001_stats.json"]["start_time"] > first["00001_stats.json"]["start_time"]
+    assert len(list(wds.WebDataset(str(out / "00001.tar"), shardshuffle=False))) > 0
+    assert not (out / "_tmp").exists()
+    keys = [r["key"] for r in read_metadata(out)]
+    assert len(keys) == len(set(keys)) == len(IMAGES) + 3
+
+
+def test_overwrite_and_extend_modes(tmp_path, csv_input):
+    out = tmp_path / "out"
+    base = ["--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+            "--output_format", "dummy", "--number_sample_per_shard", "10", "--thread_count", "4"]
+    assert run(*base) == 0
+    (out / "stray.txt").write_text("from an older run")
+    assert run(*base, "--incremental_mode", "overwrite") == 0
+    assert sorted(os.listdir(out)) == ["00000_stats.json", "00001_stats.json", "run_summary.json"]
+    assert run(*base, "--incremental_mode", "extend") == 0
+    assert sorted(read_stats(out)) == [f"0000{i}_stats.json" for i in range(4)]
+
+
+def test_resume_with_other_sharding_options_is_refused(tmp_path, csv_input):
+    out = tmp_path / "out"
+    base = ["--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+            "--output_format", "dummy", "--thread_count", "4"]
+    assert run(*base, "--number_sample_per_shard", "10") == 0
+    assert run(*base, "--number_sample_per_shard", "5") == 2
+
+
+def test_interrupted_run_resumes_to_a_complete_dataset(tmp_path, http_server):
+    """SIGKILL a real run mid-way, rerun: every shard present once, every tar readable."""
+    rows = [{"url": http_server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(400)]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
+           "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
+           "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio",
+           "--upscale_interpolation", "lanczos"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = __import__("time").time() + 120
+    while len(glob.glob(f"{out}/*_stats.json")) < 3 and proc.poll() is None and __import__("time").time() < deadline:
+        __import__("time").sleep(0.05)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    done_before = len(glob.glob(f"{out}/*_stats.json"))
+    assert done_before < 20, "the run finished before it could be interrupted; make it longer"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    stats = read_stats(out)
+    assert sorted(stats) == [f"{i:05d}_stats.json" for i in range(20)]
+    tars = sorted(glob.glob(f"{out}/*.tar"))
+    assert len(tars) == 20
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == 400
+    assert not (out / "_tmp").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--url_list", "/nonexistent/list.txt"], "url_list '/nonexistent/list.txt' does not exist"),
+    (["--input_format", "xml"], "input_format: unknown reader 'xml'"),
+    (["--output_format", "webdatset"], "did you mean 'webdataset'?"),
+    (["--url_col", "URL"], "column(s) 'URL' not found"),
+    (["--image_size", "big"], "image_size"),
+    (["--resize_mode", "squash"], "resize_mode"),
+    (["--thread_count", "0"], "thread_count must be at least 1"),
+    (["--imag_size", "3"], "did you mean 'image_size'?"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, csv_input, args, message):
+    base = {"--url_list": str(csv_input), "--input_format": "csv", "--output_folder": str(tmp_path / "o")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = [x for kv in base.items() for x in kv]
+    proc = subprocess.run([sys.executable, "-m", "any2ds", "download", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_console_script_and_help_list_plugin_options():
+    proc = subprocess.run(["any2ds", "download", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for flag in ("--url_list", "--image_size", "--resize_mode", "--timeout", "--compute_hash", "--output_format",
+                 "--user_agent_token", "--disallowed_header_directives", "--encode_quality"):
+        assert flag in proc.stdout
+    assert "processor image" in proc.stdout

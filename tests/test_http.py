@@ -1,0 +1,553 @@
+"""The http fetcher against a real loopback server: bodies, errors, deadlines, redirects, retries, politeness."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+import urllib3
+
+from any2ds.config import options_fields
+from any2ds.errors import FetchError
+from any2ds.manager import PluginHost
+from any2ds.types import Sample
+from any2ds_plugins import http as http_plugin
+from any2ds_plugins.http import BASE_USER_AGENT, HttpFetcher, as_fetch_error, parse_retry_after, robots_refused
+from tests.http_server import send_bytes
+
+BODY = bytes(range(256)) * 40
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Loopback requests must not go through a proxy configured in the environment."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+def make_fetcher(**options) -> HttpFetcher:
+    options.setdefault("timeout", 2.0)
+    return HttpFetcher(HttpFetcher.Options(**options))
+
+
+def fetch(url: str, **options):
+    fetcher = make_fetcher(**options)
+    try:
+        return fetcher.fetch(Sample(key="0", shard_id=0, index=0, url=url))
+    finally:
+        fetcher.close()
+
+
+def fetch_error(url: str, **options) -> FetchError:
+    with pytest.raises(FetchError) as info:
+        fetch(url, **options)
+    return info.value
+
+
+def add_route(server, name: str, handler: Callable[[BaseHTTPRequestHandler], None]) -> str:
+    """Serve ``handler`` under a prefix unique to ``name``; return the prefix's URL."""
+    prefix = f"/test_http/{name}/"
+    server.route(prefix, handler)
+    return server.url(prefix)
+
+
+class Counter:
+    """A thread-safe count of requests a route saw, and of the client ports they came from."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ports: set[int] = set()
+        self._lock = threading.Lock()
+
+    def hit(self, request: BaseHTTPRequestHandler) -> int:
+        with self._lock:
+            self.count += 1
+            self.ports.add(request.client_address[1])
+            return self.count
+
+
+def send_headers(request: BaseHTTPRequestHandler, headers: dict[str, str], status: int = 200) -> None:
+    request.send_response(status)
+    for name, value in headers.items():
+        request.send_header(name, value)
+    request.end_headers()
+    request.wfile.flush()
+
+
+# -- plugin wiring -----------------------------------------------------------
+
+
+def test_registers_as_http_fetcher():
+    host = PluginHost.load([http_plugin], entry_points=False)
+    assert host.component("fetcher", "http", "fetchers") is HttpFetcher
+    names = [f.name for f in options_fields(HttpFetcher.Options)]
+    assert names == ["timeout", "retries", "user_agent_token", "disallowed_header_directives",
+                     "ignore_ssl_certificate", "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after"]
+
+
+@pytest.mark.parametrize("bad", [{"timeout": 0}, {"retries": -1}, {"max_body_bytes": 0}, {"max_redirects": -1}])
+def test_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        HttpFetcher.Options(**bad)
+
+
+# -- success, errors ---------------------------------------------------------
+
+
+def test_fetches_static_file(http_server, image_dir):
+    result = fetch(http_server.url("/allowed/64_64.jpg"))
+    assert result.body == (image_dir / "64_64.jpg").read_bytes()
+    assert result.content_type == "image/jpeg"
+    assert result.url == http_server.url("/allowed/64_64.jpg")
+    assert result.headers["Content-Length"] == str(len(result.body))
+    assert result.attempts == 1
+
+
+def test_404_message_is_img2datasets(http_server):
+    error = fetch_error(http_server.url("/allowed/no_such_file.jpg"))
+    assert error.message == "HTTP Error 404: Not Found"
+    assert error.status == "failed_to_download"
+    assert error.error_type == "HTTPError"
+    assert not error.retryable
+
+
+def test_500_message_uses_server_reason(http_server):
+    url = add_route(http_server, "500", lambda r: r.send_error(500, "Internal Server Error"))
+    error = fetch_error(url)
+    assert error.message == "HTTP Error 500: Internal Server Error"
+    assert error.retryable
+
+
+def test_connection_refused_message_is_short():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = fetch_error(f"http://127.0.0.1:{port}/x")
+    assert error.error_type == "ConnectionError"
+    assert error.message == "[Errno 111] Connection refused"
+    assert error.retryable
+
+
+def test_invalid_url_is_not_retried():
+    error = fetch_error("http://", retries=3, retry_backoff=10)
+    assert error.message == "Invalid URL 'http://': No host supplied"
+    assert error.error_type == "InvalidURL"
+    assert not error.retryable
+
+
+def test_dns_failure_message_is_the_resolver_error():
+    reason = socket.gaierror(-2, "Name or service not known")
+    resolution = urllib3.exceptions.NameResolutionError("no.such.host.invalid", None, reason)
+    resolution.__cause__ = reason
+    error = as_fetch_error(requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/", resolution)))
+    assert error.message == "[Errno -2] Name or service not known"
+    assert error.error_type == "ConnectionError"
+
+
+# -- connections and user agent ---------------------------------------------
+
+
+def test_keeps_connections_alive_per_thread(http_server):
+    seen = Counter()
+
+    def handler(request):
+        seen.hit(request)
+        send_bytes(request, BODY)
+
+    url = add_route(http_server, "keepalive", handler)
+    fetcher = make_fetcher()
+    try:
+        for i in range(20):
+            assert fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=url)).body == BODY
+    finally:
+        fetcher.close()
+    assert seen.count == 20
+    assert len(seen.ports) == 1
+
+
+def test_concurrent_threads_and_dead_thread_sessions_are_closed(http_server):
+    url = add_route(http_server, "threads", lambda r: send_bytes(r, BODY))
+    fetcher = make_fetcher()
+    results: list[bytes] = []
+
+    def work():
+        for i in range(5):
+            results.append(fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=url)).body)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [BODY] * 80
+    assert len(fetcher._sessions) == 16
+    fetcher.fetch(Sample(key="x", shard_id=0, index=0, url=url))  # a new thread's session prunes the dead ones
+    assert list(fetcher._sessions) == [threading.current_thread()]
+    fetcher.close()
+    assert not fetcher._sessions
+
+
+@pytest.mark.parametrize("token, expected", [
+    (None, BASE_USER_AGENT),
+    ("  MyBot ", BASE_USER_AGENT + " (compatible; mybot; +https://github.com/rom1504/img2dataset)"),
+])
+def test_user_agent_is_img2datasets(http_server, token, expected):
+    agents: list[str] = []
+
+    def handler(request):
+        agents.append(request.headers["User-Agent"])
+        send_bytes(request, b"ok")
+
+    url = add_route(http_server, f"ua_{token is not None}", handler)
+    fetch(url, user_agent_token=token)
+    assert agents == [expected]
+    assert expected == "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0" + (
+        " (compatible; mybot; +https://github.com/rom1504/img2dataset)" if token else "")
+
+
+# -- X-Robots-Tag ------------------------------------------------------------
+
+
+ROBOTS_CASES = [
+    # (case, header values, options, refused)
+    ("no_token", ["noai, noindex"], {}, True),
+    ("other_token", ["otherbot: noai"], {"user_agent_token": "mybot"}, False),
+    ("matching_token", ["mybot: noindex"], {"user_agent_token": "MyBot"}, True),
+    ("matching_token_case", ["MyBot: NoImageAI"], {"user_agent_token": "mybot"}, True),
+    ("token_without_ours", ["mybot: noindex"], {}, False),
+    ("harmless", ["nofollow, noarchive"], {}, False),
+    ("second_header", ["otherbot: noai", "noimageindex"], {"user_agent_token": "mybot"}, True),
+    ("custom_list_allows", ["noai"], {"disallowed_header_directives": ["nofollow"]}, False),
+    ("custom_list_refuses", ["nofollow"], {"disallowed_header_directives": ["NoFollow"]}, True),
+    ("empty_list_disables", ["noai, noindex"], {"disallowed_header_directives": []}, False),
+]
+
+
+@pytest.mark.parametrize("case, values, options, refused", ROBOTS_CASES, ids=[c[0] for c in ROBOTS_CASES])
+def test_x_robots_tag(http_server, case, values, options, refused):
+    def handler(request):
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(BODY)))
+        request.send_header("Connection", "close")  # a refusal drops the unread body; no reuse to wait for
+        for value in values:
+            request.send_header("X-Robots-Tag", value)
+        request.end_headers()
+        request.wfile.write(BODY)
+
+    url = add_route(http_server, f"robots_{case}", handler)
+    if refused:
+        error = fetch_error(url, retries=2, retry_backoff=0, **options)
+        assert error.message == "Use of image disallowed by X-Robots-Tag directive"
+        assert error.error_type == "XRobotsTagRefusal"
+        assert not error.retryable
+    else:
+        assert fetch(url, **options).body == BODY
+
+
+def test_x_robots_tag_on_disallowed_route(http_server):
+    assert fetch_error(http_server.url("/disallowed/64_64.jpg")).message == (
+        "Use of image disallowed by X-Robots-Tag directive")
+
+
+def test_robots_refused_ignores_non_directive_values():
+    assert not robots_refused(["unavailable_after: 25 Jun 2010 15:00:00 PST"], None, frozenset({"noai"}))
+    assert robots_refused([" NOAI "], None, frozenset({"noai"}))
+
+
+# -- deadlines and broken bodies --------------------------------------------
+
+
+def test_drip_is_cut_off_at_the_total_deadline(http_server):
+    def handler(request):
+        send_headers(request, {"Content-Length": "100"})
+        for _ in range(100):
+            try:
+                request.wfile.write(b"x")
+                request.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.5)
+
+    url = add_route(http_server, "drip", handler)
+    start = time.monotonic()
+    error = fetch_error(url, timeout=2.0)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.0 + 1.5
+    assert error.message == "timed out (total deadline of 2.0 s)"
+    assert error.error_type == "Timeout"
+    assert error.retryable
+
+
+def test_stall_after_headers_times_out(http_server):
+    release = threading.Event()
+
+    def handler(request):
+        send_headers(request, {"Content-Length": "100"})
+        release.wait(10)
+
+    url = add_route(http_server, "stall_body", handler)
+    start = time.monotonic()
+    try:
+        error = fetch_error(url, timeout=1.0)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 1.0 + 1.0
+    assert error.message == "timed out"
+    assert error.error_type == "Timeout"
+
+
+def test_stall_before_headers_times_out(http_server):
+    release = threading.Event()
+    url = add_route(http_server, "stall_headers", lambda request: release.wait(10))
+    start = time.monotonic()
+    try:
+        error = fetch_error(url, timeout=1.0)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 1.0 + 1.0
+    assert error.message == "timed out"
+
+
+def test_deadline_covers_the_whole_redirect_chain(http_server):
+    def handler(request):
+        time.sleep(0.3)
+        hop = int(request.path.rstrip("/").rsplit("/", 1)[1])
+        send_bytes(request, b"", status=302, headers={"Location": f"/test_http/slow_chain/{hop + 1}"})
+
+    url = add_route(http_server, "slow_chain", handler)
+    start = time.monotonic()
+    error = fetch_error(url + "0", timeout=1.0)
+    assert time.monotonic() - start < 1.0 + 1.0
+    assert error.error_type == "Timeout"
+
+
+def test_content_length_larger_than_body_fails(http_server):
+    def handler(request):
+        send_headers(request, {"Content-Length": "100"})
+        request.wfile.write(b"x" * 10)
+        request.close_connection = True
+
+    error = fetch_error(add_route(http_server, "short_body", handler))
+    assert error.message == "IncompleteRead(10 bytes read, 90 more expected)"
+    assert error.status == "failed_to_download"
+
+
+def test_missing_content_length_and_early_close_is_accepted(http_server):
+    def handler(request):
+        send_headers(request, {"Connection": "close"})
+        request.wfile.write(b"partial")
+        request.close_connection = True
+
+    assert fetch(add_route(http_server, "no_length", handler)).body == b"partial"
+
+
+def test_body_over_max_body_bytes_by_content_length(http_server):
+    url = add_route(http_server, "big_declared", lambda r: send_bytes(r, BODY))
+    error = fetch_error(url, max_body_bytes=1000)
+    assert error.message == "body larger than 1000 bytes"
+    assert error.error_type == "BodyTooLarge"
+    assert not error.retryable
+
+
+def test_body_over_max_body_bytes_while_reading(http_server):
+    def handler(request):
+        send_headers(request, {"Connection": "close"})
+        request.wfile.write(BODY)
+        request.close_connection = True
+
+    url = add_route(http_server, "big_undeclared", handler)
+    assert fetch_error(url, max_body_bytes=1000).message == "body larger than 1000 bytes"
+    assert fetch(url, max_body_bytes=len(BODY)).body == BODY
+
+
+def test_gzip_content_encoding_is_decoded_and_counted_decoded(http_server):
+    url = add_route(http_server, "gzip", lambda r: send_bytes(
+        r, gzip.compress(BODY), "text/plain", headers={"Content-Encoding": "gzip"}))
+    assert fetch(url).body == BODY
+    assert fetch_error(url, max_body_bytes=len(BODY) - 1).error_type == "BodyTooLarge"
+
+
+# -- redirects ---------------------------------------------------------------
+
+
+def test_redirect_chain_within_limit(http_server):
+    seen = Counter()
+
+    def handler(request):
+        seen.hit(request)
+        hop = int(request.path.rstrip("/").rsplit("/", 1)[1])
+        if hop == 0:
+            send_bytes(request, BODY, "image/png")
+        elif hop == 1:  # an absolute Location
+            send_bytes(request, b"moved", status=301, headers={"Location": http_server.url("/test_http/chain/0")})
+        else:  # a relative one
+            send_bytes(request, b"", status=302, headers={"Location": str(hop - 1)})
+
+    url = add_route(http_server, "chain", handler)
+    result = fetch(url + "3", max_redirects=3)
+    assert result.body == BODY
+    assert result.url == http_server.url("/test_http/chain/0")
+    assert result.content_type == "image/png"
+    assert len(seen.ports) == 1  # redirects reuse the kept-alive connection
+    assert fetch_error(url + "3", max_redirects=2).message == "Exceeded 2 redirects."
+
+
+def test_redirect_loop_fails_clearly(http_server):
+    seen = Counter()
+
+    def handler(request):
+        seen.hit(request)
+        send_bytes(request, b"", status=302, headers={"Location": request.path})
+
+    error = fetch_error(add_route(http_server, "loop", handler), max_redirects=5)
+    assert error.message == "Exceeded 5 redirects."
+    assert error.error_type == "TooManyRedirects"
+    assert seen.count == 6
+
+
+def test_redirect_to_another_scheme_fails(http_server):
+    url = add_route(http_server, "ftp_redirect",
+                    lambda r: send_bytes(r, b"", status=302, headers={"Location": "ftp://example.com/file.jpg"}))
+    error = fetch_error(url)
+    assert error.message == "redirect to unsupported URL scheme 'ftp'"
+    assert not error.retryable
+
+
+# -- retries -----------------------------------------------------------------
+
+
+def test_transient_503_is_retried(http_server):
+    seen = Counter()
+
+    def handler(request):
+        if seen.hit(request) <= 2:
+            request.send_error(503, "Service Unavailable")
+        else:
+            send_bytes(request, BODY)
+
+    result = fetch(add_route(http_server, "503_then_ok", handler), retries=2, retry_backoff=0.01)
+    assert result.body == BODY
+    assert result.attempts == 3
+    assert seen.count == 3
+
+
+def test_retries_run_out(http_server):
+    seen = Counter()
+
+    def handler(request):
+        seen.hit(request)
+        request.send_error(503, "Service Unavailable")
+
+    error = fetch_error(add_route(http_server, "503_always", handler), retries=1, retry_backoff=0.01)
+    assert error.message == "HTTP Error 503: Service Unavailable"
+    assert seen.count == 2
+
+
+def test_429_retry_after_is_honoured(http_server):
+    seen = Counter()
+
+    def handler(request):
+        if seen.hit(request) == 1:
+            send_bytes(request, b"slow down", status=429, headers={"Retry-After": "1"})
+        else:
+            send_bytes(request, BODY)
+
+    start = time.monotonic()
+    result = fetch(add_route(http_server, "429", handler), retries=1, retry_backoff=0)
+    assert time.monotonic() - start >= 1.0
+    assert result.attempts == 2
+
+
+def test_retry_after_is_capped(http_server):
+    seen = Counter()
+
+    def handler(request):
+        if seen.hit(request) == 1:
+            send_bytes(request, b"", status=503, headers={"Retry-After": "30"})
+        else:
+            send_bytes(request, BODY)
+
+    start = time.monotonic()
+    assert fetch(add_route(http_server, "retry_after_cap", handler), retries=1, max_retry_after=0.1).attempts == 2
+    assert time.monotonic() - start < 1.0
+
+
+def test_404_is_not_retried(http_server):
+    seen = Counter()
+
+    def handler(request):
+        seen.hit(request)
+        request.send_error(404, "Not Found")
+
+    error = fetch_error(add_route(http_server, "404_once", handler), retries=3, retry_backoff=0.01)
+    assert error.message == "HTTP Error 404: Not Found"
+    assert seen.count == 1
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
+    assert 100 < parse_retry_after(future) <= 120
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def https_url(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 with a fresh self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            send_bytes(self, BODY)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):  # refused handshakes are expected
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/file"
+    server.shutdown()
+    server.server_close()
+
+
+def test_self_signed_certificate_is_refused(https_url):
+    error = fetch_error(https_url)
+    assert error.error_type == "SSLError"
+    assert "CERTIFICATE_VERIFY_FAILED" in error.message
+    assert not error.retryable
+
+
+def test_ignore_ssl_certificate(https_url, recwarn):
+    assert fetch(https_url, ignore_ssl_certificate=True).body == BODY
+    assert not [w for w in recwarn if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)]

@@ -1,0 +1,425 @@
+"""The image processor on real images: geometry, encoding, filters, pixel fixes, bomb guard, blur, EXIF."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import resource
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import attrs
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from any2ds.errors import ProcessError
+from any2ds.types import FetchResult, Sample, SampleResult
+from any2ds_plugins.image.blur import blur_boxes, kernel_size
+from any2ds_plugins.image.geometry import plan_resize
+from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
+from tests.conftest import encode, gradient
+
+
+def run(body: bytes, columns: dict | None = None, **options) -> SampleResult:
+    """Process ``body`` with the given options; return the filled SampleResult."""
+    processor = ImageProcessor(ImageOptions(**options))
+    result = SampleResult(Sample(key="000000000", shard_id=0, index=0, url="http://x/img", columns=columns or {}))
+    processor.process(FetchResult(body=body, url="http://x/img"), result)
+    return result
+
+
+def failure(body: bytes, **options) -> ProcessError:
+    with pytest.raises(ProcessError) as caught:
+        run(body, **options)
+    assert caught.value.status == "failed_to_resize"
+    return caught.value
+
+
+def decoded(result: SampleResult, stream: str = "png") -> Image.Image:
+    return Image.open(io.BytesIO(result.media[stream].data))
+
+
+def pixels_of(result: SampleResult, stream: str = "png") -> np.ndarray:
+    return np.asarray(decoded(result, stream))
+
+
+def noise(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    return encode(Image.fromarray(array, mode), "PNG")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "size", "only_if_bigger", "expected"),
+    [
+        ("300_500.jpg", "keep_ratio", 100, False, (100, 167)),
+        ("500_300.jpg", "keep_ratio", 100, False, (167, 100)),
+        ("123_456.jpg", "keep_ratio", 256, False, (256, 949)),
+        ("64_64.jpg", "keep_ratio", 100, False, (100, 100)),
+        ("500_300.jpg", "keep_ratio_largest", 101, False, (101, 61)),
+        ("123_456.jpg", "keep_ratio_largest", 100, False, (27, 100)),
+        ("1000_100.jpg", "keep_ratio_largest", 256, False, (256, 26)),
+        ("800_600.jpg", "center_crop", 100, False, (100, 100)),
+        ("123_456.jpg", "center_crop", 64, False, (64, 64)),
+        ("64_64.jpg", "center_crop", 100, False, (100, 100)),
+        ("1000_100.jpg", "border", 101, False, (101, 101)),
+        ("123_456.jpg", "border", 256, False, (256, 256)),
+        ("800_600.jpg", "no", 100, False, (800, 600)),
+        # resize_only_if_bigger leaves small images untouched, so border/center_crop outputs are not square.
+        ("64_64.jpg", "border", 100, True, (64, 64)),
+        ("456_123.jpg", "border", 500, True, (456, 123)),
+        ("123_456.jpg", "center_crop", 200, True, (123, 456)),
+        ("300_500.jpg", "keep_ratio", 300, True, (300, 500)),
+        ("1000_100.jpg", "border", 200, True, (200, 200)),
+        ("800_600.jpg", "keep_ratio", 100, True, (133, 100)),
+    ],
+)
+def test_resize_mode_output_size(image_dir, image_sizes, name, mode, size, only_if_bigger, expected):
+    result = run((image_dir / name).read_bytes(), image_size=size, resize_mode=mode,
+                 resize_only_if_bigger=only_if_bigger)
+    assert decoded(result, "jpg").size == expected
+    assert (result.metadata["width"], result.metadata["height"]) == expected
+    assert (result.metadata["original_width"], result.metadata["original_height"]) == image_sizes[name]
+
+
+def test_border_pads_white_with_floor_half_on_top(image_dir):
+    result = run((image_dir / "1000_100.jpg").read_bytes(), image_size=101, resize_mode="border",
+                 encode_format="png", encode_quality=9)
+    pixels = pixels_of(result)
+    assert pixels.shape == (101, 101, 3)
+    content_rows = np.flatnonzero((pixels != 255).any(axis=(1, 2)))
+    assert (content_rows.min(), content_rows.max()) == (45, 54)  # 10 content rows: 45 white above, 46 below
+    assert (pixels[:45] == 255).all() and (pixels[55:] == 255).all()
+
+
+def test_center_crop_keeps_the_middle():
+    # Columns coloured by x: the crop of a 300x100 image at 100 keeps columns 100..199.
+    columns = np.repeat(np.arange(300, dtype=np.uint8)[None, :, None] // 3 * 3, 100, axis=0).repeat(3, axis=2)
+    result = run(png(columns), image_size=100, resize_mode="center_crop", encode_format="png", encode_quality=9)
+    pixels = pixels_of(result)
+    assert pixels.shape == (100, 100, 3)
+    np.testing.assert_array_equal(pixels, columns[:, 100:200])
+
+
+def test_plan_picks_interpolation_and_skips_identity_resize():
+    common = {"resize_only_if_bigger": False, "downscale_interpolation": "area", "upscale_interpolation": "lanczos"}
+    shrink = plan_resize(800, 600, image_size=100, resize_mode="keep_ratio", **common)
+    assert shrink.interpolation == cv2.INTER_AREA and shrink.scaled_size == (133, 100) and shrink.shrinks
+    grow = plan_resize(64, 32, image_size=100, resize_mode="keep_ratio_largest", **common)
+    assert grow.interpolation == cv2.INTER_LANCZOS4 and grow.scaled_size == (100, 50) and not grow.shrinks
+    same = plan_resize(256, 100, image_size=256, resize_mode="keep_ratio_largest", **common)
+    assert same.scaled_size == (256, 100) and not same.changes_geometry
+    square = plan_resize(256, 256, image_size=256, resize_mode="border", **common)
+    assert square.output_size == (256, 256) and not square.changes_geometry
+    # A side never rounds to 0 pixels.
+    assert plan_resize(5000, 1, image_size=100, resize_mode="keep_ratio_largest", **common).scaled_size == (100, 1)
+
+
+def test_shrink_on_load_keeps_geometry_and_quality():
+    width, height = 2400, 1800
+    body = encode(Image.fromarray(gradient(width, height)), "JPEG", quality=95)
+    result = run(body, image_size=100, resize_mode="keep_ratio", encode_format="png", encode_quality=1)
+    shrunk = pixels_of(result).astype(np.int16)
+    assert shrunk.shape == (100, 133, 3)
+    full = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    reference = cv2.resize(full, (133, 100), interpolation=cv2.INTER_AREA).astype(np.int16)
+    assert np.abs(shrunk - reference).mean() < 1.5
+
+
+def test_shrink_on_load_with_exif_rotation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    body = encode(Image.fromarray(gradient(1600, 900)), "JPEG", exif=exif)
+    result = run(body, image_size=100, resize_mode="keep_ratio_largest")
+    assert decoded(result, "jpg").size == (56, 100)
+    assert (result.metadata["original_width"], result.metadata["original_height"]) == (900, 1600)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+@pytest.mark.parametrize(("encode_format", "quality", "pil_format"),
+                         [("jpg", 95, "JPEG"), ("png", 9, "PNG"), ("webp", 90, "WEBP"), ("webp", 101, "WEBP")])
+def test_encode_formats(image_dir, encode_format, quality, pil_format):
+    processor = ImageProcessor(ImageOptions(encode_format=encode_format, encode_quality=quality))
+    assert processor.media_streams() == [encode_format]
+    result = run((image_dir / "300_500.jpg").read_bytes(), image_size=64, encode_format=encode_format,
+                 encode_quality=quality)
+    media = result.media[encode_format]
+    assert media.extension == encode_format
+    image = Image.open(io.BytesIO(media.data))
+    assert image.format == pil_format and image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_grayscale_stays_one_channel(image_dir):
+    result = run((image_dir / "gray.jpg").read_bytes(), resize_mode="no")
+    assert decoded(result, "jpg").mode == "L"
+
+
+def test_skip_reencode_keeps_bytes_only_when_nothing_changes(image_dir):
+    square = (image_dir / "64_64.jpg").read_bytes()
+    assert run(square, image_size=64, skip_reencode=True).media["jpg"].data == square
+    assert run(square, image_size=100, resize_mode="border", resize_only_if_bigger=True,
+               skip_reencode=True).media["jpg"].data == square
+    assert run(square, image_size=64).media["jpg"].data != square  # skip_reencode off
+    assert run(square, image_size=32, skip_reencode=True).media["jpg"].data != square  # resized
+    webp = (image_dir / "image.webp").read_bytes()
+    assert run(webp, resize_mode="no", skip_reencode=True).media["jpg"].data != webp  # other format
+    assert run(webp, resize_mode="no", skip_reencode=True, encode_format="webp").media["webp"].data == webp
+    rotated = (image_dir / "rotated.jpg").read_bytes()
+    assert run(rotated, resize_mode="no", skip_reencode=True).media["jpg"].data != rotated  # reoriented
+    alpha = (image_dir / "alpha.png").read_bytes()
+    assert run(alpha, resize_mode="no", skip_reencode=True, encode_format="png",
+               encode_quality=9).media["png"].data != alpha  # composited
+
+
+def test_disable_all_reencoding_keeps_bytes_with_real_extension(image_dir):
+    body = (image_dir / "alpha.png").read_bytes()
+    result = run(body, disable_all_reencoding=True, encode_format="jpg", image_size=32)
+    media = result.media["jpg"]  # stream (parquet column) named after encode_format ...
+    assert media.data == body and media.extension == "png"  # ... extension from the bytes
+    assert {k: result.metadata[k] for k in ("width", "height", "original_width", "original_height")} == {
+        "width": 200, "height": 100, "original_width": 200, "original_height": 100}
+    gif = encode(Image.fromarray(gradient(30, 20)), "GIF")
+    assert run(gif, disable_all_reencoding=True).media["jpg"].extension == "gif"
+    assert failure((image_dir / "not_an_image.jpg").read_bytes(), disable_all_reencoding=True).message == \
+        "Image decoding error"
+    assert failure(body, disable_all_reencoding=True, min_image_size=150).message == "image too small"
+
+
+# ----------------------------------------------------------------------------- filters and errors
+
+
+@pytest.mark.parametrize(("name", "options", "message", "error_type"), [
+    ("64_64.jpg", {"min_image_size": 65}, "image too small", "FilteredOut"),
+    ("800_600.jpg", {"max_image_area": 800 * 600 - 1}, "image area too large", "FilteredOut"),
+    ("1000_100.jpg", {"max_aspect_ratio": 9.9}, "aspect ratio too large", "FilteredOut"),
+    ("not_an_image.jpg", {}, "Image decoding error", "DecodeError"),
+])
+def test_filters_and_decoding_errors(image_dir, name, options, message, error_type):
+    error = failure((image_dir / name).read_bytes(), **options)
+    assert (error.message, error.error_type) == (message, error_type)
+
+
+def test_filters_pass_at_their_limits(image_dir):
+    run((image_dir / "64_64.jpg").read_bytes(), min_image_size=64)
+    run((image_dir / "800_600.jpg").read_bytes(), max_image_area=800 * 600)
+    run((image_dir / "1000_100.jpg").read_bytes(), max_aspect_ratio=10)
+
+
+def test_truncated_jpeg_is_a_decoding_error(image_dir):
+    body = (image_dir / "800_600.jpg").read_bytes()
+    assert failure(body[: len(body) // 2]).message == "Image decoding error"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _black_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of zeros, built row by row so the test never holds the pixels."""
+    compressor = zlib.compressobj(9)
+    rows = b"\x00" * (width + 1) * 100  # 100 rows of filter byte + pixels
+    idat = b"".join(compressor.compress(rows) for _ in range(height // 100)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def test_header_bomb_fails_fast():
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+    error = failure(bomb)
+    assert error.error_type == "TooLarge"
+    message = error.message
+    assert message.startswith("image too large to decode") and "max_image_pixels" in message
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets the module's filter
+def test_large_compressible_png_refused_before_decoding():
+    body = _black_png(10_000, 10_000)  # 100 MB of pixels in ~100 kB
+    assert len(body) < 1_000_000
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    message = failure(body, max_image_pixels=1_000_000).message
+    assert time.perf_counter() - start < 0.25
+    assert message == "image too large to decode (more than max_image_pixels=1000000 pixels)"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 50_000  # kB: nothing decoded
+    ok = run(_black_png(1000, 1000), max_image_pixels=1_000_000, image_size=10)  # at the limit: allowed
+    assert ok.metadata["original_width"] == 1000
+
+
+def test_resize_output_bounded_by_max_image_pixels():
+    thin = png(gradient(1000, 1))  # keep_ratio at 256 would make 256000 x 256
+    assert failure(thin, resize_mode="keep_ratio", max_image_pixels=10_000_000).message.startswith(
+        "resized image too large")
+
+
+# ----------------------------------------------------------------------------- pixel fixes
+
+
+def test_exif_orientation_is_applied(image_dir):
+    result = run((image_dir / "rotated.jpg").read_bytes(), resize_mode="no", encode_format="png",
+                 encode_quality=1)
+    pixels = pixels_of(result).astype(int)
+    assert pixels.shape == (160, 90, 3)  # stored 160x90, displayed 90x160
+    assert (result.metadata["original_width"], result.metadata["original_height"]) == (90, 160)
+    # Rotating 90 degrees clockwise puts the stored bottom-left corner (x=0: red 0; y=max: green 255) top-left.
+    red, green, _ = pixels[0, 0]
+    assert red < 20 and green > 235
+
+
+def test_sixteen_bit_gray_is_scaled_not_saturated(image_dir):
+    result = run((image_dir / "gray16.png").read_bytes(), resize_mode="no", encode_format="png",
+                 encode_quality=1)
+    pixels = pixels_of(result)
+    assert pixels.ndim == 2 and (pixels == round(40000 / 257)).all()
+
+
+def test_alpha_composited_on_white(image_dir):
+    result = run((image_dir / "alpha.png").read_bytes(), resize_mode="no", encode_format="png", encode_quality=1)
+    pixels = pixels_of(result)
+    assert pixels.shape == (100, 200, 3)
+    assert (pixels[:, :100] == 255).all()
+    np.testing.assert_array_equal(pixels[:, 100:], gradient(200, 100)[:, 100:])
+
+
+def test_palette_transparency_and_cmyk_become_rgb():
+    palette = Image.fromarray(gradient(40, 20)).convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    result = run(encode(palette, "PNG", transparency=palette.getpixel((0, 0))), resize_mode="no",
+                 encode_format="png", encode_quality=1)
+    assert tuple(pixels_of(result)[0, 0]) == (255, 255, 255)
+    cmyk = Image.fromarray(gradient(40, 20)).convert("CMYK")
+    result = run(encode(cmyk, "JPEG"), resize_mode="no")
+    assert decoded(result, "jpg").mode == "RGB"
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def reference_blur(pixels: np.ndarray, box_pixels: tuple[int, int, int, int], diagonal: int) -> np.ndarray:
+    """The pre-1.46 ImageNet recipe, computed directly: mask grown by 0.1 x diagonal, sigma 0.1 x diagonal."""
+    sigma = 0.1 * diagonal
+    ksize = 2 * math.ceil(4 * sigma) + 1
+    left, top, right, bottom = box_pixels
+    mask = np.zeros(pixels.shape[:2], np.float32)
+    mask[top:bottom, left:right] = 1
+    image = pixels.astype(np.float32)
+    blurred = cv2.GaussianBlur(image, (ksize, ksize), sigma)
+    soft = cv2.GaussianBlur(mask, (ksize, ksize), sigma)[..., None]
+    return (image * (1 - soft) + blurred * soft).astype(np.uint8)
+
+
+def test_blur_inside_box_only_and_at_full_strength():
+    source = noise(200, 200)
+    boxes = [[0.4, 0.4, 0.6, 0.6]]  # pixels 80..120, diagonal 40, grown by 4
+    result = run(png(source), columns={"faces": boxes}, bbox_col="faces", resize_mode="no",
+                 encode_format="png", encode_quality=1)
+    blurred = pixels_of(result)
+    np.testing.assert_array_equal(blurred, reference_blur(source, (76, 76, 124, 124), 40))
+    changed = (blurred != source).any(axis=2)
+    assert changed[80:120, 80:120].all()
+    radius = kernel_size(4.0) // 2  # the blurred mask reaches at most one kernel radius beyond the grown box
+    assert not changed[: 76 - radius].any() and not changed[124 + radius :].any()
+    # img2dataset >= 1.46: kernel max(3, 2*ceil(sigma)+1) = 9 with sigma derived by OpenCV (~1.7): much weaker.
+    weak = cv2.GaussianBlur(source, (9, 9), 0)[80:120, 80:120]
+    assert blurred[90:110, 90:110].std() < weak[10:30, 10:30].std() / 2
+
+
+def test_blur_runs_before_padding_and_ignores_empty_boxes(image_dir):
+    body = png(noise(200, 100))
+    plain = run(body, image_size=100, resize_mode="border", encode_format="png", encode_quality=1)
+    for empty in (None, []):
+        same = run(body, columns={"faces": empty}, bbox_col="faces", image_size=100, resize_mode="border",
+                   encode_format="png", encode_quality=1)
+        assert same.media["png"].data == plain.media["png"].data
+    blurred = pixels_of(run(body, columns={"faces": [[0.0, 0.0, 1.0, 1.0]]}, bbox_col="faces", image_size=100,
+                            resize_mode="border", encode_format="png", encode_quality=1))
+    assert (blurred[:25] == 255).all() and (blurred[75:] == 255).all()  # the padding stays white
+    assert blurred[25:75].std() < pixels_of(plain)[25:75].std() / 2
+
+
+def test_blur_on_grayscale_and_bad_boxes(image_dir):
+    gray = (image_dir / "gray.jpg").read_bytes()
+    result = run(gray, columns={"b": [[0.1, 0.1, 0.9, 0.9]]}, bbox_col="b", resize_mode="no")
+    assert decoded(result, "jpg").mode == "L"
+    assert failure(gray, columns={"b": [[0.1, 0.2, 0.3]]}, bbox_col="b").message == \
+        "bbox_col 'b' must hold [x0, y0, x1, y1] boxes"
+
+
+def test_blur_boxes_handles_degenerate_and_edge_boxes():
+    pixels = noise(50, 10)
+    assert blur_boxes(pixels, np.array([[0.5, 0.5, 0.5, 0.5]])) is pixels  # zero-size box: nothing to blur
+    out = blur_boxes(pixels, np.array([[-0.5, -0.5, 1.5, 1.5]]))  # larger than a thin image
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- exif, columns, options, threads
+
+
+def test_exif_column(image_dir):
+    assert run((image_dir / "64_64.jpg").read_bytes()).metadata["exif"] == "{}"
+    assert run((image_dir / "alpha.png").read_bytes()).metadata["exif"] == "{}"
+    tags = json.loads(run((image_dir / "rotated.jpg").read_bytes()).metadata["exif"])
+    assert tags == {"Image Orientation": "Rotated 90 CW"}
+    assert "exif" not in run((image_dir / "64_64.jpg").read_bytes(), extract_exif=False).metadata
+
+
+def test_declared_columns_and_fields():
+    processor = ImageProcessor(ImageOptions(bbox_col="faces"))
+    assert tuple(processor.read_columns()) == ("faces",) and tuple(processor.kept_columns()) == ("faces",)
+    assert [f.name for f in processor.metadata_fields()] == [
+        "width", "height", "original_width", "original_height", "exif"]
+    assert str(processor.metadata_fields()[0].type) == "int32"
+    plain = ImageProcessor(ImageOptions(extract_exif=False))
+    assert tuple(plain.read_columns()) == () and tuple(plain.kept_columns()) == ()
+    assert [f.name for f in plain.metadata_fields()][-1] == "original_height"
+    registered = []
+    any2ds_register_processors(registered.append)
+    assert registered == [ImageProcessor] and ImageProcessor.name == "image"
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"encode_format": "png", "encode_quality": 10}, "png compression level and must be 0-9"),
+    ({"encode_format": "png"}, "must be 0-9, got 95"),
+    ({"encode_quality": 101}, "jpg quality and must be 0-100"),
+    ({"encode_format": "webp", "encode_quality": 0}, "webp quality"),
+    ({"resize_mode": "stretch"}, "resize_mode must be one of"),
+    ({"downscale_interpolation": "magic"}, "downscale_interpolation must be one of"),
+    ({"image_size": 0}, "image_size must be greater than 0"),
+    ({"max_aspect_ratio": 0.5}, "max_aspect_ratio must be at least 1"),
+    ({"bbox_col": "faces", "disable_all_reencoding": True}, "disable_all_reencoding"),
+])
+def test_option_validation(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        ImageOptions(**options)
+
+
+def test_options_are_frozen():
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        ImageOptions().image_size = 3
+
+
+def test_concurrent_processing_matches_serial(image_dir, image_sizes):
+    processor = ImageProcessor(ImageOptions(image_size=64, resize_mode="center_crop"))
+    bodies = [(image_dir / name).read_bytes() for name in image_sizes] * 4
+
+    def process(body: bytes) -> bytes:
+        result = SampleResult(Sample(key="0", shard_id=0, index=0, url="u"))
+        processor.process(FetchResult(body=body, url="u"), result)
+        return result.media["jpg"].data
+
+    serial = [process(body) for body in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(process, bodies)) == serial

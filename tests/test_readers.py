@@ -1,0 +1,457 @@
+"""The built-in input readers, on real files written to tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from any2ds.errors import ConfigError
+from any2ds.components import InputSource
+from any2ds.manager import PluginHost
+from any2ds_plugins import readers
+from any2ds_plugins.readers import READERS
+
+READER = {cls.name: cls for cls in READERS}
+
+# Text that breaks naive parsers: newlines, quotes, delimiters, tabs, emoji.
+NASTY = 'line one\nline "two"\t, tab;\r\nemoji 😀 \\ end'
+
+ROWS = [
+    {"url": "https://example.com/a.jpg", "caption": "a cat", "n": 1},
+    {"url": "https://example.com/b.jpg?x=1,2", "caption": NASTY, "n": 2},
+    {"url": "https://example.com/c.jpg", "caption": "", "n": 3},
+]
+
+
+def source(path: Path, compression: str | None = None) -> InputSource:
+    return InputSource(str(path), fsspec.filesystem("file"), compression=compression)
+
+
+def read(fmt: str, path: Path, columns, batch_size: int = 1000, compression: str | None = None) -> pa.Table:
+    """Every batch of the file, as one table (and check the batches share a schema)."""
+    batches = list(READER[fmt](None).read(source(path, compression), columns, batch_size))
+    assert all(b.schema == batches[0].schema for b in batches)
+    return pa.Table.from_batches(batches) if batches else pa.table({})
+
+
+def write(path: Path, data: bytes, gz: bool) -> Path:
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",", gz: bool = False) -> Path:
+    import io
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter=delimiter, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write(path, buf.getvalue().encode(), gz)
+
+
+def write_jsonl(path: Path, rows: list[dict], gz: bool = False) -> Path:
+    return write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode(), gz)
+
+
+def write_json(path: Path, rows, gz: bool = False, indent=None) -> Path:
+    return write(path, json.dumps(rows, ensure_ascii=False, indent=indent).encode(), gz)
+
+
+def write_parquet(path: Path, rows: list[dict], gz: bool = False) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return write(path, buf.getvalue(), gz)
+
+
+WRITERS = {
+    "csv": write_csv,
+    "tsv": lambda path, rows, gz=False: write_csv(path, rows, "\t", gz),
+    "jsonl": write_jsonl,
+    "json": write_json,
+    "parquet": write_parquet,
+}
+
+
+# --------------------------------------------------------------------------
+# every format, plain and gzip
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_format_round_trip(tmp_path, fmt, gz):
+    path = WRITERS[fmt](tmp_path / f"in.{fmt}", ROWS, gz=gz)
+    table = read(fmt, path, ["url", "caption", "n"], compression="gzip" if gz else None)
+    assert table.column_names == ["url", "caption", "n"]
+    assert table.to_pylist() == ROWS
+    assert table.schema.field("url").type == pa.string()
+    assert table.schema.field("n").type == pa.int64()
+    assert READER[fmt](None).available_columns(source(path, "gzip" if gz else None)) == ["url", "caption", "n"]
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_txt(tmp_path, gz):
+    data = b"https://a.com/x,y,z\n\nhttps://b.com/\"q\"\ttab\r\n\r\nhttps://c.com/last"
+    path = write(tmp_path / "in.txt", data, gz)
+    table = read("txt", path, ["link", "caption"], compression="gzip" if gz else None)
+    # The single column takes the URL column's name; empty lines are skipped, commas kept.
+    assert table.column_names == ["link"]
+    assert table.column("link").to_pylist() == ["https://a.com/x,y,z", 'https://b.com/"q"\ttab', "https://c.com/last"]
+    assert READER["txt"](None).available_columns(source(path)) is None
+
+
+def test_txt_bom_and_trailing_newline(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfhttps://a\nhttps://b\n")
+    assert read("txt", path, ["url"]).column("url").to_pylist() == ["https://a", "https://b"]
+
+
+def test_registered_through_the_hook():
+    host = PluginHost.load([readers], entry_points=False)
+    assert host.registries["reader"].names() == ["csv", "json", "jsonl", "parquet", "tsv", "txt"]
+
+
+# --------------------------------------------------------------------------
+# columns and types
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_column_selection_and_missing_columns(tmp_path, fmt):
+    path = WRITERS[fmt](tmp_path / f"in.{fmt}", ROWS)
+    table = read(fmt, path, ["url", "missing", "n", "url"])
+    assert table.column_names == ["url", "n"]  # requested order, missing left out, no duplicates
+    assert table.column("n").to_pylist() == [1, 2, 3]
+    assert read(fmt, path, ["nothing"]).num_rows == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "json"])
+def test_types_kept(tmp_path, fmt):
+    rows = [{"url": f"https://e.com/{i}", "n": i * 1000, "score": i / 4, "flag": i % 2 == 0} for i in range(50)]
+    path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+    schema = read(fmt, path, ["url", "n", "score", "flag"]).schema
+    assert [f.type for f in schema] == [pa.string(), pa.int64(), pa.float64(), pa.bool_()]
+
+
+def test_csv_url_and_text_columns_are_strings_even_if_they_look_numeric(tmp_path):
+    # The first block is numeric or empty; later blocks are text. Forced to strings, nothing breaks.
+    rows = [{"url": str(i), "caption": "", "n": i} for i in range(100_000)]
+    rows += [{"url": "https://e.com/x", "caption": "now text", "n": 7}]
+    path = write_csv(tmp_path / "in.csv", rows)
+    table = read("csv", path, ["url", "caption", "n"], batch_size=30_000)
+    assert table.schema.field("url").type == pa.string()
+    assert table.schema.field("caption").type == pa.string()
+    assert table.column("url").to_pylist()[-2:] == ["99999", "https://e.com/x"]
+    assert table.column("caption").to_pylist()[-1] == "now text"
+
+
+def test_nulls_stay_null(tmp_path):
+    rows = [{"url": "https://a", "caption": None, "n": None}, {"url": "https://b", "caption": "c", "n": 2}]
+    for fmt in ["jsonl", "json", "parquet"]:
+        path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+        assert read(fmt, path, ["url", "caption", "n"]).to_pylist() == rows
+    # csv has no null string; an empty int field is null.
+    assert read("csv", write_csv(tmp_path / "in.csv", rows), ["url", "n"]).column("n").to_pylist() == [None, 2]
+
+
+def test_json_missing_keys_are_null(tmp_path):
+    rows = [{"url": "https://a", "caption": "x"}, {"url": "https://b"}, {"caption": "z", "url": "https://c", "n": 5}]
+    for fmt in ["jsonl", "json"]:
+        path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+        table = read(fmt, path, ["url", "caption", "n"])
+        assert table.to_pydict() == {"url": ["https://a", "https://b", "https://c"], "caption": ["x", None, "z"],
+                                     "n": [None, None, 5]}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json", "parquet", "txt"])
+def test_batches_are_batch_size_rows(tmp_path, fmt):
+    rows = [{"url": f"https://e.com/{i}", "n": i} for i in range(1000)]
+    if fmt == "txt":
+        path = tmp_path / "in.txt"
+        path.write_text("".join(r["url"] + "\n" for r in rows))
+    else:
+        path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+    batches = list(READER[fmt](None).read(source(path), ["url"], 64))
+    assert [b.num_rows for b in batches] == [64] * 15 + [40]
+    assert [u for b in batches for u in b.column(0).to_pylist()] == [r["url"] for r in rows]
+
+
+def test_stopping_early_closes_cleanly(tmp_path):
+    rows = [{"url": f"https://e.com/{i}", "n": i} for i in range(50_000)]
+    for fmt in ["csv", "jsonl", "json", "parquet"]:
+        batches = READER[fmt](None).read(source(WRITERS[fmt](tmp_path / f"in.{fmt}", rows)), ["url"], 100)
+        assert next(batches).num_rows == 100
+        batches.close()
+
+
+# --------------------------------------------------------------------------
+# json specifics
+# --------------------------------------------------------------------------
+
+
+def test_json_array_streams_across_chunks(tmp_path):
+    # Pretty-printed, several MiB, with one element far larger than a read chunk.
+    rows = [{"url": f"https://e.com/{i}", "caption": NASTY * (i % 5), "n": i} for i in range(40_000)]
+    rows[12_345]["caption"] = "x" * (3 * readers.CHUNK_BYTES)
+    path = write_json(tmp_path / "in.json", rows, indent=2)
+    assert path.stat().st_size > 4 * readers.CHUNK_BYTES
+    assert read("json", path, ["url", "caption", "n"], batch_size=5000).to_pylist() == rows
+
+
+def test_json_columns_orientation(tmp_path):
+    # pandas' default DataFrame.to_json layout, and its dict-of-lists cousin.
+    path = write_json(tmp_path / "columns.json", {"url": {"0": "https://a", "1": "https://b"},
+                                                  "caption": {"0": NASTY, "1": None}, "n": {"0": 1, "1": 2}})
+    assert read("json", path, ["url", "caption", "n"]).to_pylist() == [
+        {"url": "https://a", "caption": NASTY, "n": 1}, {"url": "https://b", "caption": None, "n": 2}]
+    assert READER["json"](None).available_columns(source(path)) == ["url", "caption", "n"]
+    path = write_json(tmp_path / "lists.json", {"url": ["https://a", "https://b"], "n": [1, 2]})
+    assert read("json", path, ["url", "n"]).to_pydict() == {"url": ["https://a", "https://b"], "n": [1, 2]}
+
+
+def test_json_keys_beyond_the_sample_are_not_columns(tmp_path):
+    rows = [{"url": f"https://e.com/{i}"} for i in range(readers.SAMPLE_ROWS)] + [{"url": "https://late", "late": 1}]
+    for fmt in ["jsonl", "json"]:
+        path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+        assert READER[fmt](None).available_columns(source(path)) == ["url"]
+        assert read(fmt, path, ["url", "late"]).column_names == ["url"]
+
+
+def test_nested_json_values(tmp_path):
+    rows = [{"url": "https://a", "meta": {"w": 1, "tags": ["x", "y"]}}, {"url": "https://b", "meta": None}]
+    for fmt in ["jsonl", "json", "parquet"]:
+        assert read(fmt, WRITERS[fmt](tmp_path / f"in.{fmt}", rows), ["url", "meta"]).to_pylist() == rows
+
+
+# --------------------------------------------------------------------------
+# bad input: one clear ConfigError line
+# --------------------------------------------------------------------------
+
+
+def config_error(fmt: str, path: Path, compression: str | None = None, columns=("url", "n")) -> str:
+    with pytest.raises(ConfigError) as info:
+        list(READER[fmt](None).read(source(path, compression), list(columns), 100))
+    message = str(info.value)
+    assert message.startswith(f"input file {path}: ")
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "json", "jsonl", "parquet"])
+def test_binary_garbage(tmp_path, fmt):
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+    message = config_error(fmt, path)
+    assert ("not a parquet file" if fmt == "parquet" else f"is binary data, not a {fmt} file") in message
+    with pytest.raises(ConfigError):
+        READER[fmt](None).available_columns(source(path)) if fmt != "txt" else config_error(fmt, path)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "json", "jsonl"])
+def test_compressed_file_read_as_plain_text(tmp_path, fmt):
+    path = write_jsonl(tmp_path / "in.x", ROWS, gz=True)
+    assert f"is gzip-compressed, not a plain {fmt} file; use input_format {fmt}.gz" in config_error(fmt, path)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "json", "jsonl", "parquet"])
+def test_not_gzip_data(tmp_path, fmt):
+    path = tmp_path / "in.gz"
+    path.write_bytes(b"plain text, not gzip\n" * 100)
+    assert "not valid gzip data" in config_error(fmt, path, compression="gzip")
+
+
+def test_parquet_file_read_as_csv(tmp_path):
+    path = write_parquet(tmp_path / "in.csv", ROWS)
+    assert "is a parquet file, not a csv file; use input_format parquet" in config_error("csv", path)
+
+
+def test_csv_row_with_wrong_field_count(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("url,caption,n\n" + "".join(f'https://e/{i},"a\nb",{i}\n' for i in range(10)) + "https://x,2\n")
+    assert config_error("csv", path).endswith("line 22: expected 3 fields, got 2")
+
+
+def test_csv_value_breaking_an_inferred_type(tmp_path):
+    path = write_csv(tmp_path / "in.csv", [{"url": f"https://e/{i}", "n": i} for i in range(100_000)]
+                     + [{"url": "https://e/x", "n": "abc"}])
+    message = config_error("csv", path)
+    assert "column 'n'" in message and "'abc'" in message
+
+
+def test_csv_empty_file(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"")
+    assert "needs a header line" in config_error("csv", path)
+
+
+def test_csv_header_only(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("url,n\n")
+    assert read("csv", path, ["url", "n"]).num_rows == 0
+    assert READER["csv"](None).available_columns(source(path)) == ["url", "n"]
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "in.json"
+    path.write_text('[\n  {"url": "https://a"},\n  {"url": nope}\n]')
+    assert "invalid JSON at line 3" in config_error("json", path)
+    path.write_text('[{"url": "https://a"}, 5]')
+    assert "element 1 (line 1) is not a JSON object" in config_error("json", path)
+    path.write_text('[{"url": "https://a"}')
+    assert "the file ends inside the array" in config_error("json", path)
+    path.write_text('[{"url": "https://a"}] [')
+    assert "extra data after the array" in config_error("json", path)
+    path.write_text("url,n\nhttps://a,1\n")
+    assert "invalid JSON at line 1: expected an array" in config_error("json", path)
+    path.write_text('{"url": "https://a"}')
+    assert "pandas 'columns' orientation" in config_error("json", path)
+
+
+def test_invalid_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"url": "https://a"}\n\n{"url": "https://b"\n')
+    assert "invalid JSON at line 3" in config_error("jsonl", path)
+    path.write_text('{"url": "https://a"}\n["https://b"]\n')
+    assert "line 2 is not a JSON object" in config_error("jsonl", path)
+
+
+def test_invalid_jsonl_after_the_sample_names_the_line(tmp_path):
+    # Past the Python-read sample, pyarrow parses; its error is located by a rescan.
+    lines = [json.dumps({"url": f"https://e/{i}", "n": i}) for i in range(5000)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines[:3000] + ['{"url": "https://e/bad", "n": "x"}'] + lines[3000:]) + "\n")
+    assert "line 3001: column 'n' holds 'x', which does not fit its type int64" in config_error("jsonl", path)
+    path.write_text("\n".join(lines[:3000] + ['{"url": "https://e/bad" "n": 1}'] + lines[3000:]) + "\n")
+    assert "invalid JSON at line 3001" in config_error("jsonl", path)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_json_value_types_that_do_not_mix(tmp_path, fmt):
+    rows = [{"url": f"https://e/{i}", "n": i} for i in range(3000)]
+    rows[10]["n"] = "ten"  # inside the sample
+    where = "element 10 (line 1)" if fmt == "json" else "line 11"
+    message = config_error(fmt, WRITERS[fmt](tmp_path / f"a.{fmt}", rows))
+    assert f"{where}: column 'n' holds 'ten', which does not fit the type int64" in message
+    rows[10]["n"], rows[2500]["n"] = 10, "late"  # after the sample
+    where = "element 2500 (line 1)" if fmt == "json" else "line 2501"
+    message = config_error(fmt, WRITERS[fmt](tmp_path / f"b.{fmt}", rows))
+    assert f"{where}: column 'n' holds 'late', which does not fit its type int64" in message
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"https://a\nhttps://b\xff\n")
+    assert "not UTF-8 text at line 2" in config_error("txt", path)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"url": "https://a"}\n{"url": "https://b\xff"}\n')
+    assert "not UTF-8 text at line 2" in config_error("jsonl", path)
+
+
+def test_corrupt_parquet_pages(tmp_path):
+    table = pa.table({"url": [f"https://e.com/{i}" for i in range(20_000)], "n": list(range(20_000))})
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path, row_group_size=5000)
+    data = bytearray(path.read_bytes())
+    data[1000:5000] = bytes(4000)
+    path.write_bytes(bytes(data))
+    assert "corrupt parquet data" in config_error("parquet", path)
+
+
+# --------------------------------------------------------------------------
+# bounded memory on large files
+# --------------------------------------------------------------------------
+
+MEASURE = textwrap.dedent("""
+    import json, sys
+    import fsspec, pyarrow as pa
+    from any2ds.components import InputSource
+    from any2ds_plugins.readers import READERS
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    fmt, path, columns, batch_size = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4])
+    reader = {cls.name: cls for cls in READERS}[fmt](None)
+    source = InputSource(path, fsspec.filesystem("file"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    start = status("VmRSS:")
+    rows = sum(batch.num_rows for batch in reader.read(source, columns, batch_size))
+    print(json.dumps({"rows": rows, "arrow_peak": pa.default_memory_pool().max_memory(),
+                      "rss_growth": status("VmHWM:") - start}))
+""")
+
+
+def measure(fmt: str, path: Path, columns: list[str], batch_size: int = 10_000) -> dict:
+    """Read the file in a fresh process; its Arrow pool peak and RSS peak growth."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, fmt, str(path), ",".join(columns), str(batch_size)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def big_table() -> pa.Table:
+    n = 2_000_000
+    ids = pc.cast(pa.array(np.arange(n)), pa.string())
+    return pa.table({
+        "url": pc.binary_join_element_wise("https://example.com/images/", ids, ".jpg", ""),
+        "caption": pc.binary_join_element_wise("a photo, number ", ids, ""),
+        "n": pa.array(np.arange(n)),
+    })
+
+
+def assert_bounded(stats: dict, rows: int, full_bytes: int) -> None:
+    assert stats["rows"] == rows
+    assert stats["arrow_peak"] < full_bytes / 5, (stats, full_bytes)
+    assert stats["rss_growth"] < full_bytes / 3, (stats, full_bytes)
+
+
+def test_parquet_memory_is_bounded(tmp_path, big_table):
+    path = tmp_path / "big.parquet"
+    pq.write_table(big_table, path, row_group_size=100_000)
+    assert_bounded(measure("parquet", path, ["url", "caption", "n"]), big_table.num_rows, big_table.nbytes)
+
+
+def test_csv_memory_is_bounded(tmp_path, big_table):
+    path = tmp_path / "big.csv"
+    pacsv.write_csv(big_table, path)
+    assert_bounded(measure("csv", path, ["url", "caption", "n"]), big_table.num_rows, big_table.nbytes)
+
+
+def test_txt_memory_is_bounded(tmp_path, big_table):
+    path = tmp_path / "big.txt"
+    urls = big_table.column("url").combine_chunks()
+    with open(path, "w") as f:
+        f.write("\n".join(urls.to_pylist()))
+    stats = measure("txt", path, ["url"])
+    assert_bounded(stats, big_table.num_rows, urls.nbytes)
+
+
+def test_jsonl_memory_is_bounded(tmp_path, big_table):
+    table = big_table.slice(0, 500_000)
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as f:
+        for batch in table.to_batches(100_000):
+            f.write("".join(json.dumps(row) + "\n" for row in batch.to_pylist()))
+    assert_bounded(measure("jsonl", path, ["url", "caption", "n"]), table.num_rows, table.nbytes)

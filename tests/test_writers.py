@@ -1,0 +1,398 @@
+"""The built-in writers: every output format written through a real ShardTarget and
+read back with the libraries users read it with (webdataset, pyarrow, tensorflow)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+import any2ds_plugins.writers as writers_plugin
+from any2ds.errors import ConfigError
+from any2ds.manager import PluginHost
+from any2ds.metadata import MetadataLayout, to_json
+from any2ds.output import OutputFolder
+from any2ds.types import Media, Sample, SampleResult, make_key
+from any2ds_plugins.writers import files as files_module
+from any2ds_plugins.writers import parquet as parquet_module
+from any2ds_plugins.writers.common import sample_members
+from any2ds_plugins.writers.tfrecord import to_feature
+
+FORMATS = ["files", "webdataset", "parquet", "tfrecord", "dummy"]
+NSPS, OOM = 10, 5  # keys of shard 0 are 000000..000009
+SHARD = "00000"
+
+LAYOUT = MetadataLayout.build(
+    pa.schema([("extra", pa.int64()), ("scores", pa.list_(pa.float64()))]),
+    saved_columns=["extra", "scores"],
+    has_caption=True,
+    plugin_fields=[pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("sha256", pa.string())],
+    media_streams=["jpg"],
+)
+
+
+def writer_class(name: str):
+    host = PluginHost.load([writers_plugin], entry_points=False)
+    return host.component("writer", name, "output_format")
+
+
+def image_bytes(index: int, fmt: str = "JPEG") -> bytes:
+    """A small picture whose width (8 + index) tells which sample it belongs to."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8 + index, 6), (index * 40, 100, 200)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def success(index: int, caption: str | None, fmt: str = "JPEG", extension: str = "jpg") -> SampleResult:
+    sample = Sample(make_key(0, index, NSPS, OOM), 0, index, f"http://example.com/{index}", caption,
+                    {"extra": index * 10, "scores": [0.5, index * 1.0]})
+    reencoded = extension == "jpg"  # under disable_all_reencoding the dimensions are unknown
+    return SampleResult(sample, media={"jpg": Media(image_bytes(index, fmt), extension)},
+                        metadata={"width": 8 + index if reencoded else None, "height": 6 if reencoded else None,
+                                  "sha256": f"hash{index}"})
+
+
+def failure(index: int, status: str, message: str) -> SampleResult:
+    sample = Sample(make_key(0, index, NSPS, OOM), 0, index, f"http://example.com/{index}", f"caption {index}",
+                    {"extra": index * 10, "scores": []})
+    return SampleResult(sample, status=status, error_message=message, error_type="TestError")
+
+
+def make_results() -> list[SampleResult]:
+    """Six rows in completion order (not key order): four successes, two failures."""
+    by_index = {
+        0: success(0, "a cat"),
+        1: failure(1, "failed_to_download", "HTTP Error 404: Not Found"),
+        2: success(2, None),
+        3: success(3, "png kept as is", fmt="PNG", extension="png"),  # stream "jpg", png bytes
+        4: failure(4, "failed_to_resize", "Image decoding error"),
+        5: success(5, "unicode é ü"),
+    }
+    return [by_index[i] for i in (3, 0, 5, 1, 4, 2)]
+
+
+RESULTS = make_results()
+SUCCESSES = [r for r in RESULTS if r.ok]
+
+
+def key(index: int) -> str:
+    return make_key(0, index, NSPS, OOM)
+
+
+def make_writer(fmt: str):
+    cls = writer_class(fmt)
+    return cls(cls.Options())
+
+
+def open_shard(fmt: str, root: str):
+    folder = OutputFolder(root, OOM)
+    target = folder.target(0)
+    return folder, target, make_writer(fmt).open_shard(target, LAYOUT)
+
+
+def write_shard(fmt: str, root: str, results: list[SampleResult]) -> None:
+    """What the core does with one shard: write every row, close, commit, clean up."""
+    folder, target, shard = open_shard(fmt, root)
+    for result in results:
+        shard.write(result)
+    shard.close()
+    target.commit({"count": len(results)})
+    tmp = folder.join("_tmp")
+    folder.fs.invalidate_cache()
+    assert not (folder.fs.exists(tmp) and folder.fs.find(tmp)), "the committed shard left temporary files"
+    folder.finish()
+
+
+# --- reading outputs back --------------------------------------------------
+
+
+def check_metadata_parquet(path: Path, results: list[SampleResult]) -> None:
+    """The per-shard metadata: every row, failures included, sorted by key, in layout order."""
+    table = pq.read_table(path)
+    assert table.schema.equals(LAYOUT.schema)
+    rows = table.to_pylist()
+    expected = sorted((LAYOUT.record(r) for r in results), key=lambda r: r["key"])
+    assert rows == expected
+    assert [r["key"] for r in rows] == sorted(r.sample.key for r in results)
+
+
+def check_stats(root: Path, count: int) -> None:
+    assert json.loads((root / f"{SHARD}_stats.json").read_text()) == {"count": count}
+
+
+def check_files(root: Path) -> None:
+    assert sorted(os.listdir(root)) == [SHARD, f"{SHARD}.parquet", f"{SHARD}_stats.json"]
+    folder = root / SHARD
+    assert sorted(os.listdir(folder)) == sorted(
+        [f"{key(i)}.{ext}" for i in (0, 2, 5) for ext in ("jpg", "txt", "json")]
+        + [f"{key(3)}.png", f"{key(3)}.txt", f"{key(3)}.json"])
+    for result in SUCCESSES:
+        stem = folder / result.sample.key
+        media = result.media["jpg"]
+        with Image.open(stem.with_suffix(f".{media.extension}")) as image:
+            assert image.size == (8 + result.sample.index, 6)
+        assert stem.with_suffix(".txt").read_text(encoding="utf-8") == (result.sample.caption or "")
+        assert json.loads(stem.with_suffix(".json").read_text(encoding="utf-8")) == LAYOUT.record(result)
+    first = next(r for r in SUCCESSES if r.sample.index == 0)
+    assert (folder / f"{key(0)}.json").read_text(encoding="utf-8") == to_json(LAYOUT.record(first))  # indent 4
+    check_metadata_parquet(root / f"{SHARD}.parquet", RESULTS)
+    check_stats(root, len(RESULTS))
+
+
+def check_webdataset(root: Path) -> None:
+    assert sorted(os.listdir(root)) == [f"{SHARD}.parquet", f"{SHARD}.tar", f"{SHARD}_stats.json"]
+    tar_path = root / f"{SHARD}.tar"
+    samples = list(wds.WebDataset(str(tar_path), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [r.sample.key for r in SUCCESSES]  # write order
+    for sample, result in zip(samples, SUCCESSES):
+        media = result.media["jpg"]
+        assert set(sample) - {"__key__", "__url__", "__local_path__"} == {media.extension, "txt", "json"}
+        assert sample[media.extension] == media.data
+        with Image.open(io.BytesIO(sample[media.extension])) as image:
+            assert image.size == (8 + result.sample.index, 6)
+        assert sample["txt"].decode("utf-8") == (result.sample.caption or "")
+        assert json.loads(sample["json"]) == LAYOUT.record(result)
+    with tarfile.open(tar_path) as tar:
+        members = tar.getmembers()
+    assert len(members) == 3 * len(SUCCESSES)
+    assert {(m.mode, m.uname, m.gname) for m in members} == {(0o444, "bigdata", "bigdata")}
+    check_metadata_parquet(root / f"{SHARD}.parquet", RESULTS)
+    check_stats(root, len(RESULTS))
+
+
+def check_parquet(root: Path) -> None:
+    assert sorted(os.listdir(root)) == [f"{SHARD}.parquet", f"{SHARD}_stats.json"]
+    table = pq.read_table(root / f"{SHARD}.parquet")
+    assert table.schema.equals(LAYOUT.schema.append(pa.field("jpg", pa.binary())))
+    assert table.num_rows == len(RESULTS)
+    rows = table.to_pylist()
+    for row, result in zip(rows, RESULTS):  # completion order
+        assert row.pop("jpg") == (result.media["jpg"].data if result.ok else None)
+        assert row == LAYOUT.record(result)
+    check_stats(root, len(RESULTS))
+
+
+def read_tfrecords(path: Path) -> list[bytes]:
+    tf = pytest.importorskip("tensorflow")
+    return [raw.numpy() for raw in tf.data.TFRecordDataset(str(path))]
+
+
+def check_tfrecord(root: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    assert sorted(os.listdir(root)) == [f"{SHARD}.parquet", f"{SHARD}.tfrecord", f"{SHARD}_stats.json"]
+    records = read_tfrecords(root / f"{SHARD}.tfrecord")
+    assert len(records) == len(SUCCESSES)
+    spec = {name: tf.io.FixedLenFeature([], tf.string)
+            for name in ("key", "jpg", "txt", "caption", "url", "status", "error_message", "error_type", "sha256")}
+    spec["extra"] = tf.io.FixedLenFeature([], tf.int64)
+    spec["scores"] = tf.io.FixedLenFeature([2], tf.float32)
+    for raw, result in zip(records, SUCCESSES):
+        parsed = tf.io.parse_single_example(raw, spec)
+        text = {name: parsed[name].numpy() for name in spec if name not in ("extra", "scores", "jpg")}
+        assert text == {"key": result.sample.key.encode(), "txt": (result.sample.caption or "").encode(),
+                        "caption": (result.sample.caption or "").encode(), "url": result.sample.url.encode(),
+                        "status": b"success", "error_message": b"", "error_type": b"",
+                        "sha256": result.metadata["sha256"].encode()}
+        assert parsed["jpg"].numpy() == result.media["jpg"].data
+        assert parsed["extra"].numpy() == result.sample.columns["extra"]
+        assert parsed["scores"].numpy().tolist() == result.sample.columns["scores"]
+        features = tf.train.Example.FromString(raw).features.feature
+        if result.metadata["width"] is None:  # img2dataset: None is stored as b""
+            assert features["width"].bytes_list.value == [b""]
+        else:
+            assert features["width"].int64_list.value == [result.metadata["width"]]
+    check_metadata_parquet(root / f"{SHARD}.parquet", RESULTS)
+    check_stats(root, len(RESULTS))
+
+
+def check_dummy(root: Path) -> None:
+    assert os.listdir(root) == [f"{SHARD}_stats.json"]
+    check_stats(root, len(RESULTS))
+
+
+CHECKS = {"files": check_files, "webdataset": check_webdataset, "parquet": check_parquet,
+          "tfrecord": check_tfrecord, "dummy": check_dummy}
+
+
+def skip_without_tensorflow(fmt: str) -> None:
+    if fmt == "tfrecord":
+        pytest.importorskip("tensorflow")
+
+
+# --- tests -----------------------------------------------------------------
+
+
+def test_the_plugin_registers_the_five_output_formats():
+    host = PluginHost.load([writers_plugin], entry_points=False)
+    assert host.registries["writer"].names() == sorted(FORMATS)
+    for name in FORMATS:
+        assert writer_class(name).name == name
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_writer_output_reads_back(fmt, tmp_path):
+    skip_without_tensorflow(fmt)
+    write_shard(fmt, str(tmp_path / "out"), RESULTS)
+    CHECKS[fmt](tmp_path / "out")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_shard_of_failures_only_still_commits(fmt, tmp_path):
+    skip_without_tensorflow(fmt)
+    failures = [r for r in RESULTS if not r.ok]
+    write_shard(fmt, str(tmp_path / "out"), failures)
+    root = tmp_path / "out"
+    check_stats(root, len(failures))
+    if fmt == "dummy":
+        return
+    if fmt == "parquet":
+        table = pq.read_table(root / f"{SHARD}.parquet")
+        assert table.num_rows == 2 and table.column("jpg").null_count == 2
+        return
+    check_metadata_parquet(root / f"{SHARD}.parquet", failures)
+    if fmt == "files":
+        assert os.listdir(root / SHARD) == []
+    elif fmt == "webdataset":
+        with tarfile.open(root / f"{SHARD}.tar") as tar:
+            assert tar.getmembers() == []
+    else:
+        assert read_tfrecords(root / f"{SHARD}.tfrecord") == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_abort_leaves_no_files(fmt, tmp_path):
+    skip_without_tensorflow(fmt)
+    folder, target, shard = open_shard(fmt, str(tmp_path / "out"))
+    for result in RESULTS[:3]:
+        shard.write(result)
+    shard.abort()
+    target.abort()
+    folder.finish()
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_files_are_written_in_batches_before_close(tmp_path, monkeypatch):
+    monkeypatch.setattr(files_module, "BATCH_FILES", 3)  # one sample's jpg, txt and json
+    folder, target, shard = open_shard("files", str(tmp_path))
+    shard.write(RESULTS[0])
+    assert sorted(os.listdir(target.path(""))) == [f"{key(3)}.json", f"{key(3)}.png", f"{key(3)}.txt"]
+    for result in RESULTS[1:]:
+        shard.write(result)
+    shard.close()
+    target.commit({"count": len(RESULTS)})
+    folder.finish()
+    check_files(tmp_path)
+
+
+def test_parquet_is_written_in_row_groups_of_256_rows(tmp_path):
+    results = [success(i % NSPS, f"caption {i}") for i in range(600)]
+    write_shard("parquet", str(tmp_path), results)
+    metadata = pq.ParquetFile(tmp_path / f"{SHARD}.parquet").metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [256, 256, 88]
+
+
+def test_parquet_flushes_a_row_group_once_enough_media_is_buffered(tmp_path, monkeypatch):
+    monkeypatch.setattr(parquet_module, "ROW_GROUP_BYTES", 1)  # every success fills the buffer
+    write_shard("parquet", str(tmp_path), RESULTS)
+    metadata = pq.ParquetFile(tmp_path / f"{SHARD}.parquet").metadata
+    # Completion order is success x3, failure x2, success: failures carry no media.
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [1, 1, 1, 3]
+
+
+def test_parquet_rejects_a_stream_named_like_a_metadata_column(tmp_path):
+    layout = MetadataLayout.build(pa.schema([]), [], False, [], media_streams=["url"])
+    target = OutputFolder(str(tmp_path), OOM).target(0)
+    with pytest.raises(ConfigError, match="url"):
+        make_writer("parquet").open_shard(target, layout)
+    target.abort()
+
+
+def test_media_extensions_never_overwrite_the_sidecars():
+    result = success(0, "caption")
+    result.media = {"text": Media(b"downloaded text", "txt"), "jpg": Media(b"jpeg", "jpg"),
+                    "thumb": Media(b"small jpeg", "jpg")}
+    members = sample_members(result, LAYOUT.record(result), LAYOUT)
+    assert members["txt"] == b"caption"
+    assert members["text.txt"] == b"downloaded text"
+    assert members["jpg"] == b"jpeg" and members["thumb.jpg"] == b"small jpeg"
+    assert json.loads(members["json"])["key"] == result.sample.key
+
+
+def test_tfrecord_features_follow_value_types():
+    tf = pytest.importorskip("tensorflow")
+    assert to_feature(tf, 3).int64_list.value == [3]
+    assert to_feature(tf, 0.25).float_list.value == [0.25]
+    assert to_feature(tf, None).bytes_list.value == [b""]
+    assert to_feature(tf, "é").bytes_list.value == ["é".encode()]
+    assert to_feature(tf, [1, 2]).int64_list.value == [1, 2]
+    assert to_feature(tf, [1, 0.5]).float_list.value == [1.0, 0.5]
+    assert to_feature(tf, ["a", "b"]).bytes_list.value == [b"a", b"b"]
+    assert to_feature(tf, [[0.1, 0.2]]).bytes_list.value == [b"[[0.1, 0.2]]"]  # bbox lists: JSON
+
+
+def test_tfrecord_check_fails_early_without_tensorflow(monkeypatch, tmp_path):
+    writer = make_writer("tfrecord")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
+    with pytest.raises(ConfigError, match=r"pip install 'any2ds\[tfrecord\]'"):
+        writer.check()
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
+    target = OutputFolder(str(tmp_path), OOM).target(0)
+    with pytest.raises(ConfigError, match="needs tensorflow"):
+        writer.open_shard(target, LAYOUT)
+    target.abort()
+
+
+def test_importing_the_writers_does_not_import_tensorflow():
+    code = "import sys, any2ds_plugins.writers; assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- S3, through a loopback moto server --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the loopback server; fsspec's s3 config points there."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": s3_endpoint}})
+    bucket = f"any2ds-{uuid.uuid4().hex[:12]}"
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(bucket)
+    return fs, bucket
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "files", "parquet", "tfrecord"])
+def test_writers_commit_on_s3(fmt, s3_bucket, tmp_path):
+    skip_without_tensorflow(fmt)
+    fs, bucket = s3_bucket
+    write_shard(fmt, f"s3://{bucket}/out", RESULTS)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/out/_tmp")
+    local = tmp_path / "copy"
+    fs.get(f"{bucket}/out/", str(local), recursive=True)
+    CHECKS[fmt](local)
