@@ -84,6 +84,8 @@ def run_download(argv: Sequence[str]) -> int:
     from any2ds.run import run
 
     host = PluginHost.load()
+    flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    reject_unknown(host, [f for f in flags if f not in ("config", "help")])
     parser = download_parser(host)
     try:
         namespace = parser.parse_args(list(argv))

@@ -86,9 +86,6 @@ class Reader(Component):
     """
 
     kind = "reader"
-    # False for formats without column names (txt): only the URL column exists,
-    # other requested columns are null instead of an error.
-    named_columns: ClassVar[bool] = True
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most about ``batch_size`` rows holding ``columns``.
@@ -100,8 +97,12 @@ class Reader(Component):
         """
         raise NotImplementedError
 
-    def available_columns(self, source: InputSource) -> list[str]:
-        """The file's column names, read cheaply (header, schema, first record)."""
+    def available_columns(self, source: InputSource) -> list[str] | None:
+        """The file's column names, read cheaply (header, schema, first records).
+
+        None for formats without column names (txt): their one column is the
+        URL column, and other requested columns are null.
+        """
         raise NotImplementedError
 
 

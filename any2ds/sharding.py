@@ -87,26 +87,21 @@ class ShardCutter:
 
     def _batches(self, source: InputSource) -> Iterator[pa.RecordBatch]:
         """The file's batches, every requested column present and in order."""
-        checked = False
+        self._check_columns(source)
         for batch in self.reader.read(source, self.columns, READ_BATCH_ROWS):
-            if not checked:
-                self._check_columns(source, batch.schema.names)
-                checked = True
             if batch.num_rows:
                 yield _with_columns(batch, self.columns)
 
-    def _check_columns(self, source: InputSource, present: Sequence[str]) -> None:
-        required = self.columns if self.reader.named_columns else self.columns[:1]
-        missing = [c for c in required if c not in present]
+    def _check_columns(self, source: InputSource) -> None:
+        available = self.reader.available_columns(source)
+        if available is None:  # no column names: the one column is the URL
+            return
+        missing = [c for c in self.columns if c not in available]
         if missing:
-            try:
-                available = self.reader.available_columns(source)
-            except Exception:  # only used to word the error
-                available = list(present)
             raise ConfigError(
                 f"input file {source.path}: column(s) {', '.join(map(repr, missing))} not found; "
                 f"its columns are: {', '.join(map(repr, available))} (check url_col, caption_col, "
-                f"save_additional_columns)"
+                f"save_additional_columns, bbox_col, verify_hash)"
             )
 
 

@@ -219,7 +219,7 @@ class HttpFetcher(Fetcher):
         attempt = 1
         while True:
             try:
-                return self._attempt(sample.url, attempt)
+                return self._attempt(sample.url.strip(), attempt)
             except FetchError as error:
                 if not error.retryable or attempt > self.options.retries:
                     raise

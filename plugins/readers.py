@@ -42,11 +42,14 @@ SNIFF_BYTES = 64 * 1024
 CHUNK_BYTES = 1024 * 1024
 """Read size of the Python-parsed formats (txt, json)."""
 
-CSV_BLOCK_BYTES = 1024 * 1024
-"""pyarrow CSV block size; column types are inferred from the first block."""
+CSV_BLOCK_BYTES = (1024 * 1024, 64 * 1024 * 1024)
+"""pyarrow CSV block size: first and largest. A row must fit in a block; the
+reader starts over with larger blocks when one does not. Column types are
+inferred from the first block."""
 
-JSONL_BLOCK_BYTES = 8 * 1024 * 1024
-"""pyarrow JSON block size; one jsonl line must fit in a block."""
+JSONL_BLOCK_BYTES = (256 * 1024, 16 * 1024 * 1024)
+"""pyarrow JSON block size: first and largest, as for CSV. pyarrow's JSON
+reader peaks at about 35 times its block size, hence the small start."""
 
 SAMPLE_ROWS = 1000
 """JSON objects whose keys and values define a json/jsonl file's columns and types."""
@@ -158,6 +161,38 @@ def _guarded(batches: Iterator[pa.RecordBatch], on_error: Callable[[BaseExceptio
             yield batch
     finally:
         batches.close()
+
+
+def _growing_blocks(open_reader: Callable[[int], Iterator[pa.RecordBatch]],
+                    block_bytes: tuple[int, int]) -> Iterator[pa.RecordBatch]:
+    """Batches of ``open_reader(block_size)``, starting over with 4x larger blocks when a row does not fit.
+
+    pyarrow cannot parse a row longer than its block ("straddling object");
+    blocks start small to keep memory low, and the rows already yielded are
+    skipped after a restart. Past the largest size the error goes out.
+    """
+    block, largest = block_bytes
+    done = 0
+    while True:
+        skip = done
+        try:
+            for batch in open_reader(block):
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                if skip:
+                    batch, skip = batch.slice(skip), 0
+                done += batch.num_rows
+                yield batch
+            return
+        except pa.ArrowInvalid as exc:
+            if not _is_straddling(exc) or block >= largest:
+                raise
+            block = min(block * 4, largest)
+
+
+def _is_straddling(exc: BaseException) -> bool:
+    return "straddl" in str(exc)
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -283,30 +318,33 @@ class CsvReader(Reader):
                  for name in present}
         convert = pacsv.ConvertOptions(include_columns=present, column_types=types)
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def open_reader(block_size: int) -> Iterator[pa.RecordBatch]:
             with source.open() as f:
-                yield from pacsv.open_csv(f, read_options=self._read_options(),
+                yield from pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=block_size),
                                           parse_options=self._parse_options(), convert_options=convert)
 
-        yield from _rebatch(_guarded(batches(), lambda exc: self._error(source, exc, schema.names)), batch_size)
-
-    def _read_options(self) -> pacsv.ReadOptions:
-        return pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
+        batches = _growing_blocks(open_reader, CSV_BLOCK_BYTES)
+        yield from _rebatch(_guarded(batches, lambda exc: self._error(source, exc, schema.names)), batch_size)
 
     def _parse_options(self) -> pacsv.ParseOptions:
         return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
 
     def _first_block_schema(self, source: InputSource) -> pa.Schema:
         """Column names and inferred types, from the header and the first block."""
-        with _open_text(source, self.name) as f:
-            if not _read(source, f, 1):
-                raise _fail(source, f"empty file; {self.name} input needs a header line")
-            f.seek(0)
+        block, largest = CSV_BLOCK_BYTES
+        while True:
             try:
-                # Single-threaded: no read-ahead still running when the file closes.
-                read_options = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
-                return pacsv.open_csv(f, read_options=read_options, parse_options=self._parse_options()).schema
+                with _open_text(source, self.name) as f:
+                    if not _read(source, f, 1):
+                        raise _fail(source, f"empty file; {self.name} input needs a header line")
+                    f.seek(0)
+                    # Single-threaded: no read-ahead still running when the file closes.
+                    read_options = pacsv.ReadOptions(block_size=block, use_threads=False)
+                    return pacsv.open_csv(f, read_options=read_options, parse_options=self._parse_options()).schema
             except _DATA_ERRORS as exc:
+                if _is_straddling(exc) and block < largest:
+                    block = min(block * 4, largest)
+                    continue
                 raise self._error(source, exc, None) from exc
 
     def _error(self, source: InputSource, exc: BaseException, names: Sequence[str] | None) -> ConfigError:
@@ -316,6 +354,8 @@ class CsvReader(Reader):
         if conversion and names is not None and int(conversion[1]) < len(names):
             column = names[int(conversion[1])]
             return _fail(source, f"column {column!r}: {conversion[2]} (its type was inferred from the first rows)")
+        if _is_straddling(exc):
+            return _fail(source, f"a row is longer than {CSV_BLOCK_BYTES[1] >> 20} MiB")
         if "columns, got" in message:
             where = self._find_bad_row(source)
             if where:
@@ -458,12 +498,13 @@ class JsonlReader(Reader):
         schema = _infer_schema(source, sample, present, columns[0], _jsonl_where)
         parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def open_reader(block_size: int) -> Iterator[pa.RecordBatch]:
             with source.open() as f:
-                yield from pajson.open_json(f, read_options=pajson.ReadOptions(block_size=JSONL_BLOCK_BYTES),
+                yield from pajson.open_json(f, read_options=pajson.ReadOptions(block_size=block_size),
                                             parse_options=parse)
 
-        yield from _rebatch(_guarded(batches(), lambda exc: self._error(source, schema, exc)), batch_size)
+        batches = _growing_blocks(open_reader, JSONL_BLOCK_BYTES)
+        yield from _rebatch(_guarded(batches, lambda exc: self._error(source, schema, exc)), batch_size)
 
     def _sample(self, source: InputSource) -> list[tuple[int, dict]]:
         with _open_text(source, self.name) as f:
@@ -471,8 +512,8 @@ class JsonlReader(Reader):
 
     def _error(self, source: InputSource, schema: pa.Schema, exc: BaseException) -> ConfigError:
         """Find the line pyarrow refused (its message does not say which) by rescanning in Python."""
-        if "straddl" in str(exc):
-            return _fail(source, f"a line is longer than {JSONL_BLOCK_BYTES >> 20} MiB")
+        if _is_straddling(exc):
+            return _fail(source, f"a line is longer than {JSONL_BLOCK_BYTES[1] >> 20} MiB")
         if isinstance(exc, _GZIP_ERRORS):
             return _describe(source, exc)
         with source.open() as f:
@@ -711,6 +752,8 @@ class ParquetReader(Reader):
         pyarrow reports corrupt pages as a plain OSError; failures of the file
         object itself keep their more specific types (ConnectionError, ...).
         """
+        if isinstance(exc, _GZIP_ERRORS):
+            return _describe(source, exc)
         if isinstance(exc, _DATA_ERRORS) or type(exc) is OSError:
             return _fail(source, f"{what}: {_one_line(exc)}")
         return None

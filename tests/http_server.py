@@ -20,6 +20,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):  # clients may hang up early on purpose
+            pass
+
     def do_GET(self):  # noqa: N802 - http.server's naming
         server: LocalHTTPServer = self.server.owner  # type: ignore[attr-defined]
         server.record(self)

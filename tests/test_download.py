@@ -119,7 +119,8 @@ def test_metadata_schema_and_stats_match_img2dataset(tmp_path, csv_input):
 def test_parquet_output_holds_media(tmp_path, csv_input):
     out = tmp_path / "out"
     assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
-               "--output_format", "parquet", "--encode_format", "png", "--thread_count", "4") == 0
+               "--output_format", "parquet", "--encode_format", "png", "--encode_quality", "9",
+               "--thread_count", "4") == 0
     table = pq.read_table(out / "00000.parquet")
     assert "png" in table.column_names and table.num_rows == len(IMAGES) + 3
     ok = [r for r in table.to_pylist() if r["status"] == "success"]

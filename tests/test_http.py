@@ -321,7 +321,10 @@ def test_deadline_covers_the_whole_redirect_chain(http_server):
     def handler(request):
         time.sleep(0.3)
         hop = int(request.path.rstrip("/").rsplit("/", 1)[1])
-        send_bytes(request, b"", status=302, headers={"Location": f"/test_http/slow_chain/{hop + 1}"})
+        try:
+            send_bytes(request, b"", status=302, headers={"Location": f"/test_http/slow_chain/{hop + 1}"})
+        except OSError:  # the client gave up at its deadline
+            request.close_connection = True
 
     url = add_route(http_server, "slow_chain", handler)
     start = time.monotonic()
@@ -351,7 +354,7 @@ def test_missing_content_length_and_early_close_is_accepted(http_server):
 
 
 def test_body_over_max_body_bytes_by_content_length(http_server):
-    url = add_route(http_server, "big_declared", lambda r: send_bytes(r, BODY))
+    url = add_route(http_server, "big_declared", lambda r: send_bytes(r, BODY, headers={"Connection": "close"}))
     error = fetch_error(url, max_body_bytes=1000)
     assert error.message == "body larger than 1000 bytes"
     assert error.error_type == "BodyTooLarge"
@@ -374,6 +377,13 @@ def test_gzip_content_encoding_is_decoded_and_counted_decoded(http_server):
         r, gzip.compress(BODY), "text/plain", headers={"Content-Encoding": "gzip"}))
     assert fetch(url).body == BODY
     assert fetch_error(url, max_body_bytes=len(BODY) - 1).error_type == "BodyTooLarge"
+
+
+def test_undecodable_gzip_is_a_permanent_failure(http_server):
+    url = add_route(http_server, "bad_gzip", lambda r: send_bytes(r, b"not gzip", headers={"Content-Encoding": "gzip"}))
+    error = fetch_error(url, retries=2, retry_backoff=10)
+    assert error.message == "Error -3 while decompressing data: incorrect header check"
+    assert not error.retryable
 
 
 # -- redirects ---------------------------------------------------------------

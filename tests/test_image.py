@@ -296,10 +296,12 @@ def test_alpha_composited_on_white(image_dir):
 
 def test_palette_transparency_and_cmyk_become_rgb():
     palette = Image.fromarray(gradient(40, 20)).convert("P")
-    palette.info["transparency"] = palette.getpixel((0, 0))
-    result = run(encode(palette, "PNG", transparency=palette.getpixel((0, 0))), resize_mode="no",
+    transparent_index = palette.getpixel((0, 0))
+    result = run(encode(palette, "GIF", transparency=transparent_index), resize_mode="no",
                  encode_format="png", encode_quality=1)
-    assert tuple(pixels_of(result)[0, 0]) == (255, 255, 255)
+    pixels = pixels_of(result)
+    assert pixels.shape == (20, 40, 3) and tuple(pixels[0, 0]) == (255, 255, 255)
+    assert tuple(pixels[0, 39]) != (255, 255, 255)  # an opaque pixel keeps its colour
     cmyk = Image.fromarray(gradient(40, 20)).convert("CMYK")
     result = run(encode(cmyk, "JPEG"), resize_mode="no")
     assert decoded(result, "jpg").mode == "RGB"
@@ -337,7 +339,7 @@ def test_blur_inside_box_only_and_at_full_strength():
     assert blurred[90:110, 90:110].std() < weak[10:30, 10:30].std() / 2
 
 
-def test_blur_runs_before_padding_and_ignores_empty_boxes(image_dir):
+def test_blur_runs_before_padding_and_ignores_empty_boxes():
     body = png(noise(200, 100))
     plain = run(body, image_size=100, resize_mode="border", encode_format="png", encode_quality=1)
     for empty in (None, []):

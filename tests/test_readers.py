@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -19,8 +20,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from any2ds.errors import ConfigError
 from any2ds.components import InputSource
+from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 from any2ds_plugins import readers
 from any2ds_plugins.readers import READERS
@@ -58,8 +59,6 @@ def write(path: Path, data: bytes, gz: bool) -> Path:
 
 
 def write_csv(path: Path, rows: list[dict], delimiter: str = ",", gz: bool = False) -> Path:
-    import io
-
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter=delimiter, lineterminator="\n")
     writer.writeheader()
@@ -76,8 +75,6 @@ def write_json(path: Path, rows, gz: bool = False, indent=None) -> Path:
 
 
 def write_parquet(path: Path, rows: list[dict], gz: bool = False) -> Path:
-    import io
-
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
     return write(path, buf.getvalue(), gz)
@@ -204,6 +201,16 @@ def test_stopping_early_closes_cleanly(tmp_path):
         batches.close()
 
 
+@pytest.mark.parametrize("position", [0, 5000], ids=["first-row", "later"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_rows_longer_than_a_block(tmp_path, fmt, position):
+    # pyarrow cannot parse a row longer than its block; the reader starts over with larger blocks.
+    rows = [{"url": f"https://e.com/{i}", "caption": f"c{i}", "n": i} for i in range(20_000)]
+    rows[position]["caption"] = "long, \"quoted\"\n" * 300_000  # ~5 MiB
+    path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
+    assert read(fmt, path, ["url", "caption", "n"], batch_size=3000).to_pylist() == rows
+
+
 # --------------------------------------------------------------------------
 # json specifics
 # --------------------------------------------------------------------------
@@ -263,8 +270,9 @@ def test_binary_garbage(tmp_path, fmt):
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes())
     message = config_error(fmt, path)
     assert ("not a parquet file" if fmt == "parquet" else f"is binary data, not a {fmt} file") in message
-    with pytest.raises(ConfigError):
-        READER[fmt](None).available_columns(source(path)) if fmt != "txt" else config_error(fmt, path)
+    if fmt != "txt":
+        with pytest.raises(ConfigError):
+            READER[fmt](None).available_columns(source(path))
 
 
 @pytest.mark.parametrize("fmt", ["txt", "csv", "json", "jsonl"])
@@ -382,76 +390,77 @@ def test_corrupt_parquet_pages(tmp_path):
 # --------------------------------------------------------------------------
 
 MEASURE = textwrap.dedent("""
-    import json, sys
+    import json, sys, tracemalloc
     import fsspec, pyarrow as pa
     from any2ds.components import InputSource
     from any2ds_plugins.readers import READERS
 
-    def status(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
     fmt, path, columns, batch_size = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4])
     reader = {cls.name: cls for cls in READERS}[fmt](None)
-    source = InputSource(path, fsspec.filesystem("file"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    start = status("VmRSS:")
-    rows = sum(batch.num_rows for batch in reader.read(source, columns, batch_size))
-    print(json.dumps({"rows": rows, "arrow_peak": pa.default_memory_pool().max_memory(),
-                      "rss_growth": status("VmHWM:") - start}))
+    tracemalloc.start()
+    rows = sum(batch.num_rows for batch in reader.read(InputSource(path, fsspec.filesystem("file")), columns,
+                                                       batch_size))
+    print(json.dumps({"rows": rows, "peak": pa.default_memory_pool().max_memory() + tracemalloc.get_traced_memory()[1]}))
 """)
 
 
-def measure(fmt: str, path: Path, columns: list[str], batch_size: int = 10_000) -> dict:
-    """Read the file in a fresh process; its Arrow pool peak and RSS peak growth."""
+def peak_memory(fmt: str, path: Path, columns: list[str], batch_size: int = 10_000) -> tuple[int, int]:
+    """Read the file in a fresh process: (rows, peak of Arrow's memory pool + peak of Python allocations).
+
+    RSS is no use here: allocators keep freed pages, so it plateaus near 100 MB
+    whatever the file's size.
+    """
     out = subprocess.run([sys.executable, "-c", MEASURE, fmt, str(path), ",".join(columns), str(batch_size)],
-                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return json.loads(out.stdout)
+                         capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout)
+    return stats["rows"], stats["peak"]
+
+
+N_BIG = 2_000_000
 
 
 @pytest.fixture(scope="module")
 def big_table() -> pa.Table:
-    n = 2_000_000
-    ids = pc.cast(pa.array(np.arange(n)), pa.string())
+    ids = pc.cast(pa.array(np.arange(N_BIG)), pa.string())
     return pa.table({
         "url": pc.binary_join_element_wise("https://example.com/images/", ids, ".jpg", ""),
         "caption": pc.binary_join_element_wise("a photo, number ", ids, ""),
-        "n": pa.array(np.arange(n)),
+        "n": pa.array(np.arange(N_BIG)),
     })
-
-
-def assert_bounded(stats: dict, rows: int, full_bytes: int) -> None:
-    assert stats["rows"] == rows
-    assert stats["arrow_peak"] < full_bytes / 5, (stats, full_bytes)
-    assert stats["rss_growth"] < full_bytes / 3, (stats, full_bytes)
 
 
 def test_parquet_memory_is_bounded(tmp_path, big_table):
     path = tmp_path / "big.parquet"
     pq.write_table(big_table, path, row_group_size=100_000)
-    assert_bounded(measure("parquet", path, ["url", "caption", "n"]), big_table.num_rows, big_table.nbytes)
+    rows, peak = peak_memory("parquet", path, ["url", "caption", "n"])
+    assert rows == N_BIG
+    assert peak < big_table.nbytes / 5, (peak, big_table.nbytes)
 
 
 def test_csv_memory_is_bounded(tmp_path, big_table):
     path = tmp_path / "big.csv"
     pacsv.write_csv(big_table, path)
-    assert_bounded(measure("csv", path, ["url", "caption", "n"]), big_table.num_rows, big_table.nbytes)
-
-
-def test_txt_memory_is_bounded(tmp_path, big_table):
-    path = tmp_path / "big.txt"
-    urls = big_table.column("url").combine_chunks()
-    with open(path, "w") as f:
-        f.write("\n".join(urls.to_pylist()))
-    stats = measure("txt", path, ["url"])
-    assert_bounded(stats, big_table.num_rows, urls.nbytes)
+    rows, peak = peak_memory("csv", path, ["url", "caption", "n"])
+    assert rows == N_BIG
+    assert peak < big_table.nbytes / 5, (peak, big_table.nbytes)
 
 
 def test_jsonl_memory_is_bounded(tmp_path, big_table):
-    table = big_table.slice(0, 500_000)
+    ids = pc.cast(big_table.column("n"), pa.string())
+    lines = pc.binary_join_element_wise('{"url": "', big_table.column("url"), '", "caption": "',
+                                        big_table.column("caption"), '", "n": ', ids, "}", "")
     path = tmp_path / "big.jsonl"
-    with open(path, "w") as f:
-        for batch in table.to_batches(100_000):
-            f.write("".join(json.dumps(row) + "\n" for row in batch.to_pylist()))
-    assert_bounded(measure("jsonl", path, ["url", "caption", "n"]), table.num_rows, table.nbytes)
+    path.write_text("\n".join(lines.to_pylist()))
+    rows, peak = peak_memory("jsonl", path, ["url", "caption", "n"])
+    assert rows == N_BIG
+    assert peak < big_table.nbytes / 5, (peak, big_table.nbytes)
+
+
+def test_txt_memory_is_bounded(tmp_path, big_table):
+    urls = big_table.column("url")
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(urls.to_pylist()))
+    rows, peak = peak_memory("txt", path, ["url"])
+    assert rows == N_BIG
+    # Materialized, the URLs would take urls.nbytes in Arrow, several times that as Python strings.
+    assert peak < urls.nbytes / 5, (peak, urls.nbytes)

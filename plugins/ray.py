@@ -1,0 +1,132 @@
+"""The ``ray`` distributor: one Ray task per shard, a bounded number in flight.
+
+Unlike img2dataset's, it fails loudly at startup when ray is missing, reads
+the input lazily (at most ``ray_max_in_flight`` shards are submitted at
+once), yields each outcome as its task ends (``ray.wait``), and turns task
+errors and dead workers or nodes into ``ShardFailure``s that the core
+retries instead of dropping the shards.
+
+It uses the Ray cluster this process is already connected to, or the one
+``RAY_ADDRESS`` names, else starts a local one with ``processes_count`` CPUs
+(shut down at the end of the run). Every node of a cluster needs any2ds and
+its plugins installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+
+from any2ds.components import Distributor, ShardTask, option
+from any2ds.config import RunConfig
+from any2ds.errors import ConfigError
+from any2ds.hookspecs import hookimpl
+from any2ds.types import Shard, ShardFailure, ShardStats
+
+MISSING_RAY = "distributor ray needs ray: pip install 'any2ds[ray]'"
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
+
+
+@attrs.frozen
+class RayOptions:
+    ray_max_in_flight: int = option(
+        0, "ray distributor: shards submitted at once (bounds memory); 0: twice the cluster's CPUs.", _non_negative
+    )
+
+
+class RayDistributor(Distributor):
+    """Runs shards as Ray tasks on the connected (or a local) Ray cluster."""
+
+    name = "ray"
+    Options = RayOptions
+
+    def __init__(self, options: RayOptions) -> None:
+        super().__init__(options)
+        self._started_ray = False
+
+    def check(self) -> None:
+        _import_ray()
+
+    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+        ray = _import_ray()
+        self._connect(ray, config)
+        run_shard = ray.remote(max_retries=0)(_run_shard)  # the core retries failed shards
+        window = self.options.ray_max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        task_ref = ray.put(task)  # stored once, not once per shard
+        pending: dict[Any, int] = {}
+        try:
+            for shard in shards:
+                while len(pending) >= window:
+                    yield from _collect(ray, pending)
+                pending[run_shard.remote(task_ref, shard)] = shard.shard_id
+            while pending:
+                yield from _collect(ray, pending)
+        finally:
+            for ref in pending:  # the consumer stopped early (error, Ctrl-C): stop our tasks
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished, or Ray is gone
+                    pass
+
+    def close(self) -> None:
+        if self._started_ray:
+            self._started_ray = False
+            _import_ray().shutdown()
+
+    def _connect(self, ray: Any, config: RunConfig) -> None:
+        if ray.is_initialized():
+            return
+        address = os.environ.get("RAY_ADDRESS", "")
+        if address and address != "local":
+            ray.init(address="auto")  # Ray reads the address (ray://... included) from RAY_ADDRESS
+        else:
+            ray.init(address="local", num_cpus=config.core.processes_count, include_dashboard=False)
+        self._started_ray = True
+
+
+def _collect(ray: Any, pending: dict[Any, int]) -> Iterator[ShardStats | ShardFailure]:
+    """Wait for at least one task; yield the outcome of every one that has ended."""
+    done, _ = ray.wait(list(pending), num_returns=1)
+    for ref in done:
+        shard_id = pending.pop(ref)
+        try:
+            outcome = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - worker or node died, task cancelled, object lost, ...
+            outcome = ShardFailure(shard_id, _describe(exc))
+        yield outcome
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line``: Ray's messages carry whole tracebacks."""
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps what the task raised
+    error = cause if isinstance(cause, BaseException) else exc
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _run_shard(task: ShardTask, shard: Shard) -> ShardStats | ShardFailure:
+    """Runs in a Ray worker."""
+    try:
+        return task(shard)
+    except Exception as exc:  # the core retries the shard
+        return ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(MISSING_RAY) from exc
+    return ray
+
+
+@hookimpl
+def any2ds_register_distributors(register):
+    register(RayDistributor)

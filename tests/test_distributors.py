@@ -1,0 +1,238 @@
+"""The pyspark and ray distributors, on a real local Spark and a real local Ray (no mocks).
+
+Spark's and Ray's worker processes import this module to run ``FlakyTask``;
+the ``workers_import_tests`` fixture puts the repository on their PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import any2ds
+from any2ds.config import CoreOptions, RunConfig
+from any2ds.types import Shard, ShardFailure, ShardStats
+from tests.conftest import JPEG_SIZES
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = 23  # 5 shards of 5 rows, the last one short
+ROWS_PER_SHARD = 5
+
+
+class FlakyTask:
+    """A picklable stand-in for ShardTask, run in Spark/Ray workers.
+
+    The first run of a shard in ``raise_ids`` raises; the first run of one in
+    ``crash_ids`` kills its worker process. Marker files in ``marker_dir``
+    remember the first run across processes.
+    """
+
+    def __init__(self, marker_dir: Path, raise_ids=(), crash_ids=()) -> None:
+        self.marker_dir = str(marker_dir)
+        self.raise_ids = frozenset(raise_ids)
+        self.crash_ids = frozenset(crash_ids)
+
+    def __call__(self, shard: Shard) -> ShardStats:
+        marker = Path(self.marker_dir) / f"{shard.shard_id}.tried"
+        if shard.shard_id in self.raise_ids | self.crash_ids and not marker.exists():
+            marker.touch()
+            if shard.shard_id in self.raise_ids:
+                raise RuntimeError(f"boom in shard {shard.shard_id}")
+            os._exit(3)
+        time.sleep(0.05)
+        now = time.time()
+        n = len(shard)
+        return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers_import_tests():
+    """Spark's and Ray's workers inherit this environment and can then import tests.test_distributors."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([before] if before else [])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+@pytest.fixture
+def input_parquet(tmp_path, http_server) -> tuple[Path, list[str]]:
+    names = [name for name, _w, _h in JPEG_SIZES]
+    urls = [http_server.url(f"/allowed/{names[i % len(names)]}") for i in range(ROWS - 1)]
+    urls.append(http_server.url("/allowed/missing.jpg"))  # a failed sample still gets its metadata row
+    path = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [f"caption {i}" for i in range(ROWS)]}), path)
+    return path, urls
+
+
+def download(input_file: Path, out: Path, distributor: str, **options) -> dict:
+    return any2ds.download(url_list=str(input_file), input_format="parquet", output_folder=str(out),
+                           output_format="webdataset", caption_col="caption", distributor=distributor,
+                           processes_count=2, thread_count=4, number_sample_per_shard=ROWS_PER_SHARD,
+                           image_size=32, observers=[], **options)
+
+
+def check_output(out: Path, urls: list[str], summary: dict) -> None:
+    shards = -(-len(urls) // ROWS_PER_SHARD)
+    assert summary["state"] == "done" and summary["shards_done"] == shards and summary["shards_failed"] == []
+    assert summary["count"] == len(urls) and summary["successes"] == len(urls) - 1
+    for shard_id in range(shards):
+        for suffix in (".tar", ".parquet", "_stats.json"):
+            assert (out / f"{shard_id:05d}{suffix}").is_file(), f"{shard_id:05d}{suffix} missing"
+    stats = [json.loads(Path(p).read_text()) for p in glob.glob(f"{out}/*_stats.json")]
+    assert sum(s["count"] for s in stats) == len(urls)
+    metadata = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{out}/[0-9]*.parquet"))]).to_pylist()
+    assert sorted(row["url"] for row in metadata) == sorted(urls)
+    keys = [row["key"] for row in metadata]
+    assert len(set(keys)) == len(keys) == len(urls)
+    assert sum(row["status"] == "success" for row in metadata) == len(urls) - 1
+
+
+def make_shards(count: int, consumed: list[int]) -> Iterator[Shard]:
+    """``count`` one-row shards, counting in ``consumed`` how many the distributor has read."""
+    for shard_id in range(count):
+        consumed.append(shard_id)
+        yield Shard(shard_id, pa.table({"url": [f"http://127.0.0.1:9/{shard_id}.jpg"]}))
+
+
+def run_config() -> RunConfig:
+    return RunConfig(core=CoreOptions(url_list="unused", processes_count=2), plugin_values={})
+
+
+def run_rounds(distributor, task: FlakyTask, shards: int, max_read_before_first: int):
+    """Round 1 on every shard, then round 2 on the failed ones, as the core does."""
+    consumed: list[int] = []
+    first: list[ShardStats | ShardFailure] = []
+    for outcome in distributor.run(make_shards(shards, consumed), task, run_config()):
+        if not first:
+            assert len(consumed) <= max_read_before_first, "the input must be read lazily"
+        first.append(outcome)
+    failed = sorted(o.shard_id for o in first if isinstance(o, ShardFailure))
+    retry = [Shard(i, pa.table({"url": ["x"]})) for i in failed]
+    second = list(distributor.run(iter(retry), task, run_config()))
+    return first, second
+
+
+def check_rounds(first, second, shards: int, raised: int, crashed: int) -> dict[int, str]:
+    assert sorted(o.shard_id for o in first) == list(range(shards)), "one outcome per shard"
+    failures = {o.shard_id: o.error for o in first if isinstance(o, ShardFailure)}
+    assert sorted(failures) == sorted([raised, crashed]), failures  # a crash costs only its own shard
+    assert failures[raised] == f"RuntimeError: boom in shard {raised}"
+    assert all(isinstance(o, ShardStats) for o in second) and sorted(o.shard_id for o in second) == sorted(failures)
+    return failures
+
+
+# --------------------------------------------------------------------------- pyspark
+
+
+@pytest.fixture(scope="class")
+def pyspark():
+    return pytest.importorskip("pyspark")
+
+
+class TestSpark:
+    def test_download_on_own_local_spark(self, pyspark, input_parquet, tmp_path):
+        """No active session: the distributor starts local[processes_count] and stops it at the end."""
+        input_file, urls = input_parquet
+        out = tmp_path / "out"
+        summary = download(input_file, out, "pyspark", subjob_size=2)  # 3 jobs, 2 at a time
+        check_output(out, urls, summary)
+        assert pyspark.SparkContext._active_spark_context is None
+
+    def test_failures_on_active_session(self, pyspark, tmp_path):
+        """The active session is used and left running; a raising shard and a crashing one fail alone."""
+        from pyspark.sql import SparkSession
+
+        from any2ds_plugins.spark import SparkDistributor, SparkOptions
+
+        session = (SparkSession.builder.master("local[2]").appName("any2ds-tests")
+                   .config("spark.ui.enabled", "false").config("spark.pyspark.python", sys.executable)
+                   .getOrCreate())
+        try:
+            distributor = SparkDistributor(SparkOptions(subjob_size=3))
+            distributor.check()
+            first, second = run_rounds(distributor, FlakyTask(tmp_path, raise_ids={1}, crash_ids={7}), 12,
+                                       max_read_before_first=6)
+            distributor.close()
+            assert pyspark.SparkContext._active_spark_context is not None, "not ours to stop"
+        finally:
+            session.stop()
+        failures = check_rounds(first, second, 12, raised=1, crashed=7)
+        assert failures[7].startswith("Spark task failed: ") and "Python worker exited unexpectedly" in failures[7]
+
+
+# --------------------------------------------------------------------------- ray
+
+
+@pytest.fixture(scope="class")
+def ray():
+    return pytest.importorskip("ray")
+
+
+class TestRay:
+    def test_download_on_own_local_ray(self, ray, input_parquet, tmp_path):
+        """No Ray running: the distributor starts a local one with processes_count CPUs and shuts it down."""
+        input_file, urls = input_parquet
+        out = tmp_path / "out"
+        summary = download(input_file, out, "ray", ray_max_in_flight=3)
+        check_output(out, urls, summary)
+        assert not ray.is_initialized()
+
+    def test_failures_on_running_ray(self, ray, tmp_path):
+        """A running Ray is used and left running; a raising shard and a dead worker fail alone, then retry."""
+        from any2ds_plugins.ray import RayDistributor, RayOptions
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        try:
+            distributor = RayDistributor(RayOptions(ray_max_in_flight=4))
+            distributor.check()
+            first, second = run_rounds(distributor, FlakyTask(tmp_path, raise_ids={1}, crash_ids={7}), 12,
+                                       max_read_before_first=5)
+            distributor.close()
+            assert ray.is_initialized(), "not ours to shut down"
+        finally:
+            ray.shutdown()
+        failures = check_rounds(first, second, 12, raised=1, crashed=7)
+        assert "died" in failures[7] or "Crashed" in failures[7], failures[7]
+
+
+# --------------------------------------------------------------------------- missing libraries
+
+
+@pytest.mark.parametrize("distributor, module, message", [
+    ("pyspark", "pyspark", "distributor pyspark needs pyspark: pip install 'any2ds[spark]'"),
+    ("ray", "ray", "distributor ray needs ray: pip install 'any2ds[ray]'"),
+])
+def test_missing_library_is_a_startup_error(tmp_path, distributor, module, message):
+    """img2dataset's ray distributor silently did nothing without ray; any2ds refuses to start."""
+    input_file = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), input_file)
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules[{module!r}] = None  # import {module} now raises ImportError
+        import any2ds
+        try:
+            any2ds.download(url_list={str(input_file)!r}, input_format="parquet", output_folder={str(out)!r},
+                            distributor={distributor!r})
+        except any2ds.ConfigError as exc:
+            print("ConfigError:", exc)
+        else:
+            print("no error")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == f"ConfigError: {message}", result.stdout + result.stderr
+    assert not glob.glob(f"{out}/*.tar")
