@@ -1,8 +1,8 @@
 """Built-in input readers: txt, csv, tsv, json, jsonl and parquet.
 
-Every reader streams its file: memory stays bounded by one block (or row
-group) plus one output batch, whatever the file's size. img2dataset loaded
-each input file whole, with every column, which crashed large runs at
+Every reader streams its file: memory stays bounded by a few blocks (or
+one row group) plus one output batch, whatever the file's size. img2dataset
+loaded each input file whole, with every column, which crashed large runs at
 start-up (#338).
 
 A file that is not what its format says raises :class:`ConfigError` with one
@@ -40,16 +40,18 @@ SNIFF_BYTES = 64 * 1024
 """Bytes looked at to tell text from binary before parsing a text format."""
 
 CHUNK_BYTES = 1024 * 1024
-"""Read size of the Python-parsed formats (txt, json)."""
+"""Read size of the Python-read formats (txt, json, jsonl)."""
 
-CSV_BLOCK_BYTES = (1024 * 1024, 64 * 1024 * 1024)
-"""pyarrow CSV block size: first and largest. A row must fit in a block; the
-reader starts over with larger blocks when one does not. Column types are
-inferred from the first block."""
+CSV_INFER_BYTES = 1024 * 1024
+"""pyarrow infers CSV column types from its first block; img2dataset's block size."""
 
-JSONL_BLOCK_BYTES = (256 * 1024, 16 * 1024 * 1024)
-"""pyarrow JSON block size: first and largest, as for CSV. pyarrow's JSON
-reader peaks at about 35 times its block size, hence the small start."""
+CSV_BLOCK_BYTES = (256 * 1024, 64 * 1024 * 1024)
+"""pyarrow CSV block size when reading: first and largest. pyarrow reads up to
+32 blocks ahead, so blocks stay small; a row must fit in one, and the reader
+starts over with larger blocks when one does not."""
+
+PARQUET_BUFFER_BYTES = 1024 * 1024
+"""Read buffer of a parquet column chunk, so that pages stream from the file."""
 
 SAMPLE_ROWS = 1000
 """JSON objects whose keys and values define a json/jsonl file's columns and types."""
@@ -122,16 +124,29 @@ def _read(source: InputSource, f: BinaryIO, size: int) -> bytes:
         raise _describe(source, exc) from exc
 
 
-def _binary_lines(source: InputSource, f: BinaryIO) -> Iterator[bytes]:
-    """The lines of ``f``, with broken gzip data reported as a ConfigError."""
-    while True:
-        try:
-            line = f.readline()
-        except _GZIP_ERRORS as exc:
-            raise _describe(source, exc) from exc
-        if not line:
-            return
-        yield line
+def _line_chunks(source: InputSource, f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """The file's complete lines, about CHUNK_BYTES at a time: (number of the chunk's first line, bytes).
+
+    A UTF-8 byte-order mark at the start is dropped.
+    """
+    line = 1
+    pending: list[bytes] = []  # the start of a line that continues in the next read
+    first = True
+    while data := _read(source, f, CHUNK_BYTES):
+        if first:
+            data = data.removeprefix(codecs.BOM_UTF8)
+            first = False
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            pending.append(data)
+            continue
+        chunk = b"".join([*pending, data[:cut]])
+        pending = [data[cut:]]
+        yield line, chunk
+        line += chunk.count(b"\n")
+    tail = b"".join(pending)
+    if tail:
+        yield line, tail
 
 
 def _present(columns: Sequence[str], names: Iterable[str]) -> list[str]:
@@ -258,28 +273,13 @@ class TxtReader(Reader):
     def _lines(self, source: InputSource) -> Iterator[list[str]]:
         """The file's non-empty lines, one list per chunk read."""
         with _open_text(source, self.name) as f:
-            rest = b""
-            line = 1  # number of the first line in ``rest``
-            first = True
-            while True:
-                chunk = _read(source, f, CHUNK_BYTES)
-                if first:
-                    chunk = chunk.removeprefix(codecs.BOM_UTF8)
-                    first = False
-                data = rest + chunk
-                cut = len(data) if not chunk else data.rfind(b"\n") + 1
-                rest = data[cut:]
-                if cut:
-                    try:
-                        text = data[:cut].decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        bad_line = line + data.count(b"\n", 0, exc.start)
-                        raise _fail(source, f"not UTF-8 text at line {bad_line}: {_one_line(exc)}") from exc
-                    parts = text.replace("\r\n", "\n").split("\n")
-                    line += len(parts) - 1
-                    yield [part for part in parts if part]
-                if not chunk:
-                    return
+            for line, chunk in _line_chunks(source, f):
+                try:
+                    text = chunk.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad_line = line + chunk.count(b"\n", 0, exc.start)
+                    raise _fail(source, f"not UTF-8 text at line {bad_line}: {_one_line(exc)}") from exc
+                yield [part for part in text.replace("\r\n", "\n").split("\n") if part]
 
 
 # --------------------------------------------------------------------------
@@ -290,10 +290,10 @@ class TxtReader(Reader):
 class CsvReader(Reader):
     """Comma-separated values with a header line (``csv``), parsed block by block by pyarrow.
 
-    Column types are inferred from the first block, as img2dataset's pyarrow
-    reader did (an int column stays int64), except that the URL column and
-    every column inferred as text or all-null are read as strings, so a later
-    block cannot break them. Quoted values may hold delimiters, quotes and
+    Column types are inferred from the first 1 MiB block, as img2dataset's
+    pyarrow reader did (an int column stays int64), except that the URL column
+    and every column inferred as text or all-null are read as strings, so a
+    later block cannot break them. Quoted values may hold delimiters, quotes and
     newlines; empty lines are skipped.
 
     A row with the wrong number of fields raises ConfigError naming its line
@@ -330,17 +330,24 @@ class CsvReader(Reader):
         return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
 
     def _first_block_schema(self, source: InputSource) -> pa.Schema:
-        """Column names and inferred types, from the header and the first block."""
-        block, largest = CSV_BLOCK_BYTES
+        """Column names and types as pyarrow infers them from the first block.
+
+        Parsed from the head of the file held in memory: a reader on the file
+        itself would read 32 blocks ahead just to return the schema.
+        """
+        block, largest = CSV_INFER_BYTES, CSV_BLOCK_BYTES[1]
         while True:
+            with _open_text(source, self.name) as f:
+                # pyarrow completes the first block's cut-off last row from the
+                # second block; one byte more and that row is never taken for
+                # the end of the file.
+                head = _read(source, f, 2 * block + 1)
+            if not head:
+                raise _fail(source, f"empty file; {self.name} input needs a header line")
             try:
-                with _open_text(source, self.name) as f:
-                    if not _read(source, f, 1):
-                        raise _fail(source, f"empty file; {self.name} input needs a header line")
-                    f.seek(0)
-                    # Single-threaded: no read-ahead still running when the file closes.
-                    read_options = pacsv.ReadOptions(block_size=block, use_threads=False)
-                    return pacsv.open_csv(f, read_options=read_options, parse_options=self._parse_options()).schema
+                read_options = pacsv.ReadOptions(block_size=block, use_threads=False)
+                return pacsv.open_csv(pa.BufferReader(head), read_options=read_options,
+                                      parse_options=self._parse_options()).schema
             except _DATA_ERRORS as exc:
                 if _is_straddling(exc) and block < largest:
                     block = min(block * 4, largest)
@@ -458,30 +465,37 @@ def _misfit(schema: pa.Schema, record: dict) -> str | None:
     return None
 
 
-def _jsonl_records(source: InputSource, f: BinaryIO) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; ConfigError on a line that is not a JSON object."""
-    for line, raw in enumerate(_binary_lines(source, f), 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise _fail(source, f"invalid JSON at line {line}: {exc.msg} (column {exc.colno})") from exc
-        except UnicodeDecodeError as exc:
-            raise _fail(source, f"not UTF-8 text at line {line}: {_one_line(exc)}") from exc
-        if not isinstance(record, dict):
-            raise _fail(source, f"line {line} is not a JSON object")
-        yield line, record
+def _jsonl_records(source: InputSource, chunks: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of ``chunks`` (from _line_chunks).
+
+    Raises ConfigError on a line that is not a JSON object.
+    """
+    for first, chunk in chunks:
+        for line, raw in enumerate(chunk.split(b"\n"), first):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise _fail(source, f"invalid JSON at line {line}: {exc.msg} (column {exc.colno})") from exc
+            except UnicodeDecodeError as exc:
+                raise _fail(source, f"not UTF-8 text at line {line}: {_one_line(exc)}") from exc
+            if not isinstance(record, dict):
+                raise _fail(source, f"line {line} is not a JSON object")
+            yield line, record
 
 
 class JsonlReader(Reader):
-    """One JSON object per line (``jsonl``), parsed block by block by pyarrow.
+    """One JSON object per line (``jsonl``).
 
     The columns are the keys of the first 1000 objects (SAMPLE_ROWS); a key
     missing from an object is null, and keys that appear only later are not
-    read. Column types come from those objects' values (see _infer_schema);
-    a later value that does not fit raises ConfigError naming its line, as
-    does a line that is not a JSON object. Blank lines are skipped.
+    read. Column types come from those objects' values (see _infer_schema).
+    The file is cut into chunks of whole lines and pyarrow parses each chunk
+    in memory (its streaming reader peaks at ~35 times its block size, and
+    can abort the process at exit when fed a Python file, apache/arrow#34314).
+    A line that is not a JSON object, or a value that does not fit its
+    column's type, raises ConfigError naming the line. Blank lines are skipped.
     """
 
     name = "jsonl"
@@ -498,29 +512,31 @@ class JsonlReader(Reader):
         schema = _infer_schema(source, sample, present, columns[0], _jsonl_where)
         parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
 
-        def open_reader(block_size: int) -> Iterator[pa.RecordBatch]:
+        def batches() -> Iterator[pa.RecordBatch]:
             with source.open() as f:
-                yield from pajson.open_json(f, read_options=pajson.ReadOptions(block_size=block_size),
-                                            parse_options=parse)
+                for line, chunk in _line_chunks(source, f):
+                    # One block per chunk: a chunk holds whole lines, however long.
+                    read_options = pajson.ReadOptions(block_size=len(chunk), use_threads=False)
+                    try:
+                        table = pajson.read_json(pa.BufferReader(chunk), read_options=read_options,
+                                                 parse_options=parse)
+                    except _DATA_ERRORS as exc:
+                        raise self._error(source, schema, line, chunk, exc) from exc
+                    yield from table.to_batches()
 
-        batches = _growing_blocks(open_reader, JSONL_BLOCK_BYTES)
-        yield from _rebatch(_guarded(batches, lambda exc: self._error(source, schema, exc)), batch_size)
+        yield from _rebatch(batches(), batch_size)
 
     def _sample(self, source: InputSource) -> list[tuple[int, dict]]:
         with _open_text(source, self.name) as f:
-            return list(islice(_jsonl_records(source, f), SAMPLE_ROWS))
+            return list(islice(_jsonl_records(source, _line_chunks(source, f)), SAMPLE_ROWS))
 
-    def _error(self, source: InputSource, schema: pa.Schema, exc: BaseException) -> ConfigError:
-        """Find the line pyarrow refused (its message does not say which) by rescanning in Python."""
-        if _is_straddling(exc):
-            return _fail(source, f"a line is longer than {JSONL_BLOCK_BYTES[1] >> 20} MiB")
-        if isinstance(exc, _GZIP_ERRORS):
-            return _describe(source, exc)
-        with source.open() as f:
-            for line, record in _jsonl_records(source, f):
-                misfit = _misfit(schema, record)
-                if misfit:
-                    return _fail(source, f"{_jsonl_where(0, line)}: {misfit}")
+    def _error(self, source: InputSource, schema: pa.Schema, line: int, chunk: bytes,
+               exc: BaseException) -> ConfigError:
+        """Find the line of the chunk pyarrow refused (its message does not say which)."""
+        for number, record in _jsonl_records(source, [(line, chunk)]):
+            misfit = _misfit(schema, record)
+            if misfit:
+                return _fail(source, f"{_jsonl_where(0, number)}: {misfit}")
         return _describe(source, exc)
 
 
@@ -738,7 +754,9 @@ class ParquetReader(Reader):
 
     def _file(self, source: InputSource, f: BinaryIO) -> pq.ParquetFile:
         try:
-            return pq.ParquetFile(f)
+            # No pre-buffering: it would read every requested column chunk of
+            # the file, i.e. the whole file, before the first batch.
+            return pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
         except (*_DATA_ERRORS, OSError) as exc:
             error = self._error(source, exc, "not a parquet file")
             if error is None:

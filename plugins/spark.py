@@ -207,13 +207,17 @@ class _Job:
 def _failed_task(error: BaseException) -> tuple[int | None, str]:
     """The partition whose task failure aborted a Spark job, and why it failed (one line).
 
-    pyspark turns the JVM's SparkException into a Python exception: a
-    ``Py4JJavaError`` carries the whole JVM message, a ``PythonException``
-    (the worker raised while loading or running the task) only the Python
-    traceback in ``str()``, the JVM side in ``_stackTrace``.
+    A ``Py4JJavaError`` carries the JVM's whole message (``Task 3 in stage
+    0.0 failed``); when the worker raised while loading or running the task,
+    pyspark raises a ``PythonException`` showing only the Python traceback,
+    with the ``Py4JJavaError`` kept as its ``__context__``.
     """
     shown = str(error).split("\n\nJVM stacktrace:")[0]
-    text = "\n".join([shown, *(v for v in (getattr(error, "_stackTrace", None),) if isinstance(v, str))])
+    chain, link = [], error
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    text = "\n".join([shown, *(str(link) for link in chain[1:])])
     match = _FAILED_TASK.search(text)
     lines = [line.strip() for line in shown.splitlines() if line.strip()]
     if "Traceback (most recent call last)" in shown and lines:

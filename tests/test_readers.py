@@ -6,7 +6,6 @@ import csv
 import gzip
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,12 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from any2ds_plugins import readers
+from any2ds_plugins.readers import READERS
 
 from any2ds.components import InputSource
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
-from any2ds_plugins import readers
-from any2ds_plugins.readers import READERS
 
 READER = {cls.name: cls for cls in READERS}
 
