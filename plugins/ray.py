@@ -14,6 +14,7 @@ its plugins installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -70,10 +71,8 @@ class RayDistributor(Distributor):
                 yield from _collect(ray, pending)
         finally:
             for ref in pending:  # the consumer stopped early (error, Ctrl-C): stop our tasks
-                try:
+                with contextlib.suppress(Exception):  # already finished, or Ray is gone
                     ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - already finished, or Ray is gone
-                    pass
 
     def close(self) -> None:
         if self._started_ray:
@@ -115,7 +114,7 @@ def _run_shard(task: ShardTask, shard: Shard) -> ShardStats | ShardFailure:
     """Runs in a Ray worker."""
     try:
         return task(shard)
-    except Exception as exc:  # the core retries the shard
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the core retries the shard
         return ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
 
 

@@ -28,6 +28,7 @@ from itertools import chain, islice
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -247,7 +248,7 @@ def _as_text_type(arrow_type: pa.DataType) -> pa.DataType:
 class TxtReader(Reader):
     """One URL per line (``txt``); the single column is named ``columns[0]``.
 
-    Lines are split on ``\\n`` only and lose a trailing ``\\r``; nothing else
+    Lines are split on ``\\n`` only and lose trailing ``\\r``; nothing else
     is interpreted, so a URL may hold commas, quotes or tabs (img2dataset read
     txt as a one-column CSV and failed on a comma). Empty lines are skipped,
     as img2dataset's reader did, so sample keys match.
@@ -261,25 +262,29 @@ class TxtReader(Reader):
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([(columns[0], pa.string())])
-        pending: list[str] = []
-        for lines in self._lines(source):
-            pending.extend(lines)
-            while len(pending) >= batch_size:
-                yield pa.record_batch([pa.array(pending[:batch_size], pa.string())], schema=schema)
-                del pending[:batch_size]
-        if pending:
-            yield pa.record_batch([pa.array(pending, pa.string())], schema=schema)
+        batches = (pa.record_batch([lines], schema=schema) for lines in self._lines(source))
+        yield from _rebatch(batches, batch_size)
 
-    def _lines(self, source: InputSource) -> Iterator[list[str]]:
-        """The file's non-empty lines, one list per chunk read."""
+    def _lines(self, source: InputSource) -> Iterator[pa.StringArray]:
+        """The file's non-empty lines, one array per chunk read, split by Arrow kernels (no Python strings)."""
         with _open_text(source, self.name) as f:
             for line, chunk in _line_chunks(source, f):
                 try:
-                    text = chunk.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    bad_line = line + chunk.count(b"\n", 0, exc.start)
-                    raise _fail(source, f"not UTF-8 text at line {bad_line}: {_one_line(exc)}") from exc
-                yield [part for part in text.replace("\r\n", "\n").split("\n") if part]
+                    text = pa.array([chunk], pa.binary()).cast(pa.string())  # checks UTF-8
+                except pa.ArrowInvalid as exc:
+                    raise self._utf8_error(source, line, chunk) from exc
+                lines = pc.utf8_rtrim(pc.split_pattern(text, "\n").flatten(), "\r")
+                yield lines.filter(pc.greater(pc.binary_length(lines), 0))
+
+    @staticmethod
+    def _utf8_error(source: InputSource, line: int, chunk: bytes) -> ConfigError:
+        """Name the line of the chunk that is not UTF-8."""
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_line = line + chunk.count(b"\n", 0, exc.start)
+            return _fail(source, f"not UTF-8 text at line {bad_line}: {_one_line(exc)}")
+        return _fail(source, "not UTF-8 text")
 
 
 # --------------------------------------------------------------------------
@@ -558,10 +563,14 @@ class _JsonText:
         self.eof = False
 
     def more(self) -> bool:
-        """Append the next chunk to the buffer, dropping what was parsed; False at end of file."""
+        """Append the next chunk to the buffer, dropping what was parsed; False at end of file.
+
+        A chunk is at least as long as the unparsed text, so that a value far
+        longer than CHUNK_BYTES costs a few re-parses, not one per chunk.
+        """
         if self.eof:
             return False
-        data = _read(self.source, self.f, CHUNK_BYTES)
+        data = _read(self.source, self.f, max(CHUNK_BYTES, len(self.buf) - self.pos))
         try:
             text = self.decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:

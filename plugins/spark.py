@@ -19,6 +19,7 @@ started and stopped at the end of the run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -131,10 +132,8 @@ class SparkDistributor(Distributor):
                         requeued_ids.update(shard.shard_id for shard in again)
         finally:
             if jobs:  # the consumer stopped early (error, Ctrl-C): stop our Spark jobs
-                try:
+                with contextlib.suppress(Exception):  # the context may already be gone
                     sc.cancelJobGroup(group)
-                except Exception:  # noqa: BLE001 - the context may already be gone
-                    pass
             submitter.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -157,9 +156,13 @@ class SparkDistributor(Distributor):
             except Exception as exc:  # a Spark Connect session has no SparkContext
                 raise ConfigError(f"distributor pyspark needs a classic SparkSession (it uses RDDs), "
                                   f"not {type(active).__module__}: {exc}") from exc
+        # Our own local Spark. The progress observer replaces Spark's console bar, and the
+        # web UI is off (it doubles startup time); to get it, or any other setting, create
+        # the SparkSession yourself before the run.
         processes = config.core.processes_count
         builder = (SparkSession.builder.master(f"local[{processes}]").appName("any2ds")
                    .config("spark.driver.memory", _driver_memory())
+                   .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false"))
         if "PYSPARK_PYTHON" not in os.environ:  # local workers run this interpreter, not whatever python3 is
             builder = builder.config("spark.pyspark.python", sys.executable)
@@ -212,12 +215,12 @@ def _failed_task(error: BaseException) -> tuple[int | None, str]:
     pyspark raises a ``PythonException`` showing only the Python traceback,
     with the ``Py4JJavaError`` kept as its ``__context__``.
     """
-    shown = str(error).split("\n\nJVM stacktrace:")[0]
+    shown = _text(error).split("\n\nJVM stacktrace:")[0]
     chain, link = [], error
     while link is not None and len(chain) < 5:
         chain.append(link)
         link = link.__cause__ or link.__context__
-    text = "\n".join([shown, *(str(link) for link in chain[1:])])
+    text = "\n".join([shown, *(_text(link) for link in chain[1:])])
     match = _FAILED_TASK.search(text)
     lines = [line.strip() for line in shown.splitlines() if line.strip()]
     if "Traceback (most recent call last)" in shown and lines:
@@ -229,7 +232,15 @@ def _failed_task(error: BaseException) -> tuple[int | None, str]:
     return (int(match.group(1)) if match else None), why[:500]
 
 
-def _claim(outcomes: Iterable[ShardStats | ShardFailure], owner: dict[int, _Job]) -> Iterator[ShardStats | ShardFailure]:
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)  # a Py4JJavaError asks the JVM, which may be gone
+    except Exception:  # noqa: BLE001
+        return type(error).__name__
+
+
+def _claim(outcomes: Iterable[ShardStats | ShardFailure],
+           owner: dict[int, _Job]) -> Iterator[ShardStats | ShardFailure]:
     """Each shard's first outcome; the same outcome seen again (accumulator, then collect) is dropped."""
     for outcome in outcomes:
         job = owner.get(outcome.shard_id)
@@ -265,7 +276,7 @@ def _run_partition(task: ShardTask, outcomes: Any, shards: Iterable[Shard]) -> I
 def _run_shard(task: ShardTask, shard: Shard) -> ShardStats | ShardFailure:
     try:
         return task(shard)
-    except Exception as exc:  # the core retries the shard; the task must not abort the Spark job
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the core retries the shard; the job must go on
         return ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
 
 
@@ -275,7 +286,7 @@ class _OutcomeList:
     def zero(self, value: list[Any]) -> list[Any]:
         return []
 
-    def addInPlace(self, value1: list[Any], value2: list[Any]) -> list[Any]:  # noqa: N802 - Spark's name
+    def addInPlace(self, value1: list[Any], value2: list[Any]) -> list[Any]:  # Spark's name
         value1.extend(value2)
         return value1
 

@@ -35,13 +35,18 @@ class FlakyTask:
 
     The first run of a shard in ``raise_ids`` raises; the first run of one in
     ``crash_ids`` kills its worker process. Marker files in ``marker_dir``
-    remember the first run across processes.
+    remember the first run across processes. Shards in ``slow_ids`` take
+    ``SLOW_SECONDS``.
     """
 
-    def __init__(self, marker_dir: Path, raise_ids=(), crash_ids=()) -> None:
+    SLOW_SECONDS = 3.0
+
+    def __init__(self, marker_dir: Path, raise_ids=(), crash_ids=(), slow_ids=()) -> None:
+        Path(marker_dir).mkdir(parents=True, exist_ok=True)
         self.marker_dir = str(marker_dir)
         self.raise_ids = frozenset(raise_ids)
         self.crash_ids = frozenset(crash_ids)
+        self.slow_ids = frozenset(slow_ids)
 
     def __call__(self, shard: Shard) -> ShardStats:
         marker = Path(self.marker_dir) / f"{shard.shard_id}.tried"
@@ -50,7 +55,7 @@ class FlakyTask:
             if shard.shard_id in self.raise_ids:
                 raise RuntimeError(f"boom in shard {shard.shard_id}")
             os._exit(3)
-        time.sleep(0.05)
+        time.sleep(self.SLOW_SECONDS if shard.shard_id in self.slow_ids else 0.05)
         now = time.time()
         n = len(shard)
         return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
@@ -126,8 +131,10 @@ def run_rounds(distributor, task: FlakyTask, shards: int, max_read_before_first:
     return first, second
 
 
-def check_rounds(first, second, shards: int, raised: int, crashed: int) -> dict[int, str]:
-    assert sorted(o.shard_id for o in first) == list(range(shards)), "one outcome per shard"
+def check_rounds(first, second, shards: int, raised: int, crashed: int, slow: int, later: int) -> dict[int, str]:
+    order = [o.shard_id for o in first]
+    assert sorted(order) == list(range(shards)), "one outcome per shard"
+    assert order.index(later) < order.index(slow), f"slow shard {slow} held back shard {later}: {order}"
     failures = {o.shard_id: o.error for o in first if isinstance(o, ShardFailure)}
     assert sorted(failures) == sorted([raised, crashed]), failures  # a crash costs only its own shard
     assert failures[raised] == f"RuntimeError: boom in shard {raised}"
@@ -153,10 +160,10 @@ class TestSpark:
         assert pyspark.SparkContext._active_spark_context is None
 
     def test_failures_on_active_session(self, pyspark, tmp_path):
-        """The active session is used and left running; a raising shard and a crashing one fail alone."""
-        from pyspark.sql import SparkSession
-
+        """The active session is used and left running; a raising shard and a crashing one fail alone,
+        and a slow shard holds back neither its job's other outcomes nor the next job (shard 3)."""
         from any2ds_plugins.spark import SparkDistributor, SparkOptions
+        from pyspark.sql import SparkSession
 
         session = (SparkSession.builder.master("local[2]").appName("any2ds-tests")
                    .config("spark.ui.enabled", "false").config("spark.pyspark.python", sys.executable)
@@ -164,13 +171,13 @@ class TestSpark:
         try:
             distributor = SparkDistributor(SparkOptions(subjob_size=3))
             distributor.check()
-            first, second = run_rounds(distributor, FlakyTask(tmp_path, raise_ids={1}, crash_ids={7}), 12,
-                                       max_read_before_first=6)
+            task = FlakyTask(tmp_path, raise_ids={1}, crash_ids={7}, slow_ids={0})
+            first, second = run_rounds(distributor, task, 12, max_read_before_first=6)
             distributor.close()
             assert pyspark.SparkContext._active_spark_context is not None, "not ours to stop"
         finally:
             session.stop()
-        failures = check_rounds(first, second, 12, raised=1, crashed=7)
+        failures = check_rounds(first, second, 12, raised=1, crashed=7, slow=0, later=3)
         assert failures[7].startswith("Spark task failed: ") and "Python worker exited unexpectedly" in failures[7]
 
 
@@ -183,30 +190,30 @@ def ray():
 
 
 class TestRay:
-    def test_download_on_own_local_ray(self, ray, input_parquet, tmp_path):
-        """No Ray running: the distributor starts a local one with processes_count CPUs and shuts it down."""
-        input_file, urls = input_parquet
-        out = tmp_path / "out"
-        summary = download(input_file, out, "ray", ray_max_in_flight=3)
-        check_output(out, urls, summary)
-        assert not ray.is_initialized()
+    def test_local_ray(self, ray, input_parquet, tmp_path):
+        """One Ray start serves both paths: the distributor starts a local Ray (processes_count CPUs)
+        and shuts it down in close(); a run finding Ray running uses it and leaves it running.
 
-    def test_failures_on_running_ray(self, ray, tmp_path):
-        """A running Ray is used and left running; a raising shard and a dead worker fail alone, then retry."""
+        A raising shard and a dead worker fail alone and succeed when retried; outcomes come as
+        tasks end, so a slow shard holds back no other.
+        """
         from any2ds_plugins.ray import RayDistributor, RayOptions
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        distributor = RayDistributor(RayOptions(ray_max_in_flight=4))
+        distributor.check()
         try:
-            distributor = RayDistributor(RayOptions(ray_max_in_flight=4))
-            distributor.check()
-            first, second = run_rounds(distributor, FlakyTask(tmp_path, raise_ids={1}, crash_ids={7}), 12,
-                                       max_read_before_first=5)
-            distributor.close()
-            assert ray.is_initialized(), "not ours to shut down"
+            task = FlakyTask(tmp_path / "markers", raise_ids={1}, crash_ids={7}, slow_ids={0})
+            first, second = run_rounds(distributor, task, 12, max_read_before_first=5)
+            assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 2
+            input_file, urls = input_parquet
+            summary = download(input_file, tmp_path / "out", "ray", ray_max_in_flight=3)
+            assert ray.is_initialized(), "the download found Ray running: not its to shut down"
         finally:
-            ray.shutdown()
-        failures = check_rounds(first, second, 12, raised=1, crashed=7)
+            distributor.close()
+        assert not ray.is_initialized()
+        failures = check_rounds(first, second, 12, raised=1, crashed=7, slow=0, later=3)
         assert "died" in failures[7] or "Crashed" in failures[7], failures[7]
+        check_output(tmp_path / "out", urls, summary)
 
 
 # --------------------------------------------------------------------------- missing libraries
@@ -233,6 +240,7 @@ def test_missing_library_is_a_startup_error(tmp_path, distributor, module, messa
         else:
             print("no error")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                            timeout=120)
     assert result.stdout.strip() == f"ConfigError: {message}", result.stdout + result.stderr
     assert not glob.glob(f"{out}/*.tar")
