@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from any2ds.config import CoreOptions, declared_options, options_fields, reject_unknown
@@ -80,10 +81,40 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(line for line in lines if not line.startswith("tip:"))
 
 
+def local_plugins_in(argv: Sequence[str]) -> list[str]:
+    """The ``plugins`` option, read ahead of parsing: plugins add options to the parser."""
+    specs: list[str] = []
+    for index, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        if name not in ("--plugins", "--config"):
+            continue
+        value = inline if inline else (argv[index + 1] if index + 1 < len(argv) else "")
+        if name == "--plugins":
+            specs = _as_list(value)
+        elif value:
+            try:
+                with open(value) as f:
+                    content = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"--config {value}: {exc}") from exc
+            if isinstance(content, dict) and content.get("plugins"):
+                specs = _as_list(content["plugins"])
+    return specs
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    value = str(value).strip()
+    if value.startswith("["):
+        return [str(v) for v in yaml.safe_load(value)]
+    return [v for v in value.split(",") if v]
+
+
 def run_download(argv: Sequence[str]) -> int:
     from any2ds.run import run
 
-    host = PluginHost.load()
+    host = PluginHost.load(local_plugins=local_plugins_in(argv))
     flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
     reject_unknown(host, [f for f in flags if f not in ("config", "help")])
     parser = download_parser(host)

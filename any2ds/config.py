@@ -59,6 +59,9 @@ class CoreOptions:
     fetchers: list[str] = option(["http"], "Fetchers to enable; each URL goes to the one claiming its scheme.")
     verifiers: list[str] = option(["hash"], "Verifiers run on the raw bytes (hash: compute_hash, verify_hash).")
     processors: list[str] = option(["image"], "Processors chained on each sample ([] stores nothing but metadata).")
+    plugins: Optional[list[str]] = option(
+        None, "One-off plugins to load: .py files or module names (main process and every worker)."
+    )
     observers: list[str] = option(
         ["progress", "wandb"], "Observers of the run; wandb logs only with enable_wandb."
     )

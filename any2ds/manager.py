@@ -8,8 +8,14 @@ registries kept here.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Iterable
 from importlib import metadata
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -71,6 +77,24 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
 
+def _import_local_plugin(spec: str) -> ModuleType:
+    """Import a one-off plugin: a path to a .py file, or an importable module name."""
+    try:
+        if spec.endswith(".py") or os.sep in spec:
+            path = os.path.abspath(spec)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no such file: {path}")
+            name = "any2ds_local_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module  # lets pickle find classes defined in the file
+            module_spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(spec)
+    except Exception as exc:
+        raise PluginError(f"error importing plugin {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
 class PluginHost:
     """Loads plugins, fills the registries and exposes typed access to them."""
 
@@ -81,13 +105,17 @@ class PluginHost:
         self._loaded = False
 
     @classmethod
-    def load(cls, plugins: Iterable[Any] = (), *, entry_points: bool = True) -> PluginHost:
-        """A host with the entry-point plugins (built-ins included) and ``plugins`` registered."""
+    def load(cls, plugins: Iterable[Any] = (), *, local_plugins: Iterable[str] = (),
+             entry_points: bool = True) -> PluginHost:
+        """A host with the entry-point plugins (built-ins included), ``plugins`` (objects)
+        and ``local_plugins`` (paths to .py files or module names) registered."""
         host = cls()
         if entry_points:
             host._load_entry_points()
         for plugin in plugins:
             host.register(plugin)
+        for spec in local_plugins:
+            host.register(_import_local_plugin(spec), name=spec)
         host.collect()
         return host
 

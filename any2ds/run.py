@@ -29,7 +29,7 @@ def download(**kwargs: Any) -> dict[str, Any]:
     """``any2ds.download``: type-check the keyword arguments like CLI flags, then run."""
     from any2ds.cli import parse_kwargs
 
-    host = PluginHost.load()
+    host = PluginHost.load(local_plugins=kwargs.get("plugins") or ())
     return run(host, parse_kwargs(host, kwargs))
 
 

@@ -30,7 +30,8 @@ class ShardRunner:
 
     def __init__(self, config: RunConfig, host: PluginHost | None = None) -> None:
         self.config = config
-        self.pipeline = SamplePipeline.build(host or PluginHost.load(), config)
+        host = host or PluginHost.load(local_plugins=config.core.plugins or ())
+        self.pipeline = SamplePipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
         self._fetch_threads = ThreadPoolExecutor(config.core.thread_count, thread_name_prefix="any2ds-fetch")
         self._cpu_slots = threading.BoundedSemaphore(config.core.cpu_threads())

@@ -322,3 +322,86 @@ def test_console_script_and_help_list_plugin_options():
                  "--user_agent_token", "--disallowed_header_directives", "--encode_quality"):
         assert flag in proc.stdout
     assert "processor image" in proc.stdout
+
+
+CRASH_ONCE_PLUGIN = '''
+import os
+from pathlib import Path
+from any2ds import Processor, hookimpl
+
+MARKER = Path(os.environ["ANY2DS_TEST_MARKER"])
+
+
+class CrashOnce(Processor):
+    """Kills its worker process the first time it sees row 0 of shard 1."""
+
+    name = "crash_once"
+
+    def process(self, fetched, result):
+        if result.sample.shard_id == 1 and result.sample.index == 0 and not MARKER.exists():
+            MARKER.write_text("crashed")
+            os._exit(1)
+
+
+@hookimpl
+def any2ds_register_processors(register):
+    register(CrashOnce)
+'''
+
+
+def test_shard_whose_worker_dies_is_retried(tmp_path, csv_input, monkeypatch):
+    plugin = tmp_path / "crash_once.py"
+    plugin.write_text(CRASH_ONCE_PLUGIN)
+    monkeypatch.setenv("ANY2DS_TEST_MARKER", str(tmp_path / "crashed"))
+    out = tmp_path / "out"
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+                              output_format="webdataset", number_sample_per_shard=5, thread_count=4,
+                              plugins=[str(plugin)], processors=["image", "crash_once"])
+    assert (tmp_path / "crashed").exists()
+    assert summary["shards_failed"] == [] and summary["state"] == "done"
+    assert sorted(read_stats(out)) == ["00000_stats.json", "00001_stats.json", "00002_stats.json"]
+    assert len(read_metadata(out)) == len(IMAGES) + 3
+
+
+def test_shard_failing_every_retry_is_reported(tmp_path, csv_input, monkeypatch):
+    plugin = tmp_path / "crash_always.py"
+    plugin.write_text(CRASH_ONCE_PLUGIN.replace("and not MARKER.exists()", ""))
+    monkeypatch.setenv("ANY2DS_TEST_MARKER", str(tmp_path / "crashed"))
+    out = tmp_path / "out"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"url_list: {csv_input}\ninput_format: csv\noutput_folder: {out}\n"
+                      f"output_format: dummy\nnumber_sample_per_shard: 5\nthread_count: 4\nmax_shard_retry: 2\n"
+                      f"plugins: [{plugin}]\nprocessors: [image, crash_once]\n")
+    assert run("--config", str(config)) == 1
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["shards_failed"] == [1] and summary["state"] == "failed_shards"
+    assert sorted(read_stats(out)) == ["00000_stats.json", "00002_stats.json"]
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, http_server):
+    import signal
+    import time
+
+    rows = [{"url": http_server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(300)]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
+           "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
+           "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not glob.glob(f"{out}/*_stats.json") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("any2ds: interrupted; finished shards are kept. "
+                                            "Run the same command again to resume.")
+    assert "Traceback" not in err
+    assert len(glob.glob(f"{out}/*_stats.json")) < 15
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    tars = sorted(glob.glob(f"{out}/*.tar"))
+    assert len(tars) == 15
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == 300
