@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Optional
 
 import attrs
-from attrs import validators as v
 
 from any2ds.components import Component, NoOptions, option
 from any2ds.errors import ConfigError

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -75,3 +77,31 @@ def http_server(image_dir):
     server = LocalHTTPServer(image_dir)
     yield server
     server.close()
+
+
+# --- S3, through a loopback moto server --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the loopback server; fsspec's s3 config points there."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": s3_endpoint}})
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", s3_endpoint)  # for spawned worker processes
+    bucket = f"any2ds-{uuid.uuid4().hex[:12]}"
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(bucket)
+    return fs, bucket

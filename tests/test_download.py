@@ -405,3 +405,25 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, http_server):
     assert len(tars) == 15
     keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
     assert len(keys) == len(set(keys)) == 300
+
+
+def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
+    fs, bucket = s3_bucket
+    out = f"s3://{bucket}/dataset"
+    args = ["--url_list", str(csv_input), "--input_format", "csv", "--caption_col", "caption",
+            "--output_folder", out, "--output_format", "webdataset", "--number_sample_per_shard", "5",
+            "--thread_count", "4"]
+    assert run(*args) == 0
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/dataset"))
+    assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar",
+                     "00001_stats.json", "00002.parquet", "00002.tar", "00002_stats.json", "run_summary.json"]
+    fs.rm(f"{bucket}/dataset/00001_stats.json")
+    assert run(*args) == 0
+    fs.invalidate_cache()
+    local = tmp_path / "copy"
+    fs.get(f"{bucket}/dataset/", str(local), recursive=True)
+    samples = list(wds.WebDataset(sorted(str(p) for p in local.glob("*.tar")), shardshuffle=False))
+    assert len(samples) == len(IMAGES)
+    assert len(read_metadata(local)) == len(IMAGES) + 3
+    assert not fs.exists(f"{bucket}/dataset/_tmp")
