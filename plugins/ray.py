@@ -28,7 +28,6 @@ from any2ds.hookspecs import hookimpl
 from any2ds.types import Shard, ShardFailure, ShardStats
 
 MISSING_RAY = "distributor ray needs ray: pip install 'any2ds[ray]'"
-WAIT_SECONDS = 0.5
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -93,9 +92,7 @@ class RayDistributor(Distributor):
 
 def _collect(ray: Any, pending: dict[Any, int]) -> Iterator[ShardStats | ShardFailure]:
     """Wait for at least one task; yield the outcome of every one that has ended."""
-    done: list[Any] = []
-    while not done:  # short waits: a blocking ray.wait would hold Ctrl-C off until a task ends
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+    done, _ = ray.wait(list(pending), num_returns=1)
     for ref in done:
         shard_id = pending.pop(ref)
         try:
