@@ -27,6 +27,11 @@ def _positive(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
         raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
+def _above_zero(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be more than 0, got {value}")
+
+
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
@@ -49,6 +54,10 @@ class CoreOptions:
     thread_count: int = option(256, "Fetch threads per worker process.", _positive)
     processing_threads: Optional[int] = option(
         None, "Threads per worker process running decode/resize/encode; default: cores / processes_count."
+    )
+    sample_timeout: float = option(
+        300.0, "Watchdog: a sample unfinished this many seconds after it started is recorded as failed.",
+        _above_zero,
     )
     distributor: str = option("multiprocessing", "Where shards run: multiprocessing (more with plugins).")
     incremental_mode: Literal["incremental", "overwrite", "extend"] = option(

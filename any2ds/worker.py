@@ -14,8 +14,11 @@ import pickle
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from urllib.parse import urlsplit
+
+import attrs
 
 from any2ds.config import RunConfig
 from any2ds.errors import FetchError, SampleError
@@ -33,8 +36,9 @@ class ShardRunner:
         host = host or PluginHost.load(local_plugins=config.core.plugins or ())
         self.pipeline = SamplePipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
-        self._fetch_threads = ThreadPoolExecutor(config.core.thread_count, thread_name_prefix="any2ds-fetch")
-        self._cpu_slots = threading.BoundedSemaphore(config.core.cpu_threads())
+        self._fetch_threads = self._new_thread_pool()
+        self._abandoned_threads = 0
+        self._cpu_slots = self._new_cpu_slots()
 
     def run(self, shard: Shard) -> ShardStats:
         """Fetch, process and write every row of ``shard``, then commit it atomically."""
@@ -75,27 +79,85 @@ class ShardRunner:
                          shard_id=shard.shard_id, index=index, url=url,
                          caption=None if caption is None else str(caption), columns=row)
 
-    def _results(self, shard: Shard):
-        """Sample results in completion order; at most 2 x thread_count samples in flight."""
-        window = 2 * self.config.core.thread_count
-        pending: set[Future[SampleResult]] = set()
-        for sample in self._samples(shard):
-            if len(pending) >= window:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-            pending.add(self._fetch_threads.submit(self.process_sample, sample))
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (f.result() for f in done)
+    def _results(self, shard: Shard) -> Iterator[SampleResult]:
+        """Sample results in completion order, at most 2 x thread_count samples in flight.
 
-    def process_sample(self, sample: Sample) -> SampleResult:
+        The watchdog: a sample still running ``sample_timeout`` seconds after it
+        started is recorded as failed and its thread abandoned, so no plugin can
+        hold a shard for ever. When half the threads are abandoned the pool is
+        replaced and the samples still queued move to the new one.
+        """
+        window = 2 * self.config.core.thread_count
+        samples = self._samples(shard)
+        in_flight: dict[Future[SampleResult], _Attempt] = {}
+        more = True
+        while more or in_flight:
+            while more and len(in_flight) < window:
+                sample = next(samples, None)
+                if sample is None:
+                    more = False
+                else:
+                    attempt = _Attempt(sample)
+                    in_flight[self._fetch_threads.submit(self.process_sample, attempt)] = attempt
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, timeout=self._watchdog_wait(in_flight.values()), return_when=FIRST_COMPLETED)
+            for future in done:
+                if not future.cancelled():
+                    del in_flight[future]
+                    yield future.result()
+            yield from self._expire(in_flight)
+
+
+    def _watchdog_wait(self, attempts: Iterable[_Attempt]) -> float:
+        limit = self.config.core.sample_timeout
+        started = [a.started for a in attempts if a.started is not None]
+        if not started:
+            return limit
+        return min(max(min(started) + limit - time.monotonic(), 0.05), limit)
+
+    def _expire(self, in_flight: dict[Future[SampleResult], _Attempt]) -> Iterator[SampleResult]:
+        limit = self.config.core.sample_timeout
+        now = time.monotonic()
+        for future, attempt in list(in_flight.items()):
+            if attempt.started is not None and now - attempt.started > limit and not future.done():
+                del in_flight[future]
+                self._abandoned_threads += 1
+                if attempt.cpu_slots is self._cpu_slots:
+                    # The stuck thread may hold a CPU slot for ever: hand out fresh ones.
+                    self._cpu_slots = self._new_cpu_slots()
+                yield _failed(attempt.sample, "failed_to_download",
+                              f"sample did not finish within sample_timeout={limit:g} s", "Watchdog")
+        if self._abandoned_threads >= max(1, self.config.core.thread_count // 2):
+            self._replace_thread_pool(in_flight)
+
+    def _replace_thread_pool(self, in_flight: dict[Future[SampleResult], _Attempt]) -> None:
+        old = self._fetch_threads
+        self._fetch_threads = self._new_thread_pool()
+        self._abandoned_threads = 0
+        old.shutdown(wait=False, cancel_futures=True)  # stuck threads are left to die on their own
+        for future, attempt in list(in_flight.items()):
+            if future.cancelled():
+                del in_flight[future]
+                in_flight[self._fetch_threads.submit(self.process_sample, attempt)] = attempt
+
+    def _new_cpu_slots(self) -> threading.BoundedSemaphore:
+        return threading.BoundedSemaphore(self.config.core.cpu_threads())
+
+    def _new_thread_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.config.core.thread_count, thread_name_prefix="any2ds-fetch")
+
+    def process_sample(self, attempt: _Attempt) -> SampleResult:
         """Fetch, verify and process one sample; any failure becomes the result's status."""
+        attempt.started = time.monotonic()
+        sample = attempt.sample
         result = SampleResult(sample)
         stage_status = "failed_to_download"
         try:
             fetcher = self._fetcher_for(sample.url)
             fetched = fetcher.fetch(sample)
-            with self._cpu_slots:
+            cpu_slots = attempt.cpu_slots = self._cpu_slots
+            with cpu_slots:
                 for verifier in self.pipeline.verifiers:
                     result.metadata.update(verifier.verify(sample, fetched))
                 for processor in self.pipeline.processors:
@@ -118,8 +180,19 @@ class ShardRunner:
         return fetcher
 
     def close(self) -> None:
-        self._fetch_threads.shutdown(wait=True, cancel_futures=True)
+        # Not waiting: a thread the watchdog abandoned may never return.
+        self._fetch_threads.shutdown(wait=False, cancel_futures=True)
         self.pipeline.close()
+
+
+@attrs.define
+class _Attempt:
+    """A sample handed to the thread pool; ``started`` is set when a thread picks it up,
+    ``cpu_slots`` to the semaphore it took a processing slot from."""
+
+    sample: Sample
+    started: float | None = None
+    cpu_slots: threading.BoundedSemaphore | None = None
 
 
 def _failed(sample: Sample, status: str, message: str, error_type: str) -> SampleResult:

@@ -41,9 +41,11 @@ class MultiprocessingDistributor(Distributor):
                 outcomes, pool = self._collect(pending, pool, processes)
                 yield from outcomes
         except BaseException:
-            _kill(pool)
+            _stop(pool, grace=0)
             raise
-        pool.shutdown(wait=True)
+        # Every shard is committed; a worker kept alive by a thread its watchdog
+        # abandoned must not hold the run open.
+        _stop(pool, grace=5)
 
     @staticmethod
     def _collect(pending: dict[Future[ShardStats], int], pool: ProcessPoolExecutor,
@@ -64,7 +66,7 @@ class MultiprocessingDistributor(Distributor):
             for future, shard_id in list(pending.items()):
                 outcomes.append(ShardFailure(shard_id, "worker pool restarted after a worker died"))
                 del pending[future]
-            _kill(pool)
+            _stop(pool, grace=0)
             pool = _new_pool(processes)
         return outcomes, pool
 
@@ -79,14 +81,16 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _kill(pool: ProcessPoolExecutor) -> None:
-    """Stop at once: terminate workers instead of waiting for their shards."""
+def _stop(pool: ProcessPoolExecutor, grace: float) -> None:
+    """Shut the pool down, terminating workers still alive after ``grace`` seconds."""
     processes = list(getattr(pool, "_processes", {}).values())  # no public API lists them
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
-        process.terminate()
+        process.join(timeout=grace)
     for process in processes:
-        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=10)
 
 
 @hookimpl

@@ -427,3 +427,45 @@ def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
     assert len(samples) == len(IMAGES)
     assert len(read_metadata(local)) == len(IMAGES) + 3
     assert not fs.exists(f"{bucket}/dataset/_tmp")
+
+
+HANG_PLUGIN = '''
+import time
+from any2ds import Processor, hookimpl
+
+
+class Hang(Processor):
+    """Never returns for row 1 of every shard: a plugin bug the watchdog must contain."""
+
+    name = "hang"
+
+    def process(self, fetched, result):
+        if result.sample.index == 1:
+            time.sleep(3600)
+
+
+@hookimpl
+def any2ds_register_processors(register):
+    register(Hang)
+'''
+
+
+def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_input):
+    import time
+
+    plugin = tmp_path / "hang.py"
+    plugin.write_text(HANG_PLUGIN)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+                              output_format="webdataset", number_sample_per_shard=5, thread_count=2,
+                              processing_threads=2, plugins=[str(plugin)], processors=["image", "hang"],
+                              sample_timeout=2)
+    assert time.monotonic() - start < 60
+    # Row 1 of shards 0 and 1 hang; row 1 of shard 2 is the 404, which never reaches processors.
+    assert summary["state"] == "done" and summary["error_types"].get("Watchdog") == 2
+    rows = read_metadata(out)
+    assert len(rows) == len(IMAGES) + 3
+    stuck = [r for r in rows if r["error_type"] == "Watchdog"]
+    assert [r["key"] for r in stuck] == ["000001", "000011"]
+    assert stuck[0]["error_message"] == "sample did not finish within sample_timeout=2 s"
