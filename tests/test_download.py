@@ -6,9 +6,11 @@ import glob
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,6 +56,33 @@ def read_stats(out: Path) -> dict[str, dict]:
 def read_metadata(out: Path) -> list[dict]:
     files = sorted(glob.glob(f"{out}/[0-9]*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist()
+
+
+def long_run(tmp_path, server, rows: int) -> tuple[list[str], Path]:
+    """A CLI command slow enough to interrupt (rows x 512 px lanczos), and its output folder."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"url": server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(rows)]), path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
+           "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
+           "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio",
+           "--upscale_interpolation", "lanczos"]
+    return cmd, out
+
+
+def wait_for_shards(out: Path, proc: subprocess.Popen, count: int) -> None:
+    deadline = time.time() + 120
+    while len(glob.glob(f"{out}/*_stats.json")) < count and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def assert_complete_webdataset(out: Path, shards: int, rows: int) -> None:
+    assert sorted(read_stats(out)) == [f"{i:05d}_stats.json" for i in range(shards)]
+    tars = sorted(glob.glob(f"{out}/*.tar"))
+    assert len(tars) == shards
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == rows
+    assert not (out / "_tmp").exists()
 
 
 @pytest.fixture
@@ -267,30 +296,14 @@ def test_resume_with_other_sharding_options_is_refused(tmp_path, csv_input):
 
 def test_interrupted_run_resumes_to_a_complete_dataset(tmp_path, http_server):
     """SIGKILL a real run mid-way, rerun: every shard present once, every tar readable."""
-    rows = [{"url": http_server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(400)]
-    path = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
-           "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
-           "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio",
-           "--upscale_interpolation", "lanczos"]
+    cmd, out = long_run(tmp_path, http_server, rows=400)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = __import__("time").time() + 120
-    while len(glob.glob(f"{out}/*_stats.json")) < 3 and proc.poll() is None and __import__("time").time() < deadline:
-        __import__("time").sleep(0.05)
-    os.killpg(proc.pid, 9)
+    wait_for_shards(out, proc, 3)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(glob.glob(f"{out}/*_stats.json"))
-    assert done_before < 20, "the run finished before it could be interrupted; make it longer"
+    assert len(glob.glob(f"{out}/*_stats.json")) < 20, "the run finished before it could be interrupted"
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    stats = read_stats(out)
-    assert sorted(stats) == [f"{i:05d}_stats.json" for i in range(20)]
-    tars = sorted(glob.glob(f"{out}/*.tar"))
-    assert len(tars) == 20
-    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
-    assert len(keys) == len(set(keys)) == 400
-    assert not (out / "_tmp").exists()
+    assert_complete_webdataset(out, shards=20, rows=400)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -379,20 +392,9 @@ def test_shard_failing_every_retry_is_reported(tmp_path, csv_input, monkeypatch)
 
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, http_server):
-    import signal
-    import time
-
-    rows = [{"url": http_server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(300)]
-    path = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
-           "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
-           "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio"]
+    cmd, out = long_run(tmp_path, http_server, rows=300)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not glob.glob(f"{out}/*_stats.json") and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_shards(out, proc, 1)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -401,10 +403,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, http_server):
     assert "Traceback" not in err
     assert len(glob.glob(f"{out}/*_stats.json")) < 15
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    tars = sorted(glob.glob(f"{out}/*.tar"))
-    assert len(tars) == 15
-    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
-    assert len(keys) == len(set(keys)) == 300
+    assert_complete_webdataset(out, shards=15, rows=300)
 
 
 def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
@@ -451,8 +450,6 @@ def any2ds_register_processors(register):
 
 
 def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_input):
-    import time
-
     plugin = tmp_path / "hang.py"
     plugin.write_text(HANG_PLUGIN)
     out = tmp_path / "out"
