@@ -55,6 +55,9 @@ class CoreOptions:
     processing_threads: Optional[int] = option(
         None, "Threads per worker process running decode/resize/encode; default: cores / processes_count."
     )
+    max_bytes_in_flight: int = option(
+        512 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing.", _positive
+    )
     sample_timeout: float = option(
         300.0, "Watchdog: a sample unfinished this many seconds after it started is recorded as failed.",
         _above_zero,

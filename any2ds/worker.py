@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import threading
 import time
 from collections import Counter
@@ -20,8 +21,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from any2ds.components import Processor
 from any2ds.config import RunConfig
-from any2ds.errors import FetchError, SampleError
+from any2ds.errors import FetchError, ProcessError, SampleError
+from any2ds.limits import WorkerLimits
 from any2ds.manager import PluginHost
 from any2ds.output import OutputFolder
 from any2ds.pipeline import SamplePipeline
@@ -38,7 +41,7 @@ class ShardRunner:
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
         self._fetch_threads = self._new_thread_pool()
         self._abandoned_threads = 0
-        self._cpu_slots = self._new_cpu_slots()
+        self._limits = self._new_limits()
 
     def run(self, shard: Shard) -> ShardStats:
         """Fetch, process and write every row of ``shard``, then commit it atomically."""
@@ -123,9 +126,9 @@ class ShardRunner:
             if attempt.started is not None and now - attempt.started > limit and not future.done():
                 del in_flight[future]
                 self._abandoned_threads += 1
-                if attempt.cpu_slots is self._cpu_slots:
-                    # The stuck thread may hold a CPU slot for ever: hand out fresh ones.
-                    self._cpu_slots = self._new_cpu_slots()
+                if attempt.limits is self._limits:
+                    # The stuck thread may hold a CPU slot and body bytes for ever: start afresh.
+                    self._limits = self._new_limits()
                 yield _failed(attempt.sample, "failed_to_download",
                               f"sample did not finish within sample_timeout={limit:g} s", "Watchdog")
         if self._abandoned_threads >= max(1, self.config.core.thread_count // 2):
@@ -141,8 +144,8 @@ class ShardRunner:
                 del in_flight[future]
                 in_flight[self._fetch_threads.submit(self.process_sample, attempt)] = attempt
 
-    def _new_cpu_slots(self) -> threading.BoundedSemaphore:
-        return threading.BoundedSemaphore(self.config.core.cpu_threads())
+    def _new_limits(self) -> WorkerLimits:
+        return WorkerLimits(self.config.core.cpu_threads(), self.config.core.max_bytes_in_flight)
 
     def _new_thread_pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self.config.core.thread_count, thread_name_prefix="any2ds-fetch")
@@ -156,13 +159,14 @@ class ShardRunner:
         try:
             fetcher = self._fetcher_for(sample.url)
             fetched = fetcher.fetch(sample)
-            cpu_slots = attempt.cpu_slots = self._cpu_slots
-            with cpu_slots:
+            limits = attempt.limits = self._limits
+            with limits.body_budget.reserve(len(fetched.body)), limits.cpu_slots:
                 for verifier in self.pipeline.verifiers:
                     result.metadata.update(verifier.verify(sample, fetched))
                 for processor in self.pipeline.processors:
                     stage_status = processor.failure_status
                     processor.process(fetched, result)
+                    _check_extensions(result, processor)
         except SampleError as error:
             return _failed(sample, error.status, error.message, error.error_type)
         except Exception as error:  # a plugin bug must cost one sample, not the shard
@@ -188,11 +192,23 @@ class ShardRunner:
 @attrs.define
 class _Attempt:
     """A sample handed to the thread pool; ``started`` is set when a thread picks it up,
-    ``cpu_slots`` to the semaphore it took a processing slot from."""
+    ``limits`` to the limits it took CPU slots and body bytes from."""
 
     sample: Sample
     started: float | None = None
-    cpu_slots: threading.BoundedSemaphore | None = None
+    limits: WorkerLimits | None = None
+
+
+# A media extension ends up in file and tar member names: letters and digits,
+# dot-separated (``jpg``, ``thumb.jpg``), so no path can be smuggled through it.
+_SAFE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,16}(\.[A-Za-z0-9]{1,16}){0,3}")
+
+
+def _check_extensions(result: SampleResult, processor: Processor) -> None:
+    for stream, media in result.media.items():
+        if not _SAFE_EXTENSION.fullmatch(media.extension):
+            raise ProcessError(f"processor {processor.name!r} gave stream {stream!r} the unsafe extension "
+                               f"{media.extension!r}", status=processor.failure_status, error_type="UnsafeExtension")
 
 
 def _failed(sample: Sample, status: str, message: str, error_type: str) -> SampleResult:
