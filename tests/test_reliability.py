@@ -1,0 +1,196 @@
+"""Reliability: hostile input data, output safety, bounded memory, repeated crashes."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+import any2ds
+from any2ds.limits import ByteBudget
+from tests.test_download import IMAGES, assert_complete_webdataset, long_run, read_metadata, run, wait_for_shards
+
+NASTY_TEXT = [
+    "line one\nline two\r\nline three",
+    "tab\there, quote \" and 'single', comma, semicolon;",
+    "NUL \x00 in the middle",
+    "emoji 🦊🖼️ and accents éàü and RTL שלום",
+    "x" * 1_000_000,  # a huge value
+    "",
+    "../../../etc/passwd",
+    "<script>alert(1)</script> {\"json\": [1, 2]}",
+]
+
+
+def test_hostile_captions_and_columns_survive_unchanged(tmp_path, http_server):
+    url = http_server.url("/allowed/64_64.jpg")
+    rows = [{"url": url, "caption": text, "extra": text, "number": i} for i, text in enumerate(NASTY_TEXT)]
+    rows.append({"url": url, "caption": None, "extra": None, "number": None})  # the same URL again, nulls
+    path = tmp_path / "in.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["url", "caption", "extra", "number"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "csv", "--caption_col", "caption",
+               "--save_additional_columns", '["extra", "number"]', "--output_folder", str(out),
+               "--output_format", "webdataset", "--thread_count", "4") == 0
+    metadata = read_metadata(out)
+    assert len(metadata) == len(rows)
+    assert [m["status"] for m in metadata] == ["success"] * len(rows)
+    # CSV has no null string: an empty field reads back as "" (pyarrow's CSV convention).
+    assert [m["caption"] for m in metadata] == [r["caption"] or "" for r in rows]
+    assert [m["extra"] for m in metadata] == [r["extra"] or "" for r in rows]
+    samples = sorted(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False), key=lambda s: s["__key__"])
+    assert [s["txt"].decode("utf-8") for s in samples] == [r["caption"] or "" for r in rows]
+    for sample, row in zip(samples, rows):
+        assert json.loads(sample["json"])["extra"] == (row["extra"] or "")
+
+
+def test_json_input_with_odd_values_gives_valid_json_and_parquet(tmp_path, http_server):
+    url = http_server.url("/allowed/64_64.jpg")
+    rows = [{"url": url, "caption": text, "nested": {"a": [1, 2], "b": text}} for text in NASTY_TEXT[:4]]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "jsonl", "--caption_col", "caption",
+               "--save_additional_columns", '["nested"]', "--output_folder", str(out), "--output_format", "files",
+               "--thread_count", "4") == 0
+    metadata = read_metadata(out)
+    assert [m["nested"] for m in metadata] == [r["nested"] for r in rows]
+    for sidecar in sorted((out / "00000").glob("*.json")):
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        assert record["nested"]["a"] == [1, 2]
+
+
+def test_nothing_in_the_input_chooses_an_output_path(tmp_path, http_server):
+    rows = [{"url": http_server.url("/allowed/64_64.jpg") + "?name=../../escape.jpg", "caption": "../../escape"},
+            {"url": http_server.url("/allowed/%2e%2e/%2e%2e/etc/passwd"), "caption": "/etc/passwd"}]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--caption_col", "caption",
+               "--output_folder", str(out), "--output_format", "files", "--processors", '["file"]',
+               "--thread_count", "2") == 0
+    created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert created == ["in.parquet", "out/00000.parquet", "out/00000/000000000.jpg", "out/00000/000000000.json",
+                       "out/00000/000000000.txt", "out/00000_stats.json", "out/run_summary.json"]
+
+
+UNSAFE_EXTENSION_PLUGIN = '''
+from any2ds import Media, Processor, hookimpl
+
+
+class Escape(Processor):
+    name = "escape"
+
+    def media_streams(self):
+        return ["evil"]
+
+    def process(self, fetched, result):
+        result.media["evil"] = Media(fetched.body, "/../../escaped")
+
+
+@hookimpl
+def any2ds_register_processors(register):
+    register(Escape)
+'''
+
+
+def test_a_plugin_cannot_write_outside_through_an_extension(tmp_path, http_server):
+    plugin = tmp_path / "escape.py"
+    plugin.write_text(UNSAFE_EXTENSION_PLUGIN)
+    path = tmp_path / "in.txt"
+    path.write_text(http_server.url("/allowed/64_64.jpg") + "\n")
+    out = tmp_path / "out"
+    any2ds.download(url_list=str(path), output_folder=str(out), output_format="files", processors=["escape"],
+                    plugins=[str(plugin)], thread_count=2)
+    (row,) = read_metadata(out)
+    assert row["status"] == "failed_to_process" and row["error_type"] == "UnsafeExtension"
+    assert not list(tmp_path.rglob("*escaped*"))
+
+
+@pytest.mark.parametrize("name, content, input_format, message", [
+    ("short.csv", "url,caption,extra\nhttp://a/1.jpg,one,1\nhttp://a/2.jpg\n", "csv", "short.csv"),
+    ("ragged.csv", "url,caption\nhttp://a/1.jpg,one\nhttp://a/2.jpg,two,three\n", "csv", "ragged.csv"),
+    ("picture.csv", None, "csv", "picture.csv"),
+    ("garbage.json", "[{\"url\": \"http://a\"}, {oops", "json", "garbage.json"),
+    ("garbage.jsonl", "{\"url\": \"http://a\"}\nnot json\n", "jsonl", "garbage.jsonl"),
+    ("garbage.parquet", "this is not parquet", "parquet", "garbage.parquet"),
+])
+def test_malformed_input_is_one_clear_line(tmp_path, image_dir, name, content, input_format, message):
+    path = tmp_path / name
+    if content is None:
+        path.write_bytes((image_dir / "64_64.jpg").read_bytes())
+    else:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format",
+                           input_format, "--output_folder", str(tmp_path / "out"), "--thread_count", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_byte_budget_bounds_what_is_reserved_at_once():
+    budget = ByteBudget(100)
+    peak = 0
+    lock = threading.Lock()
+
+    def hold(size):
+        nonlocal peak
+        with budget.reserve(size):
+            with lock:
+                peak = max(peak, budget.reserved)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=hold, args=(size,)) for size in [30, 40, 50, 60, 250, 10] * 5]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads), "a reservation never went through"
+    assert peak == 250 or peak <= 100  # an oversized body goes through alone
+    assert budget.reserved == 0
+
+
+def test_repeated_sigkill_at_random_points_then_resume(tmp_path, http_server):
+    """Kill the whole run at random moments three times; the fourth run completes the dataset exactly."""
+    rng = random.Random(1234)
+    cmd, out = long_run(tmp_path, http_server, rows=500)
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_shards(out, proc, len(glob.glob(f"{out}/*_stats.json")) + 1)
+        time.sleep(rng.uniform(0, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(glob.glob(f"{out}/*_stats.json")) < 25, "the runs finished before they could be interrupted"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert_complete_webdataset(out, shards=25, rows=500)
+    metadata = read_metadata(out)
+    assert len(metadata) == 500 and {m["status"] for m in metadata} == {"success"}
+    assert [m["url"] for m in metadata] == [http_server.url(f"/allowed/{IMAGES[i % 7]}") for i in range(500)]
+
+
+def test_duplicate_urls_each_keep_their_row(tmp_path, http_server):
+    url = http_server.url("/allowed/64_64.jpg")
+    path = tmp_path / "in.txt"
+    path.write_text((url + "\n") * 30)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--output_folder", str(out), "--output_format", "dummy",
+               "--thread_count", "8") == 0
+    stats = json.loads(Path(out / "00000_stats.json").read_text())
+    assert stats["count"] == 30 and stats["successes"] == 30
