@@ -21,7 +21,9 @@ import contextlib
 import csv
 import gzip
 import json
+import os
 import re
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, islice
@@ -32,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from any2ds.components import InputSource, Reader
 from any2ds.errors import ConfigError
@@ -102,9 +105,17 @@ def _check_text(source: InputSource, head: bytes, fmt: str) -> None:
         raise _fail(source, f"is gzip-compressed, not a plain {fmt} file{hint}")
     if head.startswith(b"PAR1"):
         raise _fail(source, f"is a parquet file, not a {fmt} file; use input_format parquet")
-    nul = head.find(b"\x00")
-    if nul >= 0:
-        raise _fail(source, f"is binary data, not a {fmt} file (NUL byte at byte {nul})")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # At the very start it is a binary signature (JPEG, PNG, ...); later, the
+        # per-line decoding names the line.
+        if exc.start < 16:
+            raise _fail(source, f"is binary data, not a {fmt} file (not UTF-8 at byte {exc.start})") from None
+    # A stray NUL inside a caption is data; text with many is UTF-16 or binary.
+    nuls = head.count(b"\x00")
+    if nuls > len(head) // 100:
+        raise _fail(source, f"is binary data, not a {fmt} file ({nuls} NUL bytes in its first {len(head)} bytes)")
 
 
 @contextlib.contextmanager
@@ -123,6 +134,37 @@ def _read(source: InputSource, f: BinaryIO, size: int) -> bytes:
         return f.read(size)
     except _GZIP_ERRORS as exc:
         raise _describe(source, exc) from exc
+
+
+@contextlib.contextmanager
+def _local_file(source: InputSource) -> Iterator[tuple[str, str | None]]:
+    """A local path holding the file, and its compression, for pyarrow to open natively.
+
+    pyarrow's CSV reader reads ahead on its own threads. Handed a Python file
+    object, those threads call back into Python, and the process can hang or
+    abort at exit (seen here with fsspec files; apache/arrow#34314). A local
+    file is used in place (pyarrow decompresses gzip, bz2, zstd, lz4); any
+    other is first copied, decompressed, into a temporary directory.
+    """
+    if isinstance(source.fs, LocalFileSystem) and _native_codec(source.compression):
+        yield source.fs._strip_protocol(source.path), source.compression
+        return
+    with tempfile.TemporaryDirectory(prefix="any2ds-input-") as directory:
+        local = os.path.join(directory, "input")
+        with source.open() as f, open(local, "wb") as copy:
+            while data := _read(source, f, CHUNK_BYTES):
+                copy.write(data)
+        yield local, None
+
+
+def _native_codec(compression: str | None) -> bool:
+    """Whether pyarrow can decompress ``compression`` itself (None: nothing to decompress)."""
+    if compression is None:
+        return True
+    try:
+        return pa.Codec.is_available(compression)
+    except ValueError:
+        return False
 
 
 def _line_chunks(source: InputSource, f: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -299,7 +341,9 @@ class CsvReader(Reader):
     pyarrow reader did (an int column stays int64), except that the URL column
     and every column inferred as text or all-null are read as strings, so a
     later block cannot break them. Quoted values may hold delimiters, quotes and
-    newlines; empty lines are skipped.
+    newlines; empty lines are skipped. pyarrow reads the file natively (see
+    _local_file): a file on a non-local filesystem is first copied to a local
+    temporary directory.
 
     A row with the wrong number of fields raises ConfigError naming its line
     rather than being skipped: dropping rows silently would shift sample keys
@@ -323,13 +367,16 @@ class CsvReader(Reader):
                  for name in present}
         convert = pacsv.ConvertOptions(include_columns=present, column_types=types)
 
-        def open_reader(block_size: int) -> Iterator[pa.RecordBatch]:
-            with source.open() as f:
-                yield from pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=block_size),
-                                          parse_options=self._parse_options(), convert_options=convert)
+        with _local_file(source) as (path, compression):
 
-        batches = _growing_blocks(open_reader, CSV_BLOCK_BYTES)
-        yield from _rebatch(_guarded(batches, lambda exc: self._error(source, exc, schema.names)), batch_size)
+            def open_reader(block_size: int) -> Iterator[pa.RecordBatch]:
+                with pa.input_stream(path, compression=compression) as stream:
+                    yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                                              parse_options=self._parse_options(), convert_options=convert)
+
+            batches = _growing_blocks(open_reader, CSV_BLOCK_BYTES)
+            yield from _rebatch(_guarded(batches, lambda exc: self._error(source, exc, schema.names),
+                                         (*_DATA_ERRORS, OSError)), batch_size)
 
     def _parse_options(self) -> pacsv.ParseOptions:
         return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
@@ -359,9 +406,14 @@ class CsvReader(Reader):
                     continue
                 raise self._error(source, exc, None) from exc
 
-    def _error(self, source: InputSource, exc: BaseException, names: Sequence[str] | None) -> ConfigError:
-        """Name the column of a conversion error, or the line of a malformed row."""
+    def _error(self, source: InputSource, exc: BaseException, names: Sequence[str] | None) -> ConfigError | None:
+        """Name the column of a conversion error, or the line of a malformed row; None for an I/O failure."""
         message = _one_line(exc)
+        if isinstance(exc, OSError) and not isinstance(exc, _DATA_ERRORS):
+            # pyarrow reports bad compressed data as a plain OSError.
+            if type(exc) is OSError and source.compression:
+                return _fail(source, f"not valid {source.compression} data: {message}")
+            return None
         conversion = re.match(r"In CSV column #(\d+): (.*)", message)
         if conversion and names is not None and int(conversion[1]) < len(names):
             column = names[int(conversion[1])]

@@ -106,6 +106,22 @@ def test_format_round_trip(tmp_path, fmt, gz):
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_remote_filesystem(tmp_path, fmt, gz):
+    # A non-local fsspec filesystem: csv is copied to a local temporary file for pyarrow, the rest stream.
+    local = WRITERS[fmt](tmp_path / f"in.{fmt}", ROWS, gz=gz)
+    memory = fsspec.filesystem("memory")
+    path = f"/{tmp_path.name}/{local.name}"
+    memory.pipe(path, local.read_bytes())
+    try:
+        remote = InputSource(path, memory, compression="gzip" if gz else None)
+        batches = list(READER[fmt](None).read(remote, ["url", "caption", "n"], 2))
+        assert pa.Table.from_batches(batches).to_pylist() == ROWS
+    finally:
+        memory.rm(path)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
 def test_txt(tmp_path, gz):
     data = b"https://a.com/x,y,z\n\nhttps://b.com/\"q\"\ttab\r\n\r\nhttps://c.com/last"
     path = write(tmp_path / "in.txt", data, gz)
@@ -190,6 +206,29 @@ def test_batches_are_batch_size_rows(tmp_path, fmt):
     batches = list(READER[fmt](None).read(source(path), ["url"], 64))
     assert [b.num_rows for b in batches] == [64] * 15 + [40]
     assert [u for b in batches for u in b.column(0).to_pylist()] == [r["url"] for r in rows]
+
+
+EARLY_EXIT = textwrap.dedent("""
+    import sys
+    import fsspec
+    from any2ds.components import InputSource
+    from any2ds_plugins.readers import READERS
+
+    readers = {cls.name: cls(None) for cls in READERS}
+    for _ in range(5):
+        for fmt, path in zip(sys.argv[1::2], sys.argv[2::2]):
+            batches = readers[fmt].read(InputSource(path, fsspec.filesystem("file")), ["url"], 100)
+            next(batches)
+            batches.close()
+""")
+
+
+def test_process_exits_after_stopping_early(tmp_path):
+    # pyarrow threads reading a Python file object made the process hang or abort at exit.
+    rows = [{"url": f"https://e.com/{i}", "n": i} for i in range(300_000)]
+    args = [arg for fmt in ["csv", "jsonl", "parquet"]
+            for arg in (fmt, str(WRITERS[fmt](tmp_path / f"in.{fmt}", rows)))]
+    subprocess.run([sys.executable, "-c", EARLY_EXIT, *args], check=True, timeout=60)
 
 
 def test_stopping_early_closes_cleanly(tmp_path):
@@ -285,6 +324,16 @@ def test_not_gzip_data(tmp_path, fmt):
     path = tmp_path / "in.gz"
     path.write_bytes(b"plain text, not gzip\n" * 100)
     assert "not valid gzip data" in config_error(fmt, path, compression="gzip")
+
+
+def test_truncated_gzip(tmp_path):
+    # Past the head that the type inference reads, so that pyarrow's own decompression meets the end.
+    rows = [{"url": f"https://e.com/{i}", "caption": f"caption {i}", "n": i} for i in range(100_000)]
+    for fmt in ["csv", "jsonl", "txt"]:
+        full = WRITERS.get(fmt, write_jsonl)(tmp_path / f"in.{fmt}", rows, gz=True).read_bytes()
+        truncated = tmp_path / f"truncated.{fmt}.gz"
+        truncated.write_bytes(full[: len(full) * 2 // 3])
+        assert "not valid gzip data" in config_error(fmt, truncated, compression="gzip", columns=["url"])
 
 
 def test_parquet_file_read_as_csv(tmp_path):
