@@ -94,7 +94,7 @@ class ShardCutter:
 
     def _check_columns(self, source: InputSource) -> None:
         available = self.reader.available_columns(source)
-        if available is None:  # no column names: the one column is the URL
+        if not available:  # None: no column names (txt); []: an empty file, zero rows
             return
         missing = [c for c in self.columns if c not in available]
         if missing:

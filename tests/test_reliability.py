@@ -194,3 +194,15 @@ def test_duplicate_urls_each_keep_their_row(tmp_path, http_server):
                "--thread_count", "8") == 0
     stats = json.loads(Path(out / "00000_stats.json").read_text())
     assert stats["count"] == 30 and stats["successes"] == 30
+
+
+@pytest.mark.parametrize("name, content, input_format", [
+    ("empty.jsonl", "", "jsonl"), ("empty.json", "[]", "json"), ("empty.txt", "", "txt"),
+    ("header_only.csv", "url,caption\n", "csv"),
+])
+def test_an_empty_input_file_is_zero_rows(tmp_path, name, content, input_format):
+    path = tmp_path / name
+    path.write_text(content)
+    summary = any2ds.download(url_list=str(path), input_format=input_format, output_folder=str(tmp_path / "out"),
+                              thread_count=2)
+    assert summary["count"] == 0 and summary["state"] == "done"
