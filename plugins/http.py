@@ -6,17 +6,27 @@ attempt (a server trickling bytes is cut off), caps body size and redirects,
 and retries only transient failures, with backoff and ``Retry-After``. The
 user agent, the X-Robots-Tag rules and the error messages stay img2dataset's
 so that metadata and statistics remain comparable.
+
+URL lists come from the web, so by default no request reaches loopback,
+private, link-local or cloud-metadata addresses: every connection resolves
+its host itself, checks the addresses and connects only to an allowed one
+(docs/security.md).
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
+import socket
 import threading
 import time
 import warnings
+from concurrent.futures import Future
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from http import HTTPStatus
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
@@ -25,6 +35,10 @@ import requests
 import urllib3
 from attrs import validators as v
 from requests.adapters import HTTPAdapter
+from requests.utils import select_proxy
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from any2ds.components import Fetcher, option
 from any2ds.errors import FetchError
@@ -40,6 +54,23 @@ _CHUNK = 64 * 1024
 _DRAIN_LIMIT = 64 * 1024
 # Hosts whose idle connection each thread keeps; bounds idle sockets to threads x this.
 _HOSTS_PER_THREAD = 2
+# Seconds past an attempt's deadline after which its sockets are shut down. Socket timeouts
+# normally end a stalled read at the deadline itself; the reaper ends reads that keep receiving.
+REAPER_GRACE = 1.0
+
+IPAddress = IPv4Address | IPv6Address
+ALLOW_PRIVATE = "allow_private_networks"
+ALLOW_LINK_LOCAL = "allow_link_local"
+# Cloud metadata endpoints outside 169.254.0.0/16 (which is link-local, so blocked as a whole).
+METADATA_ADDRESSES = frozenset(ip_address(a) for a in (
+    "169.254.169.254",  # AWS, GCP, Azure, OpenStack, Oracle, DigitalOcean...
+    "fd00:ec2::254",  # AWS over IPv6 (inside fc00::/7)
+    "100.100.100.200",  # Alibaba Cloud (inside 100.64.0.0/10)
+    "168.63.129.16",  # Azure WireServer (a public address, reachable only from inside Azure)
+))
+PRIVATE_NETWORKS = tuple(ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+NAT64_NETWORK = ip_network("64:ff9b::/96")
 
 
 def user_agent(token: str | None) -> str:
@@ -135,13 +166,304 @@ def status_error(response: requests.Response) -> HTTPStatusError:
                            retry_after=parse_retry_after(response.headers.get("Retry-After")))
 
 
+# -- where requests may go ---------------------------------------------------
+
+
+class BlockedAddress(FetchError):
+    """A URL whose host is, or resolves to, an address the run does not allow; never retried."""
+
+
+def embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped ``::ffff:a.b.c.d``, 6to4, NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_NETWORK:
+        return IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def address_kind(ip: IPAddress) -> tuple[str, str] | None:
+    """What non-public kind of address ``ip`` is and the option allowing it; None for a public one."""
+    if isinstance(ip, IPv6Address):
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            return address_kind(embedded)
+        ip = ip_address(str(ip).split("%")[0])  # a zone (fe80::1%eth0) names no other address
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address", ALLOW_LINK_LOCAL
+    if ip.is_link_local:
+        return "a link-local address", ALLOW_LINK_LOCAL
+    if ip.is_loopback:
+        return "a loopback address", ALLOW_PRIVATE
+    if ip.is_unspecified:
+        return "an unspecified address", ALLOW_PRIVATE
+    if ip.is_multicast:
+        return "a multicast address", ALLOW_PRIVATE
+    if any(ip in network for network in PRIVATE_NETWORKS):
+        return "a private network address", ALLOW_PRIVATE
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved or special-purpose address", ALLOW_PRIVATE
+    return None
+
+
+@attrs.frozen
+class AddressPolicy:
+    """Which non-public addresses requests may connect to (public ones always)."""
+
+    allow_private_networks: bool = False
+    allow_link_local: bool = False
+
+    @property
+    def allows_everything(self) -> bool:
+        return self.allow_private_networks and self.allow_link_local
+
+    def refusal(self, address: str) -> BlockedAddress | None:
+        """The error for connecting to ``address`` (an IP), or None when it is allowed."""
+        kind = address_kind(ip_address(address))
+        if kind is None:
+            return None
+        description, option = kind
+        if getattr(self, option):
+            return None
+        return BlockedAddress(f"blocked: {address} is {description} (set {option} to allow)")
+
+
+def resolve(host: str, port: int, timeout: float) -> list[tuple]:
+    """``getaddrinfo`` within ``timeout`` seconds, which it cannot do itself.
+
+    IP literals (including ``2130706433`` and ``0x7f.0.0.1``) are parsed at
+    once; names are resolved on a helper thread, abandoned if it overruns
+    (it ends when the resolver gives up). Raises TimeoutError on overrun.
+    """
+    host = host.strip("[]")
+    family = allowed_gai_family()
+    try:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    answer: Future[list[tuple]] = Future()
+
+    def lookup() -> None:
+        try:
+            answer.set_result(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the waiting thread
+            answer.set_exception(exc)
+
+    threading.Thread(target=lookup, name="any2ds-dns", daemon=True).start()
+    return answer.result(timeout)
+
+
+class Attempt:
+    """One fetch attempt as its connections see it (through ``_CURRENT_ATTEMPT``).
+
+    requests cannot hand an absolute deadline or an address policy down to
+    the socket layer, so the attempt carries them: its connections resolve,
+    check and connect within the deadline, and record the sockets they use
+    so the reaper can shut them down if the attempt overruns. (A TLS
+    handshake needs no reaper: Python bounds it as a whole by the socket
+    timeout, which is the time left.)
+    """
+
+    def __init__(self, timeout: float, policy: AddressPolicy) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.policy = policy
+        self.sockets: set[socket.socket] = set()
+        self.expired = False
+
+    def remaining(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.deadline_error()
+        return remaining
+
+    def deadline_error(self) -> FetchError:
+        return FetchError(f"timed out (total deadline of {self.timeout} s)", retryable=True, error_type="Timeout")
+
+    def connect(self, host: str, port: int, source_address: tuple[str, int] | None,
+                socket_options: list[tuple] | None) -> socket.socket:
+        """A socket connected to an allowed address of ``host``; BlockedAddress if it has none."""
+        infos = resolve(host, port, self.remaining())
+        allowed = [info for info in infos if self.policy.refusal(info[4][0]) is None]
+        if not allowed:
+            raise self.policy.refusal(infos[0][4][0])
+        error: OSError | None = None
+        for family, kind, proto, _name, address in allowed:
+            sock = socket.socket(family, kind, proto)
+            try:
+                for socket_option in socket_options or ():
+                    sock.setsockopt(*socket_option)
+                sock.settimeout(self.remaining())
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            self.use(sock)
+            return sock
+        raise error
+
+    def check_host(self, host: str, port: int) -> None:
+        """Refuse a host any of whose addresses is not allowed (for requests a proxy makes for us)."""
+        if self.policy.allows_everything:
+            return
+        for info in resolve(host, port, self.remaining()):
+            refusal = self.policy.refusal(info[4][0])
+            if refusal is not None:
+                raise refusal
+
+    def use(self, sock: socket.socket) -> None:
+        self.sockets.add(sock)
+
+    def expire(self) -> None:
+        """Mark the attempt overrun and wake every read blocked on its sockets."""
+        self.expired = True
+        for sock in list(self.sockets):
+            try:
+                # socket.socket's own shutdown: SSLSocket's would also drop its TLS state under a reader.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+_CURRENT_ATTEMPT: ContextVar[Attempt] = ContextVar("any2ds_http_attempt")
+
+
+class DeadlineReaper:
+    """A thread shutting down the sockets of attempts still running past their deadline.
+
+    Socket timeouts bound each read, not their sum: a server trickling its
+    headers a byte at a time outlives any of them. A
+    socket shut down from another thread wakes the read blocked on it,
+    whichever library is reading.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._attempts: set[Attempt] = set()
+        self._changed = threading.Condition()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def watch(self, attempt: Attempt) -> None:
+        with self._changed:
+            self._attempts.add(attempt)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="any2ds-http-reaper", daemon=True)
+                self._thread.start()
+            if attempt.deadline + self.grace < self._wake_at:
+                self._changed.notify()
+
+    def unwatch(self, attempt: Attempt) -> None:
+        with self._changed:
+            self._attempts.discard(attempt)
+
+    def close(self) -> None:
+        with self._changed:
+            thread, self._thread = self._thread, None
+            self._changed.notify()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        with self._changed:
+            while self._thread is threading.current_thread():
+                now = time.monotonic()
+                for attempt in [a for a in self._attempts if a.deadline + self.grace <= now]:
+                    self._attempts.discard(attempt)
+                    attempt.expire()
+                self._wake_at = min((a.deadline for a in self._attempts), default=math.inf) + self.grace
+                self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
+class _GuardedConnection:
+    """Mixin for urllib3 connections: connect and read within the current attempt's policy and deadline.
+
+    The host is resolved here and the socket connected to a checked address,
+    so no DNS trick (a public name for 127.0.0.1, rebinding between check
+    and connect) reaches a blocked one; Host, SNI and certificate checks
+    still use the hostname.
+    """
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return _CURRENT_ATTEMPT.get().connect(self._dns_host, self.port, self.source_address,
+                                                  self.socket_options)
+        except socket.gaierror as exc:  # the errors urllib3's own _new_conn raises
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out.") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+
+    def getresponse(self):
+        """Read the headers with the socket timeout cut to the time left (a reused socket is watched too)."""
+        attempt = _CURRENT_ATTEMPT.get()
+        attempt.use(self.sock)
+        self.timeout = attempt.remaining()
+        return super().getresponse()
+
+
+class _GuardedHTTPConnection(_GuardedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """Direct connections go through the guarded pools; through a proxy, the target host is checked.
+
+    The proxy itself is trusted (the user configured it). It resolves the
+    target on its own, so for proxied requests the check is of this
+    machine's resolution of the name, made just before the request.
+    """
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPConnectionPool,
+                                                   "https": _GuardedHTTPSConnectionPool}
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        if select_proxy(request.url, proxies):
+            target = urlsplit(request.url)
+            _CURRENT_ATTEMPT.get().check_host(target.hostname, target.port or (443 if target.scheme == "https" else 80))
+        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+
+
 class HttpFetcher(Fetcher):
     """GETs http(s) URLs with ``requests``: one keep-alive session per thread.
 
-    ``timeout`` bounds each attempt as a whole: connecting, every redirect hop
-    and the body share one deadline. Two waits escape it: DNS resolution
-    (``getaddrinfo`` takes no timeout) and a server sending its *headers*
-    byte by byte (each read is bounded, not their sum).
+    ``timeout`` bounds each attempt as a whole: DNS resolution, connecting,
+    every redirect hop, the headers and the body share one deadline (socket
+    timeouts are cut to the time left, and a reaper thread shuts down the
+    sockets of an attempt still running ``REAPER_GRACE`` s past it).
+
+    Where requests may go (docs/security.md): only http and https, also
+    after a redirect. Each connection resolves its host and connects only to
+    an allowed address, after every redirect too, so a name resolving to
+    127.0.0.1 is refused like the literal. By default no request reaches
+    loopback, private (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
+    unspecified, multicast or reserved addresses (``allow_private_networks``
+    allows them), nor link-local addresses and cloud metadata endpoints
+    (169.254/16, fe80::/10, fd00:ec2::254, 100.100.100.200, 168.63.129.16;
+    ``allow_link_local`` allows them). A refused URL fails with error type
+    ``BlockedAddress``, never retried. Through a proxy (``http_proxy``...)
+    the proxy is trusted and the target's locally resolved addresses must
+    all be allowed.
     """
 
     name = "http"
@@ -166,6 +488,11 @@ class HttpFetcher(Fetcher):
             1.0, "Base of the exponential backoff between retries, in seconds (jittered).", v.ge(0))
         max_retry_after: float = option(
             60.0, "Longest wait before a retry, in seconds; caps Retry-After and the backoff.", v.ge(0))
+        allow_private_networks: bool = option(
+            False, "Allow requests to loopback, private-network and other non-public addresses "
+                   "(not link-local: see allow_link_local).")
+        allow_link_local: bool = option(
+            False, "Allow requests to link-local addresses and cloud metadata endpoints (169.254.169.254...).")
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
@@ -177,6 +504,8 @@ class HttpFetcher(Fetcher):
         self.disallowed = frozenset(d.strip().lower() for d in directives)
         if options.ignore_ssl_certificate:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
+        self._reaper = DeadlineReaper(REAPER_GRACE)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, requests.Session] = {}
@@ -194,7 +523,7 @@ class HttpFetcher(Fetcher):
             return session
         session = requests.Session()
         session.headers["User-Agent"] = self.user_agent
-        adapter = HTTPAdapter(pool_connections=_HOSTS_PER_THREAD, pool_maxsize=1, max_retries=0)
+        adapter = _GuardedAdapter(pool_connections=_HOSTS_PER_THREAD, pool_maxsize=1, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         # A no-op auth stops requests from reading ~/.netrc on every request
@@ -214,20 +543,21 @@ class HttpFetcher(Fetcher):
             self._local = threading.local()
         for session in sessions:
             session.close()
+        self._reaper.close()
 
     # -- fetching ----------------------------------------------------------
 
     def fetch(self, sample: Sample) -> FetchResult:
         """Attempt until success, a permanent failure, or ``retries`` extra attempts are spent."""
-        attempt = 1
+        number = 1
         while True:
             try:
-                return self._attempt(sample.url.strip(), attempt)
+                return self._attempt(sample.url.strip(), number)
             except FetchError as error:
-                if not error.retryable or attempt > self.options.retries:
+                if not error.retryable or number > self.options.retries:
                     raise
-                time.sleep(self._retry_delay(error, attempt))
-            attempt += 1
+                time.sleep(self._retry_delay(error, number))
+            number += 1
 
     def _retry_delay(self, error: FetchError, attempt: int) -> float:
         """The server's Retry-After if it sent one, else jittered exponential backoff; capped."""
@@ -236,37 +566,45 @@ class HttpFetcher(Fetcher):
             delay = self.options.retry_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
         return min(delay, self.options.max_retry_after)
 
-    def _attempt(self, url: str, attempt: int) -> FetchResult:
+    def _attempt(self, url: str, number: int) -> FetchResult:
         """One attempt: request, follow redirects, check, read the body; all before one deadline."""
         session = self._session()
         session.cookies.clear()  # cookies live for one attempt's redirect chain, not the thread
-        deadline = time.monotonic() + self.options.timeout
+        attempt = Attempt(self.options.timeout, self.policy)
+        current = _CURRENT_ATTEMPT.set(attempt)
         response: requests.Response | None = None
         try:
-            response = self._request(session, url, deadline)
+            self._reaper.watch(attempt)
+            response = self._request(session, url, attempt)
             redirects = 0
             while response.is_redirect:
                 if redirects == self.options.max_redirects:
                     raise FetchError(f"Exceeded {self.options.max_redirects} redirects.",
                                      error_type="TooManyRedirects")
                 url = self._redirect_target(session, response)
-                self._discard(response, deadline)
+                self._discard(response, attempt)
                 redirects += 1
-                response = self._request(session, url, deadline)
-            self._check(response, deadline)
-            body = self._read_body(response, deadline, self.options.max_body_bytes)
+                response = self._request(session, url, attempt)
+            self._check(response, attempt)
+            body = self._read_body(response, attempt, self.options.max_body_bytes)
+            if attempt.expired:  # the reaper cut the body short
+                raise attempt.deadline_error()
             response.raw.release_conn()
             return FetchResult(body=body, url=response.url, content_type=response.headers.get("Content-Type"),
-                               headers=dict(response.headers), attempts=attempt)
+                               headers=dict(response.headers), attempts=number)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if attempt.expired:
+                raise attempt.deadline_error() from exc
             raise as_fetch_error(exc) from exc
         finally:
+            self._reaper.unwatch(attempt)
+            _CURRENT_ATTEMPT.reset(current)
             if response is not None:
                 response.close()  # closes the connection unless it was released above
 
-    def _request(self, session: requests.Session, url: str, deadline: float) -> requests.Response:
+    def _request(self, session: requests.Session, url: str, attempt: Attempt) -> requests.Response:
         """Send a GET and read the headers, with connect and read timeouts bounded by the deadline."""
-        remaining = self._remaining(deadline)
+        remaining = attempt.remaining()
         # verify per request: a session-level False loses to REQUESTS_CA_BUNDLE in the environment.
         return session.get(url, stream=True, allow_redirects=False, timeout=(remaining, remaining),
                            verify=not self.options.ignore_ssl_certificate)
@@ -279,11 +617,11 @@ class HttpFetcher(Fetcher):
             raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="UnsupportedRedirect")
         return target
 
-    def _check(self, response: requests.Response, deadline: float) -> None:
+    def _check(self, response: requests.Response, attempt: Attempt) -> None:
         """Refuse error statuses, X-Robots-Tag refusals and oversized bodies before reading the body."""
         if response.status_code >= 400:
             error = status_error(response)
-            self._discard(response, deadline)
+            self._discard(response, attempt)
             raise error
         if self.disallowed and robots_refused(response.raw.headers.getlist("X-Robots-Tag"), self.token,
                                               self.disallowed):
@@ -293,7 +631,7 @@ class HttpFetcher(Fetcher):
         if length is not None and length > self.options.max_body_bytes:
             raise self._too_large()
 
-    def _read_body(self, response: requests.Response, deadline: float, limit: int) -> bytes:
+    def _read_body(self, response: requests.Response, attempt: Attempt, limit: int) -> bytes:
         """The decoded body, at most ``limit`` bytes, read before ``deadline``.
 
         ``read1`` returns as soon as any bytes arrive, so the deadline is
@@ -304,7 +642,7 @@ class HttpFetcher(Fetcher):
         chunks: list[bytes] = []
         size = 0
         while True:
-            remaining = self._remaining(deadline)
+            remaining = attempt.remaining()
             settimeout = getattr(getattr(raw.connection, "sock", None), "settimeout", None)
             if settimeout is not None:
                 settimeout(remaining)
@@ -312,7 +650,7 @@ class HttpFetcher(Fetcher):
                 chunk = raw.read1(_CHUNK, decode_content=True)
             except urllib3.exceptions.ReadTimeoutError:
                 if size:  # the server was sending, just too slowly
-                    raise self._deadline_error() from None
+                    raise attempt.deadline_error() from None
                 raise
             if not chunk:
                 return b"".join(chunks)
@@ -321,28 +659,18 @@ class HttpFetcher(Fetcher):
                 raise self._too_large()
             chunks.append(chunk)
 
-    def _discard(self, response: requests.Response, deadline: float) -> None:
+    def _discard(self, response: requests.Response, attempt: Attempt) -> None:
         """Drop a redirect's or error's body, keeping the connection when the body is small."""
         length = _content_length(response)
         if length is None or length > _DRAIN_LIMIT:
             response.close()
             return
         try:
-            self._read_body(response, deadline, _DRAIN_LIMIT)
+            self._read_body(response, attempt, _DRAIN_LIMIT)
         except (FetchError, urllib3.exceptions.HTTPError, OSError):
             response.close()
         else:
             response.raw.release_conn()
-
-    def _remaining(self, deadline: float) -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise self._deadline_error()
-        return remaining
-
-    def _deadline_error(self) -> FetchError:
-        return FetchError(f"timed out (total deadline of {self.options.timeout} s)", retryable=True,
-                          error_type="Timeout")
 
     def _too_large(self) -> FetchError:
         return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,

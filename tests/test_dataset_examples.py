@@ -222,8 +222,8 @@ def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes,
     write_input(input_file, fmt, columns, TSV_HEADERS.get(name) if fmt == "tsv" else None)
     out = tmp_path / "out"
 
-    code = main(["download", "--config", str(path), "--url_list", str(input_file), "--output_folder", str(out),
-                 "--processes_count", "1", "--thread_count", "4"])
+    code = main(["download", "--allow_private_networks", "true", "--config", str(path), "--url_list", str(input_file),
+                 "--output_folder", str(out), "--processes_count", "1", "--thread_count", "4"])
     assert code == 0
 
     shard = "0".zfill(values["oom_shard_count"])

@@ -85,6 +85,7 @@ def input_parquet(tmp_path, http_server) -> tuple[Path, list[str]]:
 
 def download(input_file: Path, out: Path, distributor: str, **options) -> dict:
     return any2ds.download(url_list=str(input_file), input_format="parquet", output_folder=str(out),
+                           allow_private_networks=True,
                            output_format="webdataset", caption_col="caption", distributor=distributor,
                            processes_count=2, thread_count=4, number_sample_per_shard=ROWS_PER_SHARD,
                            image_size=32, observers=[], **options)

@@ -46,7 +46,8 @@ def url_rows(server, names=IMAGES, extra=True) -> list[dict]:
 
 
 def run(*args: str) -> int:
-    return main(["download", *args])
+    """The CLI in-process; the test server is on loopback, which runs must allow explicitly."""
+    return main(["download", "--allow_private_networks", "true", *args])
 
 
 def read_stats(out: Path) -> dict[str, dict]:
@@ -66,7 +67,7 @@ def long_run(tmp_path, server, rows: int) -> tuple[list[str], Path]:
     cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
            "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",
            "--processes_count", "2", "--thread_count", "4", "--image_size", "512", "--resize_mode", "keep_ratio",
-           "--upscale_interpolation", "lanczos"]
+           "--upscale_interpolation", "lanczos", "--allow_private_networks", "true"]
     return cmd, out
 
 
@@ -242,7 +243,7 @@ def test_bad_rows_become_failed_records(tmp_path, http_server):
 
 def test_python_api_and_yaml_config(tmp_path, csv_input):
     out = tmp_path / "api"
-    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out), allow_private_networks=True,
                               output_format="dummy", thread_count=4, image_size=32)
     assert summary["count"] == len(IMAGES) + 3 and summary["successes"] == len(IMAGES)
     config = tmp_path / "run.yaml"
@@ -367,7 +368,7 @@ def test_shard_whose_worker_dies_is_retried(tmp_path, csv_input, monkeypatch):
     plugin.write_text(CRASH_ONCE_PLUGIN)
     monkeypatch.setenv("ANY2DS_TEST_MARKER", str(tmp_path / "crashed"))
     out = tmp_path / "out"
-    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out), allow_private_networks=True,
                               output_format="webdataset", number_sample_per_shard=5, thread_count=4,
                               plugins=[str(plugin)], processors=["image", "crash_once"])
     assert (tmp_path / "crashed").exists()
@@ -454,7 +455,7 @@ def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_inpu
     plugin.write_text(HANG_PLUGIN)
     out = tmp_path / "out"
     start = time.monotonic()
-    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out),
+    summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out), allow_private_networks=True,
                               output_format="webdataset", number_sample_per_shard=5, thread_count=2,
                               processing_threads=2, plugins=[str(plugin)], processors=["image", "hang"],
                               sample_timeout=2)

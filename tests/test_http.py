@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -21,7 +28,16 @@ from any2ds.errors import FetchError
 from any2ds.manager import PluginHost
 from any2ds.types import Sample
 from any2ds_plugins import http as http_plugin
-from any2ds_plugins.http import BASE_USER_AGENT, HttpFetcher, as_fetch_error, parse_retry_after, robots_refused
+from any2ds_plugins.http import (
+    BASE_USER_AGENT,
+    REAPER_GRACE,
+    HttpFetcher,
+    address_kind,
+    as_fetch_error,
+    parse_retry_after,
+    robots_refused,
+)
+from tests.fault_server import FaultServer
 from tests.http_server import send_bytes
 
 BODY = bytes(range(256)) * 40
@@ -35,7 +51,9 @@ def _no_proxy(monkeypatch):
 
 
 def make_fetcher(**options) -> HttpFetcher:
+    """A fetcher allowed to reach this module's loopback servers (the safety tests pass their own policy)."""
     options.setdefault("timeout", 2.0)
+    options.setdefault("allow_private_networks", True)
     return HttpFetcher(HttpFetcher.Options(**options))
 
 
@@ -91,7 +109,8 @@ def test_registers_as_http_fetcher():
     assert host.component("fetcher", "http", "fetchers") is HttpFetcher
     names = [f.name for f in options_fields(HttpFetcher.Options)]
     assert names == ["timeout", "retries", "user_agent_token", "disallowed_header_directives",
-                     "ignore_ssl_certificate", "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after"]
+                     "ignore_ssl_certificate", "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after",
+                     "allow_private_networks", "allow_link_local"]
 
 
 @pytest.mark.parametrize("bad", [{"timeout": 0}, {"retries": -1}, {"max_body_bytes": 0}, {"max_redirects": -1}])
@@ -317,6 +336,26 @@ def test_stall_before_headers_times_out(http_server):
     assert error.message == "timed out"
 
 
+def test_headers_trickled_byte_by_byte_are_cut_off(http_server):
+    def handler(request):
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Padding: " + b"p" * 100 + b"\r\n\r\n"
+        request.close_connection = True
+        for byte in head:
+            try:
+                request.wfile.write(bytes([byte]))
+                request.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            time.sleep(0.25)
+
+    url = add_route(http_server, "drip_headers", handler)
+    start = time.monotonic()
+    error = fetch_error(url, timeout=1.0)
+    assert time.monotonic() - start < 1.0 + REAPER_GRACE + 1.0
+    assert error.message == "timed out (total deadline of 1.0 s)"
+    assert error.error_type == "Timeout"
+
+
 def test_deadline_covers_the_whole_redirect_chain(http_server):
     def handler(request):
         time.sleep(0.3)
@@ -430,6 +469,167 @@ def test_redirect_to_another_scheme_fails(http_server):
     error = fetch_error(url)
     assert error.message == "redirect to unsupported URL scheme 'ftp'"
     assert not error.retryable
+
+
+# -- where requests may go ----------------------------------------------------
+
+LOOPBACK_BLOCKED = "blocked: 127.0.0.1 is a loopback address (set allow_private_networks to allow)"
+
+
+def test_loopback_is_blocked_by_default_and_never_contacted(http_server):
+    url = add_route(http_server, "blocked", lambda r: send_bytes(r, BODY))
+    error = fetch_error(url, allow_private_networks=False, retries=2, retry_backoff=10)
+    assert error.message == LOOPBACK_BLOCKED
+    assert error.error_type == "BlockedAddress"
+    assert error.status == "failed_to_download"
+    assert not error.retryable
+    assert not [path for path, _headers in http_server.requests if path.startswith("/test_http/blocked/")]
+    assert fetch(url, allow_private_networks=True).body == BODY
+
+
+@pytest.mark.parametrize("host, message", [
+    ("localhost", LOOPBACK_BLOCKED),
+    ("2130706433", LOOPBACK_BLOCKED),  # decimal
+    ("0x7f.0.0.1", LOOPBACK_BLOCKED),  # hexadecimal
+    ("017700000001", LOOPBACK_BLOCKED),  # octal
+    ("127.1", LOOPBACK_BLOCKED),  # shortened
+    ("[::1]", "blocked: ::1 is a loopback address (set allow_private_networks to allow)"),
+    ("[::ffff:127.0.0.1]", "blocked: ::ffff:127.0.0.1 is a loopback address (set allow_private_networks to allow)"),
+    ("0.0.0.0", "blocked: 0.0.0.0 is an unspecified address (set allow_private_networks to allow)"),
+])
+def test_every_spelling_of_this_machine_is_blocked(http_server, host, message):
+    assert fetch_error(f"http://{host}:{http_server.port}/allowed/64_64.jpg",
+                       allow_private_networks=False).message == message
+
+
+def test_link_local_needs_its_own_option(http_server):
+    url = add_route(http_server, "to_metadata", lambda r: send_bytes(
+        r, b"", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}))
+    error = fetch_error(url)  # loopback allowed, so the redirect is followed and its target checked
+    assert error.message == "blocked: 169.254.169.254 is a cloud metadata address (set allow_link_local to allow)"
+    assert error.error_type == "BlockedAddress"
+    assert fetch_error(url, allow_private_networks=False, allow_link_local=True).message == LOOPBACK_BLOCKED
+
+
+METADATA = ("a cloud metadata address", "allow_link_local")
+LINK_LOCAL = ("a link-local address", "allow_link_local")
+PRIVATE = ("a private network address", "allow_private_networks")
+RESERVED = ("a reserved or special-purpose address", "allow_private_networks")
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("93.184.215.14", None), ("8.8.8.8", None), ("2606:4700:4700::1111", None),
+    ("64:ff9b::808:808", None),  # NAT64 of a public address
+    ("127.0.0.53", ("a loopback address", "allow_private_networks")),
+    ("10.1.2.3", PRIVATE), ("172.31.255.255", PRIVATE), ("192.168.1.1", PRIVATE), ("100.64.0.1", PRIVATE),
+    ("fd12:3456::1", PRIVATE),
+    ("169.254.169.254", METADATA), ("fd00:ec2::254", METADATA), ("100.100.100.200", METADATA),
+    ("168.63.129.16", METADATA),
+    ("::ffff:169.254.169.254", METADATA), ("2002:a9fe:a9fe::", METADATA), ("64:ff9b::a9fe:a9fe", METADATA),
+    ("169.254.1.1", LINK_LOCAL), ("fe80::1", LINK_LOCAL), ("fe80::1%1", LINK_LOCAL),
+    ("0.0.0.0", ("an unspecified address", "allow_private_networks")),
+    ("::", ("an unspecified address", "allow_private_networks")),
+    ("224.0.0.1", ("a multicast address", "allow_private_networks")),
+    ("ff02::1", ("a multicast address", "allow_private_networks")),
+    ("240.0.0.1", RESERVED), ("255.255.255.255", RESERVED), ("192.0.2.1", RESERVED), ("2001:db8::1", RESERVED),
+    ("::7f00:1", RESERVED),
+])
+def test_address_kinds(address, kind):
+    assert address_kind(ip_address(address)) == kind
+
+
+# A public address, here only on the loopback device of a throwaway network namespace...
+PUBLIC_ADDRESS = "100.0.0.1"
+# ...and one with no route there at all: only a proxy "reaches" it.
+UNROUTED_ADDRESS = "100.0.0.2"
+
+
+def fetch_outcome(fetcher: HttpFetcher, url: str) -> str:
+    try:
+        fetcher.fetch(Sample(key="0", shard_id=0, index=0, url=url))
+    except FetchError as error:
+        return f"{error.error_type}: {error.message}"
+    return "ok"
+
+
+def namespace_scenario() -> None:
+    """Run inside ``unshare --net --mount``; prints the outcomes of fetches with the default options.
+
+    The namespace has a "public" server, names in /etc/hosts for it and for
+    loopback, a DNS server that never answers, and a proxy on loopback.
+    """
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{PUBLIC_ADDRESS}/32", "dev", "lo"], check=True)
+    folder = Path(tempfile.mkdtemp())
+    (folder / "hosts").write_text(f"127.0.0.1 sneaky.test mixed.test\n{PUBLIC_ADDRESS} public.test mixed.test\n")
+    (folder / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:10 attempts:1\n")
+    for name in ("hosts", "resolv.conf"):
+        subprocess.run(["mount", "--bind", str(folder / name), f"/etc/{name}"], check=True)
+    silent_dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent_dns.bind(("127.0.0.1", 53))
+    public = FaultServer(BODY, host=PUBLIC_ADDRESS)
+    loopback = FaultServer(BODY, port=public.port)  # same port: a name for both reaches either
+    port = public.port
+    fetcher = HttpFetcher(HttpFetcher.Options(timeout=1.0))
+    outcomes = {name: fetch_outcome(fetcher, url) for name, url in {
+        "public": public.url("/image/direct"),
+        "public_name": f"http://public.test:{port}/image/name",
+        "name_for_loopback": f"http://sneaky.test:{port}/image/sneaky",
+        "name_for_both": f"http://mixed.test:{port}/image/mixed",
+        "redirect_to_loopback": public.url("/redirect?to=" + quote(loopback.url("/image/redirected"), safe="")),
+        "redirect_to_name_for_loopback": public.url("/redirect?to=" + quote(
+            f"http://sneaky.test:{port}/image/redirected", safe="")),
+    }.items()}
+    start = time.monotonic()
+    outcomes["unanswered_dns"] = fetch_outcome(fetcher, "http://no-answer.test/image/dns")
+    outcomes["unanswered_dns_seconds"] = time.monotonic() - start
+    os.environ["http_proxy"] = loopback.url("")
+    outcomes.update({name: fetch_outcome(fetcher, url) for name, url in {
+        "proxied_public": f"http://{UNROUTED_ADDRESS}/image/proxied",
+        "proxied_metadata": "http://169.254.169.254/latest/meta-data/",
+        "proxied_name_for_loopback": "http://sneaky.test/image/proxied",
+    }.items()})
+    outcomes["public_received"] = sorted(public.targets)
+    outcomes["loopback_received"] = sorted(loopback.targets)
+    print(json.dumps(outcomes))
+
+
+@pytest.fixture(scope="module")
+def unshare_command():
+    command = ["unshare", "--net", "--mount"]
+    if shutil.which("unshare") is None or subprocess.run([*command, "true"], capture_output=True,
+                                                         check=False).returncode:
+        pytest.skip("making a network namespace needs unshare and root")
+    return command
+
+
+def test_default_policy_in_a_private_network_namespace(unshare_command):
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    result = subprocess.run([*unshare_command, sys.executable, "-c",
+                             "from tests.test_http import namespace_scenario; namespace_scenario()"],
+                            cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    outcomes = json.loads(result.stdout.splitlines()[-1])
+    assert outcomes.pop("unanswered_dns_seconds") < 1.0 + 1.5  # the resolver itself would wait 10 s
+    public_received = outcomes.pop("public_received")
+    loopback_blocked = "BlockedAddress: " + LOOPBACK_BLOCKED
+    assert outcomes == {
+        "public": "ok",
+        "public_name": "ok",
+        "name_for_loopback": loopback_blocked,
+        "name_for_both": "ok",  # the loopback address is skipped, the public one used
+        "redirect_to_loopback": loopback_blocked,
+        "redirect_to_name_for_loopback": loopback_blocked,
+        "unanswered_dns": "Timeout: timed out",
+        "proxied_public": "ok",  # the proxy is trusted though it is on loopback
+        "proxied_metadata": "BlockedAddress: blocked: 169.254.169.254 is a cloud metadata address "
+                            "(set allow_link_local to allow)",
+        "proxied_name_for_loopback": loopback_blocked,
+        "loopback_received": [f"http://{UNROUTED_ADDRESS}/image/proxied"],  # only the proxied request
+    }
+    assert [target for target in public_received if target.startswith("/image/")] == [
+        "/image/direct", "/image/mixed", "/image/name"]
 
 
 # -- retries -----------------------------------------------------------------

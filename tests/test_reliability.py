@@ -117,6 +117,7 @@ def test_a_plugin_cannot_write_outside_through_an_extension(tmp_path, http_serve
     path.write_text(http_server.url("/allowed/64_64.jpg") + "\n")
     out = tmp_path / "out"
     any2ds.download(url_list=str(path), output_folder=str(out), output_format="files", processors=["escape"],
+                    allow_private_networks=True,
                     plugins=[str(plugin)], thread_count=2)
     (row,) = read_metadata(out)
     assert row["status"] == "failed_to_process" and row["error_type"] == "UnsafeExtension"

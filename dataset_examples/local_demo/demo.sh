@@ -26,7 +26,8 @@ done
 any2ds download --url_list "$work/urls.csv" --input_format csv --caption_col caption \
   --output_folder "$out" --output_format webdataset --incremental_mode overwrite \
   --image_size 128 --resize_mode keep_ratio --number_sample_per_shard 10 \
-  --processes_count 2 --thread_count 8
+  --processes_count 2 --thread_count 8 \
+  --allow_private_networks true  # the bundled source is on 127.0.0.1, which is blocked by default
 
 python - "$out" <<'PY'
 import glob, json, sys

@@ -144,7 +144,8 @@ def main() -> None:
                  str(args.processes), "--thread_count", str(args.threads), "--output_format", args.output_format,
                  "--number_sample_per_shard", "1000"]
         env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-        tools = {"any2ds": [sys.executable, "-m", "any2ds", "download"]}
+        # The server is on loopback, which any2ds blocks unless allowed (img2dataset has no such check).
+        tools = {"any2ds": [sys.executable, "-m", "any2ds", "download", "--allow_private_networks", "true"]}
         if args.img2dataset_python:
             script = "import sys, fire; from img2dataset import download; sys.argv[0]='img2dataset'; fire.Fire(download)"
             tools["img2dataset"] = [args.img2dataset_python, "-c", script]
