@@ -7,6 +7,8 @@ are rejected. The same parser type-checks ``any2ds.download(**kwargs)``.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,9 +19,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from any2ds.config import CoreOptions, declared_options, options_fields, reject_unknown
 from any2ds.errors import Any2dsError, ConfigError
-from any2ds.manager import PluginHost
+from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 
 DOWNLOAD_HELP = "Download a URL list into a sharded dataset (img2dataset's flags; see --help)."
+PLUGINS_HELP = "List installed plugins: distribution, version, registered names, hooks and errors (see --help)."
 
 
 def _add_field(group: Any, field: attrs.Attribute) -> None:
@@ -81,16 +84,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(line for line in lines if not line.startswith("tip:"))
 
 
-def local_plugins_in(argv: Sequence[str]) -> list[str]:
-    """The ``plugins`` option, read ahead of parsing: plugins add options to the parser."""
+def plugin_specs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The one-off plugins ``argv`` names, read ahead of parsing (plugins add options to the
+    parser): ``--plugins a.py,b.py``, ``--plugins '[a.py, b.py]'`` or the ``plugins`` key of
+    ``--config``, the last one winning. Also returns ``argv`` with every ``--plugins`` value
+    written as the list the parser expects."""
     specs: list[str] = []
-    for index, arg in enumerate(argv):
-        name, _, inline = arg.partition("=")
+    normalized: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, equals, inline = arg.partition("=")
         if name not in ("--plugins", "--config"):
+            normalized.append(arg)
             continue
-        value = inline if inline else (argv[index + 1] if index + 1 < len(argv) else "")
+        value = inline if equals else next(args, "")
         if name == "--plugins":
-            specs = _as_list(value)
+            specs = plugin_list(value)
+            value = json.dumps(specs)
         elif value:
             try:
                 with open(value) as f:
@@ -98,11 +108,13 @@ def local_plugins_in(argv: Sequence[str]) -> list[str]:
             except (OSError, yaml.YAMLError) as exc:
                 raise ConfigError(f"--config {value}: {exc}") from exc
             if isinstance(content, dict) and content.get("plugins"):
-                specs = _as_list(content["plugins"])
-    return specs
+                specs = plugin_list(content["plugins"])
+        normalized += [name, value]
+    return specs, normalized
 
 
-def _as_list(value: Any) -> list[str]:
+def plugin_list(value: Any) -> list[str]:
+    """The ``plugins`` option's value as a list: a list, a JSON/YAML list, or comma-separated."""
     if isinstance(value, list):
         return [str(v) for v in value]
     value = str(value).strip()
@@ -114,12 +126,13 @@ def _as_list(value: Any) -> list[str]:
 def run_download(argv: Sequence[str]) -> int:
     from any2ds.run import run
 
-    host = PluginHost.load(local_plugins=local_plugins_in(argv))
+    specs, argv = plugin_specs(argv)
+    host = PluginHost.load(local_plugins=specs)
     flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
     reject_unknown(host, [f for f in flags if f not in ("config", "help")])
     parser = download_parser(host)
     try:
-        namespace = parser.parse_args(list(argv))
+        namespace = parser.parse_args(argv)
     except Exception as exc:
         raise ConfigError(_one_line(exc)) from exc
     summary = run(host, values_from_namespace(namespace))
@@ -127,12 +140,33 @@ def run_download(argv: Sequence[str]) -> int:
 
 
 def run_plugins(argv: Sequence[str]) -> int:
-    host = PluginHost.load()
-    for plugin in host.plugin_names():
-        hooks = ", ".join(host.hooks_of(plugin))
-        registered = [f"{r.cls.kind} {r.cls.name}" for r in host.component_classes() if r.plugin == plugin]
-        print(f"{plugin}: {', '.join(registered) or '-'} (hooks: {hooks or '-'})")
+    """List every plugin found, loaded or not; a broken one is listed with its error, not raised."""
+    parser = argparse.ArgumentParser(prog="any2ds plugins", description=PLUGINS_HELP)
+    parser.add_argument("--json", action="store_true", help="Print a JSON list of plugins instead of text.")
+    parser.add_argument("--plugins", help="One-off plugins to load too (.py files or module names), as for download.")
+    parser.add_argument("--config", help="A download YAML file whose plugins key to load too.")
+    as_json = parser.parse_args(list(argv)).json  # argparse for --help and unknown flags; plugins as download reads them
+    report = PluginHost.load(local_plugins=plugin_specs(argv)[0], strict=False).report()
+    print(json.dumps(report, indent=2) if as_json else "\n".join(_describe_plugin(p) for p in report))
     return 0
+
+
+PLUGIN_STATE_NOTES = {BLOCKED: f" [blocked by {BLOCK_ENV}]", AUTOLOAD_DISABLED: f" [not loaded: {DISABLE_AUTOLOAD_ENV}]",
+                      BROKEN: " [broken]"}
+
+
+def _describe_plugin(plugin: Mapping[str, Any]) -> str:
+    """A plugin of ``PluginHost.report()`` as text: origin and state, then what it registers."""
+    origin = plugin["source"]
+    if plugin["distribution"]:
+        origin = f"{plugin['distribution']} {plugin['version']} ({origin})"
+    lines = [f"{plugin['name']}: {origin}{PLUGIN_STATE_NOTES.get(plugin['state'], '')}"]
+    lines += [f"    {kind}: {', '.join(names)}" for kind, names in plugin["registers"].items()]
+    if plugin["hooks"]:
+        lines.append(f"    hooks: {', '.join(plugin['hooks'])}")
+    if plugin["error"]:
+        lines.append(f"    error: {plugin['error']}")
+    return "\n".join(lines)
 
 
 COMMANDS = {"download": run_download, "plugins": run_plugins}
@@ -142,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: any2ds {download,plugins} [options]\n\n"
-              f"  download  {DOWNLOAD_HELP}\n  plugins   List installed plugins and what they register.",
+              f"  download  {DOWNLOAD_HELP}\n  plugins   {PLUGINS_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:

@@ -62,7 +62,9 @@ class CoreOptions:
         300.0, "Watchdog: a sample unfinished this many seconds after it started is recorded as failed.",
         _above_zero,
     )
-    distributor: str = option("multiprocessing", "Where shards run: multiprocessing (more with plugins).")
+    distributor: str = option(
+        "multiprocessing", "Where shards run: multiprocessing, inprocess, pyspark, ray (more with plugins)."
+    )
     incremental_mode: Literal["incremental", "overwrite", "extend"] = option(
         "incremental", "incremental: skip finished shards; overwrite: start afresh; extend: add shards after the last."
     )

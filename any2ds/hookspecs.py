@@ -7,9 +7,11 @@ then selects them by that name (``input_format: csv``, ``output_format:
 webdataset``, ``processors: [image]``, ...). Two plugins registering the same
 name in the same registry is a startup error naming both.
 
-Registration hooks are called once per process: in the main process at
-startup, and again in every worker process (which rebuilds plugins from
-names and the validated config; nothing live is pickled).
+Registration hooks are called whenever plugins are loaded: in the main
+process at startup, and again in every worker process (which rebuilds
+plugins from names and the validated config; nothing live is pickled). The
+``inprocess`` distributor loads them a second time in the main process, so a
+hook must only call ``register``, with no other side effect.
 
 Implement a hook with :data:`any2ds.hookimpl`::
 
@@ -24,6 +26,12 @@ Implement a hook with :data:`any2ds.hookimpl`::
         register(Thumbnail)
 
 A hook implementation returns None; whatever it returns is ignored.
+
+The contract is versioned: :data:`HOOKSPEC_VERSION` changes its minor number
+when hooks or arguments are added and its major number when one is removed or
+changed incompatibly. A plugin states the versions it works with in a
+module-level ``ANY2DS_HOOKSPEC = ">=1,<2"`` (a PEP 440 specifier), checked
+when it is loaded.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ if TYPE_CHECKING:
     from any2ds.components import Distributor, Fetcher, Observer, Processor, Reader, Verifier, Writer
 
 PROJECT_NAME = "any2ds"
+HOOKSPEC_VERSION = "1.0"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -51,14 +60,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
     """Register input readers: classes deriving from :class:`any2ds.Reader`.
 
-    Called once per process at startup, before the config is validated, so
-    that ``input_format`` can name the reader and its options become flags.
+    Called at startup, in the main process and in every worker, before the
+    config is validated, so that ``input_format`` can name the reader and its
+    options become flags.
 
     :param register: call ``register(ReaderClass)`` once per reader. The
         reader's ``name`` is the ``input_format`` value that selects it
         (``parquet``); ``input_format: <name>.gz`` selects the same reader with
         gzip decompression.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -71,13 +83,15 @@ def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
 def any2ds_register_fetchers(register: Callable[[type[Fetcher]], None]) -> None:
     """Register fetchers: classes deriving from :class:`any2ds.Fetcher`.
 
-    Called once per process at startup. The ``fetchers`` option lists the
-    fetchers a run enables (default ``[http]``); each sample goes to the
-    enabled fetcher whose ``schemes`` contain the URL's scheme, and a URL no
-    enabled fetcher claims becomes a failed sample.
+    Called at startup, in the main process and in every worker. The
+    ``fetchers`` option lists the fetchers a run enables (default ``[http]``);
+    each sample goes to the enabled fetcher whose ``schemes`` contain the
+    URL's scheme, and a URL no enabled fetcher claims becomes a failed sample.
 
     :param register: call ``register(FetcherClass)`` once per fetcher.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -90,13 +104,16 @@ def any2ds_register_fetchers(register: Callable[[type[Fetcher]], None]) -> None:
 def any2ds_register_verifiers(register: Callable[[type[Verifier]], None]) -> None:
     """Register verifiers: classes deriving from :class:`any2ds.Verifier`.
 
-    Called once per process at startup. The ``verifiers`` option lists the
-    enabled ones (default ``[hash]``, which owns ``compute_hash`` and
-    ``verify_hash``). Verifiers see the raw fetched bytes of every sample
-    before processors run, may add metadata fields and may reject the sample.
+    Called at startup, in the main process and in every worker. The
+    ``verifiers`` option lists the enabled ones (default ``[hash]``, which
+    owns ``compute_hash`` and ``verify_hash``). Verifiers see the raw fetched
+    bytes of every sample before processors run, may add metadata fields and
+    may reject the sample.
 
     :param register: call ``register(VerifierClass)`` once per verifier.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -109,13 +126,16 @@ def any2ds_register_verifiers(register: Callable[[type[Verifier]], None]) -> Non
 def any2ds_register_processors(register: Callable[[type[Processor]], None]) -> None:
     """Register media processors: classes deriving from :class:`any2ds.Processor`.
 
-    Called once per process at startup. The ``processors`` option lists the
-    processors a run chains, in order (default ``[image]``: img2dataset's
-    decode, filter, blur, resize and encode). Processors run on the worker's
-    processing threads, so they must be thread-safe.
+    Called at startup, in the main process and in every worker. The
+    ``processors`` option lists the processors a run chains, in order (default
+    ``[image]``: img2dataset's decode, filter, blur, resize and encode).
+    Processors run on the worker's processing threads, so they must be
+    thread-safe.
 
     :param register: call ``register(ProcessorClass)`` once per processor.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -128,13 +148,15 @@ def any2ds_register_processors(register: Callable[[type[Processor]], None]) -> N
 def any2ds_register_writers(register: Callable[[type[Writer]], None]) -> None:
     """Register output writers: classes deriving from :class:`any2ds.Writer`.
 
-    Called once per process at startup. ``output_format`` names the writer.
-    A writer opens one :class:`any2ds.ShardWriter` per shard, writing under
-    temporary paths that the core renames into place when the shard is
-    complete.
+    Called at startup, in the main process and in every worker.
+    ``output_format`` names the writer. A writer opens one
+    :class:`any2ds.ShardWriter` per shard, writing under temporary paths that
+    the core renames into place when the shard is complete.
 
     :param register: call ``register(WriterClass)`` once per writer.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -147,12 +169,14 @@ def any2ds_register_writers(register: Callable[[type[Writer]], None]) -> None:
 def any2ds_register_distributors(register: Callable[[type[Distributor]], None]) -> None:
     """Register distributors: classes deriving from :class:`any2ds.Distributor`.
 
-    Called once per process at startup. ``distributor`` names the one a run
-    uses (default ``multiprocessing``). Only the main process calls a
-    distributor.
+    Called at startup, in the main process and in every worker.
+    ``distributor`` names the one a run uses (default ``multiprocessing``).
+    Only the main process calls a distributor.
 
     :param register: call ``register(DistributorClass)`` once per distributor.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -165,11 +189,14 @@ def any2ds_register_distributors(register: Callable[[type[Distributor]], None]) 
 def any2ds_register_observers(register: Callable[[type[Observer]], None]) -> None:
     """Register observers: classes deriving from :class:`any2ds.Observer`.
 
-    Called once per process at startup. The ``observers`` option lists the
-    enabled ones (default ``[progress]``). Observers run in the main process
-    and are told when the run starts, when each shard completes or fails,
-    and when the run ends.
+    Called at startup, in the main process and in every worker. The
+    ``observers`` option lists the enabled ones (default
+    ``[progress, wandb]``; wandb logs only with ``enable_wandb``). Observers
+    run in the main process and are told when the run starts, when each
+    shard completes or fails, and when the run ends.
 
     :param register: call ``register(ObserverClass)`` once per observer.
     :returns: None; a return value is ignored.
+
+    .. versionadded:: 1.0
     """

@@ -27,9 +27,9 @@ SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_
 
 def download(**kwargs: Any) -> dict[str, Any]:
     """``any2ds.download``: type-check the keyword arguments like CLI flags, then run."""
-    from any2ds.cli import parse_kwargs
+    from any2ds.cli import parse_kwargs, plugin_list
 
-    host = PluginHost.load(local_plugins=kwargs.get("plugins") or ())
+    host = PluginHost.load(local_plugins=plugin_list(kwargs.get("plugins") or []))
     return run(host, parse_kwargs(host, kwargs))
 
 
@@ -65,14 +65,14 @@ class Run:
                 if not failed:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
+            summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
+            self.output.write_json(SUMMARY_FILE, summary)
+            self.output.finish()
+            for observer in self.pipeline.observers:
+                observer.run_completed(summary)
         finally:
             close_runners()
             self.pipeline.close()
-        summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
-        self.output.write_json(SUMMARY_FILE, summary)
-        self.output.finish()
-        for observer in self.pipeline.observers:
-            observer.run_completed(summary)
         return summary
 
     def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: _Totals) -> dict[int, Shard]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.http_server import LocalHTTPServer
+from any2ds.testing import serve_directory
 
 # (name, width, height): varied shapes for the resize-geometry tests.
 JPEG_SIZES = [("123_456.jpg", 123, 456), ("456_123.jpg", 456, 123), ("300_500.jpg", 300, 500),
@@ -74,9 +74,8 @@ def image_sizes(image_dir) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="session")
 def http_server(image_dir):
-    server = LocalHTTPServer(image_dir)
-    yield server
-    server.close()
+    with serve_directory(image_dir) as server:
+        yield server
 
 
 # --- S3, through a loopback moto server --------------------------------------

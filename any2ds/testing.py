@@ -1,0 +1,235 @@
+"""Helpers for testing plugins: register one for the length of a test, serve files
+on 127.0.0.1, run a download in this process and read its output back.
+
+::
+
+    from any2ds.testing import download_in_process, read_dataset, serve_directory
+
+    def test_my_processor(tmp_path):
+        with serve_directory(tmp_path / "images") as server:
+            (tmp_path / "urls.txt").write_text(server.url("/allowed/cat.jpg"))
+            download_in_process(MyPlugin(), url_list=str(tmp_path / "urls.txt"),
+                                output_folder=str(tmp_path / "out"), processors=["image", "mine"],
+                                allow_private_networks=True)  # the server is on 127.0.0.1
+        dataset = read_dataset(tmp_path / "out")
+        assert dataset.rows[0]["status"] == "success"
+
+Plugin objects registered here exist in this process only: worker processes
+rebuild their plugins from entry points and the ``plugins`` option. Run the
+shards in this process (``distributor="inprocess"``, which
+:func:`download_in_process` sets) when a test registers a plugin object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import attrs
+import fsspec
+import pyarrow.parquet as pq
+
+from any2ds.manager import PluginHost
+from any2ds.output import SUMMARY_FILE
+from any2ds.run import download
+
+__all__ = ["Dataset", "LocalHTTPServer", "download_in_process", "read_dataset", "registered_plugin", "send_bytes",
+           "serve_directory"]
+
+
+# --------------------------------------------------------------------------
+# plugins
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def registered_plugin(plugin: Any, name: str | None = None) -> Iterator[Any]:
+    """Register ``plugin`` (a module or object with ``@hookimpl`` functions) with every
+    plugin host this process builds until the block ends: ``any2ds.download`` and
+    ``any2ds.cli.main`` called inside the block see it."""
+    name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin)}"
+    if name in PluginHost.process_plugins:
+        raise ValueError(f"a plugin named {name!r} is already registered in this process")
+    PluginHost.process_plugins[name] = plugin
+    try:
+        yield plugin
+    finally:
+        del PluginHost.process_plugins[name]
+
+
+def download_in_process(*plugins: Any, **options: Any) -> dict[str, Any]:
+    """``any2ds.download(**options)`` with ``plugins`` registered and the shards run in this
+    process (``distributor="inprocess"``, which plugin objects need); returns the run summary."""
+    with contextlib.ExitStack() as stack:
+        for plugin in plugins:
+            stack.enter_context(registered_plugin(plugin))
+        return download(**{"distributor": "inprocess", **options})
+
+
+# --------------------------------------------------------------------------
+# a local HTTP server
+# --------------------------------------------------------------------------
+
+Handler = Callable[[BaseHTTPRequestHandler], None]
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
+                 ".wav": "audio/wav", ".flac": "audio/flac", ".txt": "text/plain"}
+# What the /disallowed/ route answers with: the opt-out header img2dataset and any2ds honour.
+X_ROBOTS_TAG_REFUSAL = "noai, noimageai, noindex, noimageindex, nofollow"
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):  # clients may hang up early on purpose
+            pass
+
+    def do_GET(self):  # http.server's naming
+        server: LocalHTTPServer = self.server.owner  # type: ignore[attr-defined]
+        server.record(self)
+        path = unquote(urlsplit(self.path).path)
+        for prefix, handler in sorted(server.routes.items(), key=lambda kv: -len(kv[0])):
+            if path.startswith(prefix):
+                handler(self)
+                return
+        self.send_error(404, "Not Found")
+
+
+def send_bytes(request: BaseHTTPRequestHandler, body: bytes, content_type: str = "application/octet-stream",
+               status: int = 200, headers: dict[str, str] | None = None) -> None:
+    """Answer ``request`` with ``body``: for handlers given to :meth:`LocalHTTPServer.route`."""
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        request.send_header(name, value)
+    request.end_headers()
+    request.wfile.write(body)
+
+
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1, on a free port, in a background thread.
+
+    Serves the files of ``root`` under ``/allowed/<name>`` and, with an
+    X-Robots-Tag refusing AI use, under ``/disallowed/<name>``. ``route(prefix,
+    handler)`` adds programmable answers; ``requests`` records (path, headers)
+    of every request.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.routes: dict[str, Handler] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self.port = self._httpd.server_address[1]
+        self.route("/allowed/", self._static())
+        self.route("/disallowed/", self._static({"X-Robots-Tag": X_ROBOTS_TAG_REFUSAL}))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def route(self, prefix: str, handler: Handler) -> None:
+        self.routes[prefix] = handler
+
+    def record(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append((request.path, dict(request.headers)))
+
+    def _static(self, headers: dict[str, str] | None = None) -> Handler:
+        def handler(request: BaseHTTPRequestHandler) -> None:
+            name = unquote(urlsplit(request.path).path).split("/", 2)[2]
+            path = (self.root / name).resolve()
+            if self.root.resolve() not in path.parents or not path.is_file():
+                request.send_error(404, "Not Found")
+                return
+            send_bytes(request, path.read_bytes(), CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                       headers=headers)
+        return handler
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@contextlib.contextmanager
+def serve_directory(root: str | os.PathLike) -> Iterator[LocalHTTPServer]:
+    """A :class:`LocalHTTPServer` serving ``root`` for the length of the block."""
+    server = LocalHTTPServer(Path(root))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------
+# reading an output back
+# --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Dataset:
+    """An output folder read back.
+
+    ``rows``: every ``<shard>.parquet`` row (one per input row, failures
+    included), by key; with ``output_format: parquet`` they hold the media
+    columns too. ``samples``: for ``webdataset`` and ``files`` outputs, each
+    successful sample's files by key, then by extension (``jpg``, ``json``,
+    ``txt``, ``thumb.jpg``), as webdataset groups them. ``summary``:
+    ``run_summary.json``.
+    """
+
+    rows: list[dict[str, Any]]
+    samples: dict[str, dict[str, bytes]]
+    summary: dict[str, Any]
+
+
+def read_dataset(output_folder: str | os.PathLike) -> Dataset:
+    """Read an output folder (a local path or any fsspec URL) back."""
+    fs, root = fsspec.core.url_to_fs(str(output_folder))
+    rows: list[dict[str, Any]] = []
+    samples: dict[str, dict[str, bytes]] = {}
+    for path in sorted(fs.ls(root, detail=False)):
+        shard, _, suffix = posixpath.basename(path.rstrip("/")).partition(".")
+        if not shard.isdigit():
+            continue
+        if suffix == "parquet":
+            with fs.open(path, "rb") as f:
+                rows += pq.read_table(f).to_pylist()
+        elif suffix == "tar":
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    if member.isfile():
+                        _add_member(samples, member.name, tar.extractfile(member).read())
+        elif not suffix and fs.isdir(path):
+            for file in sorted(fs.find(path)):
+                _add_member(samples, file, fs.cat_file(file))
+    summary_path = posixpath.join(root, SUMMARY_FILE)
+    summary = json.loads(fs.cat_file(summary_path)) if fs.exists(summary_path) else {}
+    return Dataset(rows=sorted(rows, key=lambda row: row["key"]), samples=samples, summary=summary)
+
+
+def _add_member(samples: dict[str, dict[str, bytes]], name: str, data: bytes) -> None:
+    """File ``<key>.<extension>`` under its key, splitting at the first dot as webdataset does."""
+    key, _, extension = posixpath.basename(name).partition(".")
+    samples.setdefault(key, {})[extension] = data
+
