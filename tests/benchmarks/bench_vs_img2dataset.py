@@ -24,6 +24,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, work: Path) -> tuple[subprocess.Popen, int, str]:
+@contextmanager
+def local_server(folder: Path, work: Path) -> Iterator[tuple[int, str]]:
+    """Serve ``folder`` on 127.0.0.1 for the block; yields (port, server kind)."""
+    server, port, kind = _start_server(folder, work)
+    try:
+        yield port, kind
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+
+
+def _start_server(folder: Path, work: Path) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     nginx = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
     if nginx:
@@ -134,45 +147,46 @@ def main() -> None:
     parser.add_argument("--img2dataset-python", default=os.environ.get("IMG2DATASET_PYTHON"))
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="any2ds-bench-"))
-    names = make_corpus(work / "www", args.count)
-    server, port, server_kind = start_server(work / "www", work)
-    try:
-        urls = work / "urls.txt"
-        urls.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
-        flags = ["--url_list", str(urls), "--image_size", str(args.image_size), "--processes_count",
-                 str(args.processes), "--thread_count", str(args.threads), "--output_format", args.output_format,
-                 "--number_sample_per_shard", "1000"]
-        env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-        # The server is on loopback, which any2ds blocks unless allowed (img2dataset has no such check).
-        tools = {"any2ds": [sys.executable, "-m", "any2ds", "download", "--allow_private_networks", "true"]}
-        if args.img2dataset_python:
-            script = "import sys, fire; from img2dataset import download; sys.argv[0]='img2dataset'; fire.Fire(download)"
-            tools["img2dataset"] = [args.img2dataset_python, "-c", script]
-        results: dict[str, list[tuple[float, int, int]]] = {t: [] for t in tools}
-        for _ in range(args.rounds):
-            for tool, cmd in tools.items():
-                out = work / f"out-{tool}"
-                shutil.rmtree(out, ignore_errors=True)
-                elapsed, peak, code = timed_run([*cmd, *flags, "--output_folder", str(out)], env)
-                results[tool].append((elapsed, peak, count_successes(out) if code == 0 else -1))
-        print(f"{args.count} images ({server_kind}), {args.processes} processes x {args.threads} threads, "
-              f"size {args.image_size}, {args.output_format}, {os.cpu_count()} cores")
-        best = {}
-        for tool, runs in results.items():
-            elapsed = min(r[0] for r in runs)
-            peak = max(r[1] for r in runs)
-            best[tool] = (elapsed, peak)
-            print(f"  {tool:12s} {args.count / elapsed:8.1f} samples/s  {elapsed:7.2f} s  peak RSS {peak / 2**20:7.0f} MiB"
-                  f"  successes {runs[-1][2]}")
-        if "img2dataset" in best:
-            speed = best["img2dataset"][0] / best["any2ds"][0]
-            memory = best["any2ds"][1] / best["img2dataset"][1]
-            print(f"  ratio: any2ds is {speed:.2f}x img2dataset's throughput, with {memory:.2f}x its peak memory")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait()
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="any2ds-bench-") as tmp:
+        work = Path(tmp)
+        names = make_corpus(work / "www", args.count)
+        with local_server(work / "www", work) as (port, server_kind):
+            compare(args, work, port, server_kind, names)
+
+
+def compare(args: argparse.Namespace, work: Path, port: int, server_kind: str, names: list[str]) -> None:
+    """Run every tool on the same URL list, alternating ``args.rounds`` times; print the figures."""
+    urls = work / "urls.txt"
+    urls.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
+    flags = ["--url_list", str(urls), "--image_size", str(args.image_size), "--processes_count",
+             str(args.processes), "--thread_count", str(args.threads), "--output_format", args.output_format,
+             "--number_sample_per_shard", "1000"]
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    # The server is on loopback, which any2ds blocks unless allowed (img2dataset has no such check).
+    tools = {"any2ds": [sys.executable, "-m", "any2ds", "download", "--allow_private_networks", "true"]}
+    if args.img2dataset_python:
+        script = "import sys, fire; from img2dataset import download; sys.argv[0]='img2dataset'; fire.Fire(download)"
+        tools["img2dataset"] = [args.img2dataset_python, "-c", script]
+    results: dict[str, list[tuple[float, int, int]]] = {t: [] for t in tools}
+    for _ in range(args.rounds):
+        for tool, cmd in tools.items():
+            out = work / f"out-{tool}"
+            shutil.rmtree(out, ignore_errors=True)
+            elapsed, peak, code = timed_run([*cmd, *flags, "--output_folder", str(out)], env)
+            results[tool].append((elapsed, peak, count_successes(out) if code == 0 else -1))
+    print(f"{args.count} images ({server_kind}), {args.processes} processes x {args.threads} threads, "
+          f"size {args.image_size}, {args.output_format}, {os.cpu_count()} cores")
+    best = {}
+    for tool, runs in results.items():
+        elapsed = min(r[0] for r in runs)
+        peak = max(r[1] for r in runs)
+        best[tool] = (elapsed, peak)
+        print(f"  {tool:12s} {args.count / elapsed:8.1f} samples/s  {elapsed:7.2f} s  peak RSS {peak / 2**20:7.0f} MiB"
+              f"  successes {runs[-1][2]}")
+    if "img2dataset" in best:
+        speed = best["img2dataset"][0] / best["any2ds"][0]
+        memory = best["any2ds"][1] / best["img2dataset"][1]
+        print(f"  ratio: any2ds is {speed:.2f}x img2dataset's throughput, with {memory:.2f}x its peak memory")
 
 
 if __name__ == "__main__":
