@@ -172,7 +172,7 @@ class Writer(Component):
         raise NotImplementedError
 
 
-ShardTask = Callable[["Shard"], "ShardStats"]
+ShardFunction = Callable[["Shard"], "ShardStats"]
 
 
 class Distributor(Component):
@@ -180,7 +180,7 @@ class Distributor(Component):
 
     kind = "distributor"
 
-    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
         """Run ``task`` on every shard and yield one outcome per shard, in any order.
 
         ``task`` is picklable; it rebuilds the plugins from the config in the

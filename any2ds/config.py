@@ -19,7 +19,8 @@ from any2ds.components import Component, NoOptions, option
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 
-SAFE_ROOT_ERRORS = (ValueError, TypeError)
+# What attrs validators and Options constructors raise for a bad value.
+OPTION_ERRORS = (ValueError, TypeError)
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -136,7 +137,7 @@ class RunConfig:
         values = {f.name: self.plugin_values[f.name] for f in options_fields(cls.Options) if f.name in self.plugin_values}
         try:
             return cls.Options(**values)
-        except SAFE_ROOT_ERRORS as exc:
+        except OPTION_ERRORS as exc:
             raise ConfigError(f"{cls.kind} {cls.name!r}: {exc}") from exc
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def build_config(host: PluginHost, values: Mapping[str, Any]) -> RunConfig:
         raise ConfigError("url_list is required: a file, a folder of input files, or an fsspec URL")
     try:
         core = CoreOptions(**core_values)
-    except SAFE_ROOT_ERRORS as exc:
+    except OPTION_ERRORS as exc:
         raise ConfigError(str(exc)) from exc
     plugin_values = {name: values.get(name, _default(field)) for name, (_cls, field) in plugin_options.items()}
     return RunConfig(core=core, plugin_values=plugin_values)

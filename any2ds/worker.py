@@ -72,7 +72,7 @@ class ShardRunner:
         target.commit(stats.to_json())
         return stats
 
-    def _samples(self, shard: Shard):
+    def _samples(self, shard: Shard) -> Iterator[Sample]:
         core = self.config.core
         url_col, caption_col = core.url_col, core.caption_col
         for index, row in enumerate(shard.rows.to_pylist()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from any2ds.components import Distributor, ShardTask
+from any2ds.components import Distributor, ShardFunction
 from any2ds.config import RunConfig
 from any2ds.hookspecs import hookimpl
 from any2ds.types import Shard, ShardFailure, ShardStats
@@ -22,7 +22,7 @@ class InProcessDistributor(Distributor):
 
     name = "inprocess"
 
-    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
         for shard in shards:
             try:
                 outcome = task(shard)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from any2ds.components import Distributor, ShardTask
+from any2ds.components import Distributor, ShardFunction
 from any2ds.config import RunConfig
 from any2ds.hookspecs import hookimpl
 from any2ds.types import Shard, ShardFailure, ShardStats
@@ -26,7 +26,7 @@ class MultiprocessingDistributor(Distributor):
 
     name = "multiprocessing"
 
-    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
         processes = config.core.processes_count
         window = 2 * processes
         pool = _new_pool(processes)

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from any2ds.components import Distributor, ShardTask, option
+from any2ds.components import Distributor, ShardFunction, option
 from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
 from any2ds.hookspecs import hookimpl
@@ -55,7 +55,7 @@ class RayDistributor(Distributor):
     def check(self) -> None:
         _import_ray()
 
-    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
         ray = _import_ray()
         self._connect(ray, config)
         run_shard = ray.remote(max_retries=0)(_run_shard)  # the core retries failed shards
@@ -110,7 +110,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
 
 
-def _run_shard(task: ShardTask, shard: Shard) -> ShardStats | ShardFailure:
+def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats | ShardFailure:
     """Runs in a Ray worker."""
     try:
         return task(shard)

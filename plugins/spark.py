@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from any2ds.components import Distributor, ShardTask, option
+from any2ds.components import Distributor, ShardFunction, option
 from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
 from any2ds.hookspecs import hookimpl
@@ -84,7 +84,7 @@ class SparkDistributor(Distributor):
             raise ConfigError("distributor pyspark starts a local Spark, which needs Java 17+: install a JDK, "
                               "put java on PATH or set JAVA_HOME (or create a SparkSession before the run)")
 
-    def run(self, shards: Iterable[Shard], task: ShardTask, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
         sc = self._spark_context(config)
         outcomes = sc.accumulator([], _OutcomeList())
         run_partition = functools.partial(_run_partition, task, outcomes)
@@ -265,7 +265,7 @@ def _run_job(sc: Any, group: str, batch: list[Shard], run_partition: Any) -> lis
     return sc.parallelize(batch, len(batch)).mapPartitions(run_partition).collect()
 
 
-def _run_partition(task: ShardTask, outcomes: Any, shards: Iterable[Shard]) -> Iterator[ShardStats | ShardFailure]:
+def _run_partition(task: ShardFunction, outcomes: Any, shards: Iterable[Shard]) -> Iterator[ShardStats | ShardFailure]:
     """Runs in the Spark executor's Python worker."""
     for shard in shards:
         outcome = _run_shard(task, shard)
@@ -273,7 +273,7 @@ def _run_partition(task: ShardTask, outcomes: Any, shards: Iterable[Shard]) -> I
         yield outcome
 
 
-def _run_shard(task: ShardTask, shard: Shard) -> ShardStats | ShardFailure:
+def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats | ShardFailure:
     try:
         return task(shard)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the core retries the shard; the job must go on
