@@ -21,14 +21,15 @@ from any2ds.types import FetchResult, Media, Sample, SampleResult, Shard, ShardF
 __version__ = "0.1.0"
 
 
-def download(**kwargs):
-    """Run a download; takes img2dataset's ``download()`` arguments (and every plugin's options).
+def download(*args, **kwargs):
+    """Run a download; takes img2dataset's ``download()`` arguments, positionally in its order
+    too (``download("urls.txt", 256, "out")``), and every plugin's options by keyword.
 
     Returns the run summary (also written to ``<output_folder>/run_summary.json``).
     """
     from any2ds.run import download as _download
 
-    return _download(**kwargs)
+    return _download(*args, **kwargs)
 
 
 __all__ = [

@@ -21,13 +21,30 @@ from any2ds.sharding import ShardCutter, find_input_files
 from any2ds.types import Shard, ShardFailure, ShardStats
 from any2ds.worker import ShardTask, close_runners
 
+# img2dataset's download() parameters in its order, for positional calls.
+IMG2DATASET_ARGUMENTS = (
+    "url_list", "image_size", "output_folder", "processes_count", "resize_mode", "resize_only_if_bigger",
+    "upscale_interpolation", "downscale_interpolation", "encode_quality", "encode_format", "skip_reencode",
+    "output_format", "input_format", "url_col", "caption_col", "bbox_col", "thread_count",
+    "number_sample_per_shard", "extract_exif", "save_additional_columns", "timeout", "enable_wandb",
+    "wandb_project", "oom_shard_count", "compute_hash", "verify_hash", "distributor", "subjob_size", "retries",
+    "disable_all_reencoding", "min_image_size", "max_image_area", "max_aspect_ratio", "incremental_mode",
+    "max_shard_retry", "user_agent_token", "disallowed_header_directives", "ignore_ssl_certificate",
+)
 # Changing these between runs changes which rows land in which shard.
 SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_shard_count")
 
 
-def download(**kwargs: Any) -> dict[str, Any]:
-    """``any2ds.download``: type-check the keyword arguments like CLI flags, then run."""
+def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``any2ds.download``: type-check the arguments like CLI flags, then run."""
     from any2ds.cli import parse_kwargs, plugin_list
+
+    if len(args) > len(IMG2DATASET_ARGUMENTS):
+        raise TypeError(f"download() takes at most {len(IMG2DATASET_ARGUMENTS)} positional arguments")
+    for name, value in zip(IMG2DATASET_ARGUMENTS, args):
+        if name in kwargs:
+            raise TypeError(f"download() got multiple values for argument {name!r}")
+        kwargs[name] = value
 
     host = PluginHost.load(local_plugins=plugin_list(kwargs.get("plugins") or []))
     return run(host, parse_kwargs(host, kwargs))

@@ -467,3 +467,14 @@ def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_inpu
     stuck = [r for r in rows if r["error_type"] == "Watchdog"]
     assert [r["key"] for r in stuck] == ["000001", "000011"]
     assert stuck[0]["error_message"] == "sample did not finish within sample_timeout=2 s"
+
+
+def test_download_takes_img2dataset_positional_arguments(tmp_path, csv_input):
+    out = tmp_path / "out"
+    # img2dataset's order: url_list, image_size, output_folder, processes_count, resize_mode, ...
+    summary = any2ds.download(str(csv_input), 32, str(out), 1, "keep_ratio", input_format="csv",
+                              output_format="files", thread_count=4, allow_private_networks=True)
+    assert summary["successes"] == len(IMAGES)
+    assert {min(r["width"], r["height"]) for r in read_metadata(out) if r["status"] == "success"} == {32}
+    with pytest.raises(TypeError, match="multiple values for argument 'image_size'"):
+        any2ds.download(str(csv_input), 32, image_size=64)
