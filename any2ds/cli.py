@@ -129,7 +129,7 @@ def run_download(argv: Sequence[str]) -> int:
     specs, argv = plugin_specs(argv)
     host = PluginHost.load(local_plugins=specs)
     flags = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
-    reject_unknown(host, [f for f in flags if f not in ("config", "help")])
+    reject_unknown(host, [f for f in flags if f not in ("config", "help", "print_config")])
     parser = download_parser(host)
     try:
         namespace = parser.parse_args(argv)

@@ -478,3 +478,10 @@ def test_download_takes_img2dataset_positional_arguments(tmp_path, csv_input):
     assert {min(r["width"], r["height"]) for r in read_metadata(out) if r["status"] == "success"} == {32}
     with pytest.raises(TypeError, match="multiple values for argument 'image_size'"):
         any2ds.download(str(csv_input), 32, image_size=64)
+
+
+def test_print_config_shows_the_resolved_options(tmp_path):
+    proc = subprocess.run(["any2ds", "download", "--url_list", "urls.txt", "--resize_only_if_bigger",
+                           "--save_additional_columns", "[a,b]", "--print_config"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "resize_only_if_bigger: true" in proc.stdout and "- a\n- b" in proc.stdout
