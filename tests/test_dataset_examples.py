@@ -22,22 +22,15 @@ from PIL import Image
 from any2ds.cli import download_parser, main, values_from_namespace
 from any2ds.config import CORE_OPTION_NAMES, build_config, declared_options
 from any2ds.manager import PluginHost
+from any2ds.run import IMG2DATASET_ARGUMENTS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "dataset_examples"
 YAMLS = sorted(EXAMPLES_DIR.rglob("*.yaml"))
 # The datasets of img2dataset's dataset_examples/ that this folder must cover.
 REQUIRED = ["laion400m", "laion5B", "mscoco", "cc3m", "cc12m", "datacomp"]
 
-# img2dataset's download() parameters (README / main.py): an example may only use these names...
-IMG2DATASET_OPTIONS = {
-    "url_list", "image_size", "output_folder", "processes_count", "resize_mode", "resize_only_if_bigger",
-    "upscale_interpolation", "downscale_interpolation", "encode_quality", "encode_format", "skip_reencode",
-    "output_format", "input_format", "url_col", "caption_col", "bbox_col", "thread_count",
-    "number_sample_per_shard", "extract_exif", "save_additional_columns", "timeout", "enable_wandb",
-    "wandb_project", "oom_shard_count", "compute_hash", "verify_hash", "distributor", "subjob_size", "retries",
-    "disable_all_reencoding", "min_image_size", "max_image_area", "max_aspect_ratio", "incremental_mode",
-    "max_shard_retry", "user_agent_token", "disallowed_header_directives", "ignore_ssl_certificate",
-}
+# img2dataset's download() parameters: an example may only use these names...
+IMG2DATASET_OPTIONS = set(IMG2DATASET_ARGUMENTS)
 # ...or one of any2ds's own options.
 ANY2DS_OPTIONS = {
     "processors", "fetchers", "verifiers", "observers", "processing_threads",
