@@ -30,16 +30,21 @@ class MultiprocessingDistributor(Distributor):
         processes = config.core.processes_count
         window = 2 * processes
         pool = _new_pool(processes)
-        pending: dict[Future[ShardStats], int] = {}
+        pending: dict[Future[ShardStats], Shard] = {}
+        # Shards that were in a pool when one of its workers died: any of them may
+        # have killed it, so each is re-run alone to find out, instead of every
+        # bystander losing a retry round to the culprit.
+        suspects: list[Shard] = []
         try:
             for shard in shards:
                 while len(pending) >= window:
-                    outcomes, pool = self._collect(pending, pool, processes)
+                    outcomes, pool = self._collect(pending, pool, processes, suspects)
                     yield from outcomes
-                pending[pool.submit(task, shard)] = shard.shard_id
+                pending[pool.submit(task, shard)] = shard
             while pending:
-                outcomes, pool = self._collect(pending, pool, processes)
+                outcomes, pool = self._collect(pending, pool, processes, suspects)
                 yield from outcomes
+            yield from self._run_alone(suspects, task)
         except BaseException:
             _stop(pool, grace=0)
             raise
@@ -48,27 +53,43 @@ class MultiprocessingDistributor(Distributor):
         _stop(pool, grace=5)
 
     @staticmethod
-    def _collect(pending: dict[Future[ShardStats], int], pool: ProcessPoolExecutor,
-                 processes: int) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
+    def _collect(pending: dict[Future[ShardStats], Shard], pool: ProcessPoolExecutor, processes: int,
+                 suspects: list[Shard]) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         outcomes: list[ShardStats | ShardFailure] = []
         broken = False
         for future in done:
-            shard_id = pending.pop(future)
+            shard = pending.pop(future)
             try:
                 outcomes.append(future.result())
-            except BrokenProcessPool as exc:
+            except BrokenProcessPool:
                 broken = True
-                outcomes.append(ShardFailure(shard_id, f"worker process died: {exc}"))
+                suspects.append(shard)
             except Exception as exc:
-                outcomes.append(ShardFailure(shard_id, f"{type(exc).__name__}: {exc}"))
+                outcomes.append(ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}"))
         if broken:  # every other future of the dead pool fails too; start a fresh pool
-            for future, shard_id in list(pending.items()):
-                outcomes.append(ShardFailure(shard_id, "worker pool restarted after a worker died"))
-                del pending[future]
+            suspects.extend(pending.values())
+            pending.clear()
             _stop(pool, grace=0)
             pool = _new_pool(processes)
         return outcomes, pool
+
+    @staticmethod
+    def _run_alone(shards: list[Shard], task: ShardFunction) -> Iterator[ShardStats | ShardFailure]:
+        """Run each shard alone in a one-worker pool: a worker death is then that shard's own."""
+        pool = _new_pool(1)
+        try:
+            for shard in shards:
+                try:
+                    yield pool.submit(task, shard).result()
+                except BrokenProcessPool as exc:
+                    yield ShardFailure(shard.shard_id, f"worker process died: {exc}")
+                    _stop(pool, grace=0)
+                    pool = _new_pool(1)
+                except Exception as exc:
+                    yield ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            _stop(pool, grace=5)
 
 
 def _new_pool(processes: int) -> ProcessPoolExecutor:
