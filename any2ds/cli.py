@@ -17,7 +17,7 @@ import attrs
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from any2ds.config import CoreOptions, declared_options, options_fields, reject_unknown
+from any2ds.config import CoreOptions, declared_options, option_key, options_fields, reject_unknown
 from any2ds.errors import Any2dsError, ConfigError
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 
@@ -30,7 +30,7 @@ def _add_field(group: Any, field: attrs.Attribute) -> None:
     if field.type is bool:
         # fire (img2dataset's CLI) accepts a bare --flag as True; keep that working.
         kwargs.update(nargs="?", const=True)
-    group.add_argument(f"--{field.name}", **kwargs)
+    group.add_argument(f"--{option_key(field)}", **kwargs)
 
 
 def _field_default(field: attrs.Attribute) -> Any:
@@ -49,13 +49,13 @@ def download_parser(host: PluginHost) -> ArgumentParser:
     for registration in host.component_classes():
         cls = registration.cls
         for field in options_fields(cls.Options):
-            if owners[field.name][0] is not cls.Options:
+            if owners[option_key(field)][0] is not cls.Options:
                 continue
             if cls.Options not in groups:
                 groups[cls.Options] = parser.add_argument_group(
                     f"{cls.kind} {cls.name}", description=f"Options of {cls.kind} {cls.name!r} (plugin {registration.plugin!r}).")
             else:
-                if any(a.dest == field.name for a in groups[cls.Options]._group_actions):
+                if any(a.dest == option_key(field) for a in groups[cls.Options]._group_actions):
                     continue
             _add_field(groups[cls.Options], field)
     return parser

@@ -30,9 +30,14 @@ class NoOptions:
     """Options of a component that has none."""
 
 
-def option(default: Any, help: str, validator: Any = None, **kwargs: Any) -> Any:
-    """An attrs field that becomes a CLI flag and YAML key; ``help`` is shown in --help."""
-    return attrs.field(default=default, validator=validator, metadata={"help": help}, **kwargs)
+def option(default: Any, help: str, validator: Any = None, *, flat: str | None = None, **kwargs: Any) -> Any:
+    """An attrs field that becomes a CLI flag and YAML key; ``help`` is shown in --help.
+
+    ``flat`` is the flat flag name of a built-in plugin's option (``audio_sample_rate``),
+    when it is not the field's own name.
+    """
+    metadata = {"help": help} if flat is None else {"help": help, "flat": flat}
+    return attrs.field(default=default, validator=validator, metadata=metadata, **kwargs)
 
 
 class Component:

@@ -97,6 +97,11 @@ def options_fields(cls: type) -> tuple[attrs.Attribute, ...]:
     return attrs.fields(cls)
 
 
+def option_key(field: attrs.Attribute) -> str:
+    """The name an option is given by in flags, YAML and keyword arguments."""
+    return field.metadata.get("flat") or field.name
+
+
 def declared_options(host: PluginHost) -> dict[str, tuple[type, attrs.Attribute]]:
     """Every option name of every registered component, mapped to (Options class, field).
 
@@ -107,12 +112,13 @@ def declared_options(host: PluginHost) -> dict[str, tuple[type, attrs.Attribute]
         cls = registration.cls
         for field in options_fields(cls.Options):
             where = f"{cls.kind} {cls.name!r} (plugin {registration.plugin!r})"
-            if field.name in CORE_OPTION_NAMES:
-                raise ConfigError(f"option {field.name!r} of {where} clashes with a core option")
-            previous = owners.get(field.name)
+            key = option_key(field)
+            if key in CORE_OPTION_NAMES:
+                raise ConfigError(f"option {key!r} of {where} clashes with a core option")
+            previous = owners.get(key)
             if previous is not None and previous[1] is not cls.Options:
-                raise ConfigError(f"option {field.name!r} is declared by both {previous[0]} and {where}")
-            owners[field.name] = (where, cls.Options, field)
+                raise ConfigError(f"option {key!r} is declared by both {previous[0]} and {where}")
+            owners[key] = (where, cls.Options, field)
     return {name: (cls, field) for name, (_w, cls, field) in owners.items()}
 
 
@@ -134,7 +140,8 @@ class RunConfig:
         """Build ``cls.Options`` from the run's values; validators raise ConfigError."""
         if cls.Options is NoOptions:
             return NoOptions()
-        values = {f.name: self.plugin_values[f.name] for f in options_fields(cls.Options) if f.name in self.plugin_values}
+        values = {f.name: self.plugin_values[option_key(f)] for f in options_fields(cls.Options)
+                  if option_key(f) in self.plugin_values}
         try:
             return cls.Options(**values)
         except OPTION_ERRORS as exc:
