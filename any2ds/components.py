@@ -11,18 +11,20 @@ build and must not be pickled.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from any2ds.inputs import find_input_files
+from any2ds.types import InputSource
+
 if TYPE_CHECKING:
-    import fsspec
     import pyarrow as pa
 
     from any2ds.config import RunConfig
     from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import FetchResult, Sample, SampleResult, Shard, ShardFailure, ShardStats
+    from any2ds.output import OutputFolder, ShardTarget
+    from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardFailure, ShardStats
 
 
 @attrs.frozen
@@ -59,7 +61,13 @@ class Component:
         return ()
 
     def metadata_fields(self) -> Sequence[pa.Field]:
-        """Metadata columns this component fills in ``SampleResult.metadata``."""
+        """Metadata columns this component fills in ``SampleResult.metadata``, placed after the
+        core columns (key, status, error_message, error_type)."""
+        return ()
+
+    def leading_metadata_fields(self) -> Sequence[pa.Field]:
+        """Metadata columns this component fills, placed among the input columns, before ``url``
+        (img2dataset's place for a hash that was verified against an input column)."""
         return ()
 
     def check(self) -> None:
@@ -70,27 +78,23 @@ class Component:
         """Release what the instance holds (sessions, pools); called once per process."""
 
 
-@attrs.frozen
-class InputSource:
-    """One input file: where it is and how it is compressed."""
-
-    path: str
-    fs: fsspec.AbstractFileSystem
-    compression: str | None = None
-
-    def open(self) -> BinaryIO:
-        """The file's bytes, decompressed."""
-        return self.fs.open(self.path, "rb", compression=self.compression)
-
-
 class Reader(Component):
-    """Turns one input file into a stream of pyarrow RecordBatches.
+    """Turns one input file into a stream of pyarrow RecordBatches of rows (URL lists).
 
     ``name`` is what ``input_format`` says (``csv``); a ``.gz`` suffix on
-    input_format selects the same reader with gzip compression.
+    input_format selects the same reader with gzip compression. The main
+    process reads the rows and cuts them into shards; see
+    :class:`SampleReader` for sources whose samples are read in the workers.
     """
 
     kind = "reader"
+    # False for formats without column names (txt): only the URL is read, as img2dataset does.
+    named_columns: ClassVar[bool] = True
+
+    def input_files(self, url_list: str, input_format: str) -> list[InputSource]:
+        """The input files ``url_list`` names, in order: the file itself, or the sorted
+        ``*.<input_format>`` files of a folder. Raises ConfigError when there are none."""
+        return find_input_files(url_list, input_format)
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most about ``batch_size`` rows holding ``columns``.
@@ -109,6 +113,52 @@ class Reader(Component):
         URL column, and other requested columns are null.
         """
         raise NotImplementedError
+
+
+class SampleReader(Reader):
+    """A source whose samples are read where they are processed, in the workers (archives).
+
+    The main process only plans: :meth:`plan` describes each output shard's
+    work in a few bytes (an archive's path); the worker that runs the shard
+    calls :meth:`samples`, which streams the samples, each with its bytes.
+    """
+
+    def plan(self, sources: Sequence[InputSource]) -> Iterator[tuple[int, Any]]:
+        """Yield ``(shard_id, work)`` for every output shard, in increasing shard id.
+
+        ``work`` is small and picklable; it comes back in ``Shard.work``. Shard
+        ids must not depend on anything but the sources and options, so that
+        a rerun (or another machine given other offsets) gives each shard the
+        same id.
+        """
+        raise NotImplementedError
+
+    def column_schema(self, sources: Sequence[InputSource], columns: Sequence[str]) -> pa.Schema:
+        """The types of ``columns`` (the input columns the run needs) as samples will carry
+        them; read cheaply (a peek at the first sample). A column the source does not
+        have is typed ``string`` and left null."""
+        raise NotImplementedError
+
+    def captioned(self) -> bool:
+        """Whether samples carry captions; the metadata then has a ``caption`` column."""
+        return False
+
+    def samples(self, shard: Shard, keys: KeyFormat, columns: Sequence[str]) -> Iterator[Sample]:
+        """Stream the samples of ``shard`` (called in the worker, once per attempt of the shard).
+
+        Every sample has ``data`` (or a ``url`` to fetch) and the ``columns``
+        the run needs in ``Sample.columns``. Keys come from ``keys`` unless the
+        source brings its own. Raise (any exception) when the source is broken
+        (a truncated archive): the shard fails with that message, and nothing
+        of it is committed.
+        """
+        raise NotImplementedError
+
+    def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        raise TypeError(f"reader {self.name!r} reads samples in the workers, not rows")
+
+    def available_columns(self, source: InputSource) -> list[str] | None:
+        raise TypeError(f"reader {self.name!r} reads samples in the workers, not rows")
 
 
 class Fetcher(Component):
@@ -174,7 +224,19 @@ class Writer(Component):
     kind = "writer"
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> ShardWriter:
+        """A writer for one shard: its files go to ``target``'s temporary paths, which the core
+        renames into place when the shard completes. ``layout`` builds each metadata row."""
         raise NotImplementedError
+
+    def finalize(self, output: OutputFolder) -> None:
+        """The run-level last step (an index over every shard, a commit), in the main process.
+
+        Called once at the end of every run, after the last shard committed,
+        also when a rerun found every shard already done, and also when some
+        shards failed (the next run finalizes again). It must therefore be
+        idempotent and work from what is committed in ``output`` (every done
+        shard, this run's and earlier runs'), not from this run's memory.
+        """
 
 
 ShardFunction = Callable[["Shard"], "ShardStats"]

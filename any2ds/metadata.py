@@ -34,7 +34,10 @@ class MetadataLayout:
     """What a shard's metadata looks like; writers use it to build each record.
 
     ``saved_columns`` are input column names copied as they are; ``has_caption``
-    adds ``caption``; ``media_streams`` are the stream names processors fill.
+    adds ``caption``; ``media_streams`` are the stream names processors fill;
+    ``plugin_fields`` the metadata fields components fill, the
+    ``leading_fields`` among them standing before ``url`` (where img2dataset
+    puts a verified hash), the others after the core fields.
     """
 
     schema: pa.Schema
@@ -45,30 +48,28 @@ class MetadataLayout:
 
     @classmethod
     def build(cls, input_schema: pa.Schema, saved_columns: Sequence[str], has_caption: bool,
-              plugin_fields: Sequence[pa.Field], media_streams: Sequence[str]) -> MetadataLayout:
+              plugin_fields: Sequence[pa.Field], media_streams: Sequence[str],
+              leading_fields: Sequence[pa.Field] = ()) -> MetadataLayout:
         fields = [input_schema.field(name) for name in saved_columns]
         if has_caption:
             fields.append(pa.field("caption", pa.string()))
+        fields.extend(leading_fields)
         fields.append(pa.field("url", pa.string()))
         fields.extend(CORE_FIELDS)
         fields.extend(plugin_fields)
         return cls(pa.schema(fields), tuple(saved_columns), has_caption, tuple(media_streams),
-                   tuple(f.name for f in plugin_fields))
+                   tuple(f.name for f in (*leading_fields, *plugin_fields)))
 
     def record(self, result: SampleResult) -> dict[str, Any]:
         """The sample's metadata row as a dict in column order (the json sidecar's content)."""
         sample = result.sample
-        row: dict[str, Any] = {name: sample.columns.get(name) for name in self.saved_columns}
+        values = {name: sample.columns.get(name) for name in self.saved_columns}
         if self.has_caption:
-            row["caption"] = sample.caption
-        row["url"] = sample.url
-        row["key"] = sample.key
-        row["status"] = result.status
-        row["error_message"] = result.error_message
-        row["error_type"] = result.error_type
-        for name in self.plugin_fields:
-            row[name] = result.metadata.get(name)
-        return row
+            values["caption"] = sample.caption
+        values.update(url=sample.url, key=sample.key, status=result.status, error_message=result.error_message,
+                      error_type=result.error_type)
+        values.update((name, result.metadata.get(name)) for name in self.plugin_fields)
+        return {name: values[name] for name in self.schema.names}
 
 
 def to_json(record: dict[str, Any]) -> str:

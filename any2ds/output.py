@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import tempfile
 import uuid
@@ -22,7 +23,10 @@ from any2ds.types import shard_name
 
 TMP_DIR = "_tmp"
 STATS_SUFFIX = "_stats.json"
-SUMMARY_FILE = "run_summary.json"
+# Run-level files live in a folder of their own: tools that read every top-level *.json as
+# <shard>_stats.json (img2dataset's resume, stats counters) must not see them.
+RUN_DIR = "_any2ds"
+SUMMARY_FILE = f"{RUN_DIR}/run_summary.json"
 _STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
 
 
@@ -76,8 +80,9 @@ class OutputFolder:
 
     def write_json(self, name: str, data: Any) -> None:
         """Write ``<out>/<name>`` atomically where the filesystem can rename."""
-        tmp = self.join(f"{TMP_DIR}/{uuid.uuid4().hex}-{name}")
+        tmp = self.join(f"{TMP_DIR}/{uuid.uuid4().hex}-{posixpath.basename(name)}")
         self.fs.makedirs(self.join(TMP_DIR), exist_ok=True)
+        self.fs.makedirs(posixpath.dirname(self.join(name)), exist_ok=True)
         with self.fs.open(tmp, "w") as f:
             json.dump(data, f, indent=4)
         self.fs.mv(tmp, self.join(name))

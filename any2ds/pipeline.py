@@ -12,12 +12,14 @@ from collections.abc import Sequence
 import attrs
 import pyarrow as pa
 
-from any2ds.components import Component, Distributor, Fetcher, Observer, Processor, Reader, Verifier, Writer
+from any2ds.components import (
+    Component, Distributor, Fetcher, Observer, Processor, Reader, SampleReader, Verifier, Writer,
+)
 from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
+from any2ds.inputs import split_input_format
 from any2ds.manager import PluginHost
 from any2ds.metadata import CORE_FIELDS, MetadataLayout
-from any2ds.sharding import split_input_format
 
 
 def _build(host: PluginHost, config: RunConfig, kind: str, name: str, option: str) -> Component:
@@ -34,9 +36,10 @@ def _names(values: Sequence[str], option: str) -> list[str]:
 
 @attrs.define
 class SamplePipeline:
-    """What a worker needs per sample and per shard: fetchers, verifiers, processors, writer."""
+    """What a worker needs per shard and per sample: reader, fetchers, verifiers, processors, writer."""
 
     config: RunConfig
+    reader: Reader
     fetchers: dict[str, Fetcher]
     verifiers: list[Verifier]
     processors: list[Processor]
@@ -45,6 +48,7 @@ class SamplePipeline:
     @classmethod
     def build(cls, host: PluginHost, config: RunConfig) -> SamplePipeline:
         core = config.core
+        reader = _build(host, config, "reader", split_input_format(core.input_format)[0], "input_format")
         fetchers: dict[str, Fetcher] = {}
         for name in _names(core.fetchers, "fetchers"):
             fetcher = _build(host, config, "fetcher", name, "fetchers")
@@ -55,36 +59,57 @@ class SamplePipeline:
         verifiers = [_build(host, config, "verifier", n, "verifiers") for n in _names(core.verifiers, "verifiers")]
         processors = [_build(host, config, "processor", n, "processors") for n in _names(core.processors, "processors")]
         writer = _build(host, config, "writer", core.output_format, "output_format")
-        pipeline = cls(config, fetchers, verifiers, processors, writer)  # type: ignore[arg-type]
+        pipeline = cls(config, reader, fetchers, verifiers, processors, writer)  # type: ignore[arg-type]
         pipeline._check_columns()
         return pipeline
 
     @property
     def components(self) -> list[Component]:
-        return [*dict.fromkeys(self.fetchers.values()), *self.verifiers, *self.processors, self.writer]
+        return [self.reader, *dict.fromkeys(self.fetchers.values()), *self.verifiers, *self.processors, self.writer]
+
+    @property
+    def has_caption(self) -> bool:
+        """Whether the metadata has a caption column: captions are read only when caption_col
+        is set, and only from formats with named columns (img2dataset reads a txt file's URLs only)."""
+        if isinstance(self.reader, SampleReader):
+            return self.reader.captioned()
+        return self.config.core.caption_col is not None and self.reader.named_columns
 
     def plugin_fields(self) -> list[pa.Field]:
-        return [f for c in (*self.processors, *self.verifiers) for f in c.metadata_fields()]
+        """Every metadata field components fill, the leading ones first."""
+        return [*self._fields("leading_metadata_fields"), *self._fields("metadata_fields")]
+
+    def _fields(self, method: str) -> list[pa.Field]:
+        return [f for c in (*self.processors, *self.verifiers) for f in getattr(c, method)()]
 
     def media_streams(self) -> list[str]:
         return [s for p in self.processors for s in p.media_streams()]
 
     def saved_columns(self) -> list[str]:
         """Input columns copied to the metadata, in img2dataset's order."""
+        if not self.reader.named_columns:
+            return []
         core = self.config.core
         kept = [c for comp in self.components for c in comp.kept_columns()]
         return list(dict.fromkeys([*(core.save_additional_columns or []), *kept]))
 
-    def input_columns(self) -> list[str]:
-        """Every input column to read, the URL column first."""
-        core = self.config.core
+    def sample_columns(self) -> list[str]:
+        """The input columns samples carry in ``Sample.columns`` (url and caption excluded)."""
+        if not self.reader.named_columns:
+            return []
         needed = [c for comp in self.components for c in comp.read_columns()]
-        caption = [core.caption_col] if core.caption_col else []
-        return list(dict.fromkeys([core.url_col, *caption, *self.saved_columns(), *needed]))
+        return list(dict.fromkeys([*self.saved_columns(), *needed]))
+
+    def input_columns(self) -> list[str]:
+        """Every input column a row reader reads, the URL column first."""
+        core = self.config.core
+        caption = [core.caption_col] if self.has_caption else []
+        return list(dict.fromkeys([core.url_col, *caption, *self.sample_columns()]))
 
     def layout(self, input_schema: pa.Schema) -> MetadataLayout:
-        return MetadataLayout.build(input_schema, self.saved_columns(), self.config.core.caption_col is not None,
-                                    self.plugin_fields(), self.media_streams())
+        return MetadataLayout.build(input_schema, self.saved_columns(), self.has_caption,
+                                    self._fields("metadata_fields"), self.media_streams(),
+                                    self._fields("leading_metadata_fields"))
 
     def _check_columns(self) -> None:
         """img2dataset refuses saved columns that clash with metadata names; so do we."""
@@ -108,28 +133,24 @@ class SamplePipeline:
 
 @attrs.define
 class RunPipeline:
-    """The main process's view: the sample pipeline plus reader, distributor and observers."""
+    """The main process's view: the sample pipeline plus distributor and observers."""
 
     samples: SamplePipeline
-    reader: Reader
-    compression: str | None
     distributor: Distributor
     observers: list[Observer]
 
     @classmethod
     def build(cls, host: PluginHost, config: RunConfig) -> RunPipeline:
         core = config.core
-        reader_name, compression = split_input_format(core.input_format)
-        reader = _build(host, config, "reader", reader_name, "input_format")
         samples = SamplePipeline.build(host, config)
         distributor = _build(host, config, "distributor", core.distributor, "distributor")
         observers = [_build(host, config, "observer", n, "observers") for n in _names(core.observers, "observers")]
-        pipeline = cls(samples, reader, compression, distributor, observers)  # type: ignore[arg-type]
-        for component in (reader, *samples.components, distributor, *observers):
+        pipeline = cls(samples, distributor, observers)  # type: ignore[arg-type]
+        for component in (*samples.components, distributor, *observers):
             component.check()
         return pipeline
 
     def close(self) -> None:
         self.samples.close()
-        for component in (self.reader, self.distributor, *self.observers):
+        for component in (self.distributor, *self.observers):
             component.close()

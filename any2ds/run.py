@@ -17,7 +17,8 @@ from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline
-from any2ds.sharding import ShardCutter, find_input_files
+from any2ds.components import SampleReader
+from any2ds.sharding import ShardCutter, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
 from any2ds.worker import ShardTask, close_runners
 
@@ -62,7 +63,7 @@ class Run:
         check_output_url(config.core.output_folder)
         self.pipeline = RunPipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
-        self.sources = find_input_files(config.core.url_list, config.core.input_format)
+        self.sources = self.pipeline.samples.reader.input_files(config.core.url_list, config.core.input_format)
 
     def execute(self) -> dict[str, Any]:
         core = self.config.core
@@ -70,18 +71,17 @@ class Run:
         skip, first_id = self.output.prepare(core.incremental_mode)
         start = time.time()
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
-        cutter = ShardCutter(self.pipeline.reader, self.sources, self.pipeline.samples.input_columns(),
-                             core.number_sample_per_shard, skip, first_id)
         task = ShardTask(self.config)
         totals = _Totals()
         for observer in self.pipeline.observers:
             observer.run_started(self.config)
         try:
-            failed = self._run_round(cutter, task, totals)
+            failed = self._run_round(self._shards(skip, first_id), task, totals)
             for _round in range(core.max_shard_retry):
                 if not failed:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
+            self.pipeline.samples.writer.finalize(self.output)
             summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
             self.output.write_json(SUMMARY_FILE, summary)
             self.output.finish()
@@ -91,6 +91,14 @@ class Run:
             close_runners()
             self.pipeline.close()
         return summary
+
+    def _shards(self, skip: set[int], first_id: int) -> Iterable[Shard]:
+        """The run's shards, read lazily: cut from the rows, or planned by a SampleReader."""
+        samples = self.pipeline.samples
+        if isinstance(samples.reader, SampleReader):
+            return planned_shards(samples.reader, self.sources, samples.sample_columns(), skip, first_id)
+        return ShardCutter(samples.reader, self.sources, samples.input_columns(),
+                           self.config.core.number_sample_per_shard, skip, first_id)
 
     def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: _Totals) -> dict[int, Shard]:
         """Run ``shards``; return the ones that failed, by id, for the next round."""

@@ -9,43 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import fsspec
 import pyarrow as pa
 
-from any2ds.components import InputSource, Reader
+from any2ds.components import Reader, SampleReader
 from any2ds.errors import ConfigError
-from any2ds.types import Shard
+from any2ds.types import InputSource, Shard
 
 READ_BATCH_ROWS = 8192
-
-
-def split_input_format(input_format: str) -> tuple[str, str | None]:
-    """``csv.gz`` -> (``csv``, ``gzip``); ``csv`` -> (``csv``, None)."""
-    if input_format.endswith(".gz"):
-        return input_format[: -len(".gz")], "gzip"
-    return input_format, None
-
-
-def find_input_files(url_list: str, input_format: str) -> list[InputSource]:
-    """The input files: ``url_list`` itself, or the sorted ``*.<input_format>`` files of a folder."""
-    _reader, compression = split_input_format(input_format)
-    try:
-        fs, path = fsspec.core.url_to_fs(url_list)
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"url_list {url_list!r}: {exc}") from exc
-    try:
-        exists = fs.exists(path)
-        is_dir = exists and fs.isdir(path)
-    except OSError as exc:
-        raise ConfigError(f"url_list {url_list!r} cannot be read: {exc}") from exc
-    if not exists:
-        raise ConfigError(f"url_list {url_list!r} does not exist")
-    if not is_dir:
-        return [InputSource(path, fs, compression)]
-    files = sorted(p for p in fs.glob(f"{path.rstrip('/')}/*.{input_format}") if fs.isfile(p))
-    if not files:
-        raise ConfigError(f"url_list {url_list!r} is a folder with no *.{input_format} file")
-    return [InputSource(p, fs, compression) for p in files]
 
 
 class ShardCutter:
@@ -78,11 +48,11 @@ class ShardCutter:
                     rows, rest = table.slice(0, self.rows_per_shard), table.slice(self.rows_per_shard)
                     pending, pending_rows = rest.to_batches(), rest.num_rows
                     if shard_id not in self.skip:
-                        yield Shard(shard_id, _compact(rows), source.path)
+                        yield Shard(shard_id, rows=_compact(rows))
                     shard_id += 1
             if pending_rows:
                 if shard_id not in self.skip:
-                    yield Shard(shard_id, _compact(pa.Table.from_batches(pending)), source.path)
+                    yield Shard(shard_id, rows=_compact(pa.Table.from_batches(pending)))
                 shard_id += 1
 
     def _batches(self, source: InputSource) -> Iterator[pa.RecordBatch]:
@@ -103,6 +73,15 @@ class ShardCutter:
                 f"its columns are: {', '.join(map(repr, available))} (check url_col, caption_col, "
                 f"save_additional_columns, bbox_col, verify_hash)"
             )
+
+
+def planned_shards(reader: SampleReader, sources: Sequence[InputSource], columns: Sequence[str],
+                   skip: set[int] = frozenset(), first_id: int = 0) -> Iterator[Shard]:
+    """The shards a SampleReader plans: ids offset by ``first_id``, those in ``skip`` left out."""
+    schema = reader.column_schema(sources, columns)
+    for shard_id, work in reader.plan(sources):
+        if shard_id + first_id not in skip:
+            yield Shard(shard_id + first_id, work=work, schema=schema)
 
 
 def _with_columns(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
+
+if TYPE_CHECKING:
+    import fsspec
+    import pyarrow as pa
 
 
 def key_digits(number_sample_per_shard: int) -> int:
@@ -26,8 +30,42 @@ def shard_name(shard_id: int, oom_shard_count: int) -> str:
 
 
 @attrs.frozen
+class KeyFormat:
+    """How sample keys are made: img2dataset's ``shard_id * 10**k + index``, zero-padded."""
+
+    number_sample_per_shard: int
+    oom_shard_count: int
+
+    def key(self, shard_id: int, index: int) -> str:
+        """The key of row ``index`` of shard ``shard_id``."""
+        return make_key(shard_id, index, self.number_sample_per_shard, self.oom_shard_count)
+
+    def fits(self, index: int) -> bool:
+        """Whether row ``index`` has a key of its own (keys of larger indexes collide with the next shard's)."""
+        return 0 <= index < max(1, 10 ** key_digits(self.number_sample_per_shard))
+
+
+@attrs.frozen
+class InputSource:
+    """One input file: where it is and how it is compressed."""
+
+    path: str
+    fs: fsspec.AbstractFileSystem
+    compression: str | None = None
+
+    def open(self) -> BinaryIO:
+        """The file's bytes, decompressed."""
+        return self.fs.open(self.path, "rb", compression=self.compression)
+
+
+@attrs.frozen
 class Sample:
-    """One input row, as every fetcher, verifier and processor sees it.
+    """One sample, as every fetcher, verifier and processor sees it.
+
+    A sample carries either a ``url`` to fetch or its bytes in ``data`` (a
+    member of an input archive); with ``data``, nothing is fetched and
+    ``url``, if any, is only recorded. ``filename`` is the name the bytes had
+    at their source (``00001.jpg``), used to guess their type.
 
     ``columns`` holds every input column read for this run under its input
     name (extra saved columns, the bbox or hash column, ...), url and caption
@@ -37,9 +75,11 @@ class Sample:
     key: str
     shard_id: int
     index: int
-    url: str | None
+    url: str | None = None
     caption: str | None = None
     columns: Mapping[str, Any] = attrs.field(factory=dict)
+    data: bytes | None = attrs.field(default=None, repr=False)
+    filename: str | None = None
 
 
 @attrs.frozen
@@ -85,17 +125,28 @@ class SampleResult:
 
 @attrs.frozen
 class Shard:
-    """A unit of work: ``rows`` (a pyarrow Table of the input columns) and its id.
+    """A unit of work, small enough to send to any worker.
 
-    ``input_file`` names where the rows came from, for messages.
+    Either ``rows``, the input rows read by the main process (URL lists), or
+    ``work``: a small picklable description (an archive's path) that the
+    worker hands back to the run's :class:`SampleReader`, which streams the
+    samples there. ``schema`` gives the types of the input columns samples
+    carry (``rows.schema`` for rows).
     """
 
     shard_id: int
-    rows: Any  # pyarrow.Table; typed loosely so this module stays import-light
-    input_file: str = ""
+    rows: pa.Table | None = attrs.field(default=None, repr=False)
+    work: Any = None
+    schema: pa.Schema | None = attrs.field(default=None, repr=False)
 
-    def __len__(self) -> int:
-        return self.rows.num_rows
+    @property
+    def column_schema(self) -> pa.Schema:
+        """The types of the input columns the shard's samples carry."""
+        if self.rows is not None:
+            return self.rows.schema
+        if self.schema is None:
+            raise ValueError(f"shard {self.shard_id} has neither rows nor a schema")
+        return self.schema
 
 
 @attrs.frozen

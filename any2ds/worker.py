@@ -10,6 +10,7 @@ them. The shard's own thread only writes, so writers need not be thread-safe.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import pickle
 import re
 import threading
@@ -28,7 +29,7 @@ from any2ds.limits import WorkerLimits
 from any2ds.manager import PluginHost
 from any2ds.output import OutputFolder
 from any2ds.pipeline import SamplePipeline
-from any2ds.types import Sample, SampleResult, Shard, ShardStats, make_key
+from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardStats
 
 
 class ShardRunner:
@@ -46,7 +47,7 @@ class ShardRunner:
     def run(self, shard: Shard) -> ShardStats:
         """Fetch, process and write every row of ``shard``, then commit it atomically."""
         start = time.time()
-        layout = self.pipeline.layout(shard.rows.schema)
+        layout = self.pipeline.layout(shard.column_schema)
         target = self.output.target(shard.shard_id)
         writer = None
         statuses: Counter[str] = Counter()
@@ -66,7 +67,7 @@ class ShardRunner:
                 writer.abort()
             target.abort()
             raise
-        stats = ShardStats(shard_id=shard.shard_id, count=len(shard), successes=statuses["success"],
+        stats = ShardStats(shard_id=shard.shard_id, count=sum(statuses.values()), successes=statuses["success"],
                            status_dict=dict(messages), error_types=dict(error_types), statuses=dict(statuses),
                            start_time=start, end_time=time.time())
         target.commit(stats.to_json())
@@ -74,12 +75,16 @@ class ShardRunner:
 
     def _samples(self, shard: Shard) -> Iterator[Sample]:
         core = self.config.core
-        url_col, caption_col = core.url_col, core.caption_col
+        keys = KeyFormat(core.number_sample_per_shard, core.oom_shard_count)
+        if shard.rows is None:
+            yield from self.pipeline.reader.samples(shard, keys, self.pipeline.sample_columns())
+            return
+        url_col = core.url_col
+        caption_col = core.caption_col if self.pipeline.has_caption else None
         for index, row in enumerate(shard.rows.to_pylist()):
             url = row.pop(url_col)
             caption = row.pop(caption_col) if caption_col else None
-            yield Sample(key=make_key(shard.shard_id, index, core.number_sample_per_shard, core.oom_shard_count),
-                         shard_id=shard.shard_id, index=index, url=url,
+            yield Sample(key=keys.key(shard.shard_id, index), shard_id=shard.shard_id, index=index, url=url,
                          caption=None if caption is None else str(caption), columns=row)
 
     def _results(self, shard: Shard) -> Iterator[SampleResult]:
@@ -157,8 +162,7 @@ class ShardRunner:
         result = SampleResult(sample)
         stage_status = "failed_to_download"
         try:
-            fetcher = self._fetcher_for(sample.url)
-            fetched = fetcher.fetch(sample)
+            fetched = _inline(sample) if sample.data is not None else self._fetcher_for(sample.url).fetch(sample)
             limits = attempt.limits = self._limits
             with limits.body_budget.reserve(len(fetched.body)), limits.cpu_slots:
                 for verifier in self.pipeline.verifiers:
@@ -209,6 +213,13 @@ def _check_extensions(result: SampleResult, processor: Processor) -> None:
         if not _SAFE_EXTENSION.fullmatch(media.extension):
             raise ProcessError(f"processor {processor.name!r} gave stream {stream!r} the unsafe extension "
                                f"{media.extension!r}", status=processor.failure_status, error_type="UnsafeExtension")
+
+
+def _inline(sample: Sample) -> FetchResult:
+    """The FetchResult of a sample that brought its bytes: nothing to fetch."""
+    content_type = mimetypes.guess_type(sample.filename)[0] if sample.filename else None
+    return FetchResult(body=sample.data, url=sample.url or sample.filename or "", content_type=content_type,
+                       attempts=0)
 
 
 def _failed(sample: Sample, status: str, message: str, error_type: str) -> SampleResult:

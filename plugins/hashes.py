@@ -63,7 +63,13 @@ class HashVerifier(Verifier):
 
     def metadata_fields(self) -> Sequence[pa.Field]:
         name = self.options.compute_hash
-        return [pa.field(name, pa.string())] if name else []
+        return [pa.field(name, pa.string())] if name and not self.options.verify_hash else []
+
+    def leading_metadata_fields(self) -> Sequence[pa.Field]:
+        """A verified hash stands where img2dataset puts it: in place of the input column it was
+        checked against (renamed to the hash's name), before ``url``."""
+        name = self.options.compute_hash
+        return [pa.field(name, pa.string())] if name and self.options.verify_hash else []
 
     def verify(self, sample: Sample, fetched: FetchResult) -> Mapping[str, Any]:
         name = self.options.compute_hash

@@ -297,6 +297,7 @@ class TxtReader(Reader):
     """
 
     name = "txt"
+    named_columns = False
 
     def available_columns(self, source: InputSource) -> None:
         """None: a txt file has no column names; its one column is named after ``columns[0]``."""

@@ -222,7 +222,7 @@ def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes,
     shard = "0".zfill(values["oom_shard_count"])
     stats = json.loads((out / f"{shard}_stats.json").read_text())
     assert stats["count"] == 3 and stats["successes"] == 3, stats
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = json.loads((out / "_any2ds" / "run_summary.json").read_text())
     assert summary["successes"] == 3 and summary["shards_failed"] == []
     assert not (out / "_tmp").exists()
 

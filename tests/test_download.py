@@ -98,7 +98,7 @@ def test_webdataset_end_to_end(tmp_path, csv_input):
                "--output_format", "webdataset", "--number_sample_per_shard", "10", "--image_size", "64",
                "--thread_count", "8") == 0
     assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet",
-                                        "00001.tar", "00001_stats.json", "run_summary.json"]
+                                        "00001.tar", "00001_stats.json", "_any2ds"]
     samples = list(wds.WebDataset([str(out / "00000.tar"), str(out / "00001.tar")], shardshuffle=False))
     assert len(samples) == len(IMAGES)
     for s in samples:
@@ -142,7 +142,7 @@ def test_metadata_schema_and_stats_match_img2dataset(tmp_path, csv_input):
     files = sorted(os.listdir(out / "00000"))
     assert len(files) == 3 * len(IMAGES)
     assert (out / "00000" / "000000000.txt").read_text() == "caption 0"
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = json.loads((out / "_any2ds" / "run_summary.json").read_text())
     assert summary["state"] == "done" and summary["count"] == len(IMAGES) + 3
 
 
@@ -174,7 +174,7 @@ def test_dummy_output_writes_only_stats(tmp_path, csv_input):
     out = tmp_path / "out"
     assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
                "--output_format", "dummy", "--thread_count", "4") == 0
-    assert sorted(os.listdir(out)) == ["00000_stats.json", "run_summary.json"]
+    assert sorted(os.listdir(out)) == ["00000_stats.json", "_any2ds"]
 
 
 @pytest.mark.parametrize("input_format", ["txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz",
@@ -282,7 +282,7 @@ def test_overwrite_and_extend_modes(tmp_path, csv_input):
     assert run(*base) == 0
     (out / "stray.txt").write_text("from an older run")
     assert run(*base, "--incremental_mode", "overwrite") == 0
-    assert sorted(os.listdir(out)) == ["00000_stats.json", "00001_stats.json", "run_summary.json"]
+    assert sorted(os.listdir(out)) == ["00000_stats.json", "00001_stats.json", "_any2ds"]
     assert run(*base, "--incremental_mode", "extend") == 0
     assert sorted(read_stats(out)) == [f"0000{i}_stats.json" for i in range(4)]
 
@@ -387,7 +387,7 @@ def test_shard_failing_every_retry_is_reported(tmp_path, csv_input, monkeypatch)
                       f"output_format: dummy\nnumber_sample_per_shard: 5\nthread_count: 4\nmax_shard_retry: 2\n"
                       f"plugins: [{plugin}]\nprocessors: [image, crash_once]\n")
     assert run("--config", str(config)) == 1
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = json.loads((out / "_any2ds" / "run_summary.json").read_text())
     assert summary["shards_failed"] == [1] and summary["state"] == "failed_shards"
     assert sorted(read_stats(out)) == ["00000_stats.json", "00002_stats.json"]
 
@@ -417,7 +417,7 @@ def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/dataset"))
     assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar",
-                     "00001_stats.json", "00002.parquet", "00002.tar", "00002_stats.json", "run_summary.json"]
+                     "00001_stats.json", "00002.parquet", "00002.tar", "00002_stats.json", "_any2ds"]
     fs.rm(f"{bucket}/dataset/00001_stats.json")
     assert run(*args) == 0
     fs.invalidate_cache()
@@ -485,3 +485,48 @@ def test_print_config_shows_the_resolved_options(tmp_path):
                            "--save_additional_columns", "[a,b]", "--print_config"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "resize_only_if_bigger: true" in proc.stdout and "- a\n- b" in proc.stdout
+
+
+# --- drop-in details found by running img2dataset 1.47.0's own tests against any2ds ------------
+
+
+def test_txt_input_has_no_caption_even_with_caption_col(tmp_path, http_server):
+    """img2dataset reads only the URL from txt: no caption column, no caption in the sidecars."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(http_server.url(f"/allowed/{name}") + "\n" for name in IMAGES[:3]))
+    out = tmp_path / "out"
+    assert run("--url_list", str(urls), "--caption_col", "caption", "--save_additional_columns", '["extra"]',
+               "--output_folder", str(out), "--thread_count", "2") == 0
+    schema = pq.read_schema(out / "00000.parquet")
+    assert schema.names[:2] == ["url", "key"] and "caption" not in schema.names and "extra" not in schema.names
+    sidecars = [json.loads(p.read_text()) for p in sorted((out / "00000").glob("*.json"))]
+    assert len(sidecars) == 3 and all("caption" not in s for s in sidecars)
+    assert not list((out / "00000").glob("*.txt"))
+
+
+def test_top_level_json_files_are_all_shard_stats(tmp_path, csv_input):
+    """img2dataset's resume parses every <out>/*.json as <shard>_stats.json (int(prefix))."""
+    out = tmp_path / "out"
+    assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", str(out),
+               "--number_sample_per_shard", "5", "--thread_count", "4") == 0
+    prefixes = [Path(p).name.split("_")[0] for p in glob.glob(f"{out}/*.json")]
+    assert len(prefixes) == 3 and all(int(prefix) in (0, 1, 2) for prefix in prefixes)
+    assert json.loads((out / "_any2ds" / "run_summary.json").read_text())["state"] == "done"
+
+
+def test_verified_hash_column_stands_where_img2dataset_puts_it(tmp_path, http_server, image_dir):
+    import hashlib
+
+    rows = [{"url": http_server.url(f"/allowed/{name}"), "caption": f"c{i}", "expected": None if i else
+             hashlib.sha256((image_dir / name).read_bytes()).hexdigest()} for i, name in enumerate(IMAGES[:2])]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--caption_col", "caption",
+               "--verify_hash", '["expected", "sha256"]', "--output_folder", str(out), "--thread_count", "2") == 0
+    schema = pq.read_schema(out / "00000.parquet")
+    assert schema.names == ["caption", "sha256", "url", "key", "status", "error_message", "error_type", "width",
+                            "height", "original_width", "original_height", "exif"]
+    rows_out = pq.read_table(out / "00000.parquet").to_pylist()
+    assert [r["status"] for r in rows_out] == ["success", "success"]
+    assert rows_out[0]["sha256"] == rows[0]["expected"]

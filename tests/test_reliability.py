@@ -87,7 +87,7 @@ def test_nothing_in_the_input_chooses_an_output_path(tmp_path, http_server):
                "--thread_count", "2") == 0
     created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert created == ["in.parquet", "out/00000.parquet", "out/00000/000000000.jpg", "out/00000/000000000.json",
-                       "out/00000/000000000.txt", "out/00000_stats.json", "out/run_summary.json"]
+                       "out/00000/000000000.txt", "out/00000_stats.json", "out/_any2ds/run_summary.json"]
 
 
 UNSAFE_EXTENSION_PLUGIN = '''

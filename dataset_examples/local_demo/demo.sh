@@ -38,7 +38,7 @@ out = sys.argv[1]
 tars = sorted(glob.glob(f"{out}/*.tar"))
 samples = [s for s in wds.WebDataset(tars, shardshuffle=False)]
 rows = pq.read_table(sorted(glob.glob(f"{out}/0*.parquet"))).to_pylist()
-summary = json.load(open(f"{out}/run_summary.json"))
+summary = json.load(open(f"{out}/_any2ds/run_summary.json"))
 print(f"{len(tars)} tar shards, {len(samples)} images read back with webdataset, "
       f"{len(rows)} metadata rows, statuses: {summary['statuses']}")
 assert len(rows) == 26 and len(samples) == 24, "expected 24 images and 26 rows"
