@@ -4,11 +4,11 @@ from any2ds.components import (
     Component,
     Distributor,
     Fetcher,
-    InputSource,
     NoOptions,
     Observer,
     Processor,
     Reader,
+    SampleReader,
     ShardWriter,
     Verifier,
     Writer,
@@ -16,7 +16,11 @@ from any2ds.components import (
 )
 from any2ds.errors import ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError
 from any2ds.hookspecs import hookimpl
-from any2ds.types import FetchResult, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats
+from any2ds.metadata import MetadataLayout
+from any2ds.output import OutputFolder, ShardTarget
+from any2ds.types import (
+    FetchResult, InputSource, KeyFormat, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats,
+)
 
 __version__ = "0.1.0"
 
@@ -34,7 +38,8 @@ def download(*args, **kwargs):
 
 __all__ = [
     "Component", "ConfigError", "Distributor", "FetchError", "FetchResult", "Fetcher", "InputSource",
-    "Media", "NoOptions", "Observer", "PluginError", "ProcessError", "Processor", "Reader", "Sample",
-    "SampleError", "SampleResult", "Shard", "ShardFailure", "ShardStats", "ShardWriter", "Verifier",
-    "VerifyError", "Writer", "download", "hookimpl", "option",
+    "KeyFormat", "Media", "MetadataLayout", "NoOptions", "Observer", "OutputFolder", "PluginError",
+    "ProcessError", "Processor", "Reader", "Sample", "SampleError", "SampleReader", "SampleResult", "Shard",
+    "ShardFailure", "ShardStats", "ShardTarget", "ShardWriter", "Verifier", "VerifyError", "Writer",
+    "download", "hookimpl", "option",
 ]
