@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import fsspec
     import pyarrow as pa
 
+    from any2ds.errors import SampleError
+
 
 def key_digits(number_sample_per_shard: int) -> int:
     """Digits given to the row index inside a key (img2dataset's rule)."""
@@ -70,6 +72,10 @@ class Sample:
     ``columns`` holds every input column read for this run under its input
     name (extra saved columns, the bbox or hash column, ...), url and caption
     excluded.
+
+    ``error`` is a reader's verdict that the source holds this sample but
+    cannot supply it (an archive entry without its media member): the sample
+    is recorded as failed with that error, and nothing is fetched.
     """
 
     key: str
@@ -80,6 +86,7 @@ class Sample:
     columns: Mapping[str, Any] = attrs.field(factory=dict)
     data: bytes | None = attrs.field(default=None, repr=False)
     filename: str | None = None
+    error: SampleError | None = None
 
 
 @attrs.frozen

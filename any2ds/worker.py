@@ -162,6 +162,8 @@ class ShardRunner:
         result = SampleResult(sample)
         stage_status = "failed_to_download"
         try:
+            if sample.error is not None:
+                raise sample.error
             fetched = _inline(sample) if sample.data is not None else self._fetcher_for(sample.url).fetch(sample)
             limits = attempt.limits = self._limits
             with limits.body_budget.reserve(len(fetched.body)), limits.cpu_slots:
