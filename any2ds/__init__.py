@@ -4,7 +4,6 @@ from any2ds.components import (
     Component,
     Distributor,
     Fetcher,
-    NoOptions,
     Observer,
     Processor,
     Reader,
@@ -12,8 +11,8 @@ from any2ds.components import (
     ShardWriter,
     Verifier,
     Writer,
-    option,
 )
+from any2ds.config import NoOptions, option
 from any2ds.errors import ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError
 from any2ds.hookspecs import hookimpl
 from any2ds.metadata import MetadataLayout

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import attrs
-
+from any2ds.config import NoOptions, option  # noqa: F401  (option: until every plugin imports from any2ds)
 from any2ds.inputs import find_input_files
 from any2ds.types import InputSource
 
@@ -25,21 +24,6 @@ if TYPE_CHECKING:
     from any2ds.metadata import MetadataLayout
     from any2ds.output import OutputFolder, ShardTarget
     from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardFailure, ShardStats
-
-
-@attrs.frozen
-class NoOptions:
-    """Options of a component that has none."""
-
-
-def option(default: Any, help: str, validator: Any = None, *, flat: str | None = None, **kwargs: Any) -> Any:
-    """An attrs field that becomes a CLI flag and YAML key; ``help`` is shown in --help.
-
-    ``flat`` is the flat flag name of a built-in plugin's option (``audio_sample_rate``),
-    when it is not the field's own name.
-    """
-    metadata = {"help": help} if flat is None else {"help": help, "flat": flat}
-    return attrs.field(default=default, validator=validator, metadata=metadata, **kwargs)
 
 
 class Component:

@@ -35,7 +35,8 @@ import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from any2ds import hookspecs
-from any2ds.components import COMPONENT_KINDS, Component, NoOptions
+from any2ds.components import COMPONENT_KINDS, Component
+from any2ds.config import NoOptions
 from any2ds.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "any2ds"
@@ -253,6 +254,11 @@ class PluginHost:
         """How messages name a registered plugin (with its distribution when it is third-party)."""
         record = self._registered.get(plugin_name)
         return record.label() if record is not None else f"plugin {plugin_name!r}"
+
+    def is_builtin(self, plugin_name: str) -> bool:
+        """Whether a registered plugin is one of any2ds's own (an entry point of the any2ds distribution)."""
+        record = self._registered.get(plugin_name)
+        return record is not None and record.builtin
 
     def component(self, kind: str, name: str, option: str) -> type[Component]:
         """The class registered as ``name`` in the ``kind`` registry; ``option`` is for errors."""

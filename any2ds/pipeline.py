@@ -57,7 +57,7 @@ class SamplePipeline:
                     raise ConfigError(f"fetchers: both {fetchers[scheme].name!r} and {name!r} claim scheme {scheme!r}")
                 fetchers[scheme] = fetcher
         verifiers = [_build(host, config, "verifier", n, "verifiers") for n in _names(core.verifiers, "verifiers")]
-        processors = [_build(host, config, "processor", n, "processors") for n in _names(core.processors, "processors")]
+        processors = [_build(host, config, "processor", n, "processors") for n in _names(core.processor_names(), "processors")]
         writer = _build(host, config, "writer", core.output_format, "output_format")
         pipeline = cls(config, reader, fetchers, verifiers, processors, writer)  # type: ignore[arg-type]
         pipeline._check_columns()

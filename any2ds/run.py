@@ -12,9 +12,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from any2ds.config import RunConfig, build_config
+from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
+from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline
 from any2ds.components import SampleReader
@@ -38,8 +39,6 @@ SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_
 
 def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """``any2ds.download``: type-check the arguments like CLI flags, then run."""
-    from any2ds.cli import parse_kwargs, plugin_list
-
     if len(args) > len(IMG2DATASET_ARGUMENTS):
         raise TypeError(f"download() takes at most {len(IMG2DATASET_ARGUMENTS)} positional arguments")
     for name, value in zip(IMG2DATASET_ARGUMENTS, args):
@@ -48,15 +47,12 @@ def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
         kwargs[name] = value
 
     host = PluginHost.load(local_plugins=plugin_list(kwargs.get("plugins") or []))
-    return run(host, parse_kwargs(host, kwargs))
-
-
-def run(host: PluginHost, values: Mapping[str, Any]) -> dict[str, Any]:
-    config = build_config(host, values)
-    return Run(host, config).execute()
+    return Run(host, OptionSchema(host).parse_kwargs(kwargs)).execute()
 
 
 class Run:
+    """One run in the main process: checks at construction, then :meth:`execute`."""
+
     def __init__(self, host: PluginHost, config: RunConfig) -> None:
         self.host = host
         self.config = config

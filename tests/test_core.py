@@ -9,7 +9,6 @@ import attrs
 import pytest
 
 from any2ds import Processor, Writer, hookimpl, hookspecs, option
-from any2ds.config import build_config
 from any2ds.errors import ConfigError, PluginError
 from any2ds.manager import PluginHost
 from any2ds.types import make_key, shard_name
@@ -72,49 +71,6 @@ def test_unknown_name_lists_what_is_available(tmp_path):
     host = PluginHost.load()
     with pytest.raises(ConfigError, match=r"output_format: unknown writer 'lance'; available: dummy, files, parquet, tfrecord, webdataset"):
         host.component("writer", "lance", "output_format")
-
-
-@attrs.frozen
-class _ThumbOptions:
-    thumbnail_size: int = option(64, "Thumbnail side in pixels.")
-
-
-class _Thumbnail(Processor):
-    name = "thumbnail"
-    Options = _ThumbOptions
-
-
-@attrs.frozen
-class _ClashingOptions:
-    image_size: int = option(3, "Clashes with the image processor's option.")
-
-
-class _Clashing(Processor):
-    name = "clash"
-    Options = _ClashingOptions
-
-
-def _plugin(cls):
-    return types.SimpleNamespace(any2ds_register_processors=hookimpl(lambda register: register(cls)))
-
-
-def test_plugin_options_become_config_keys_with_defaults(tmp_path):
-    host = PluginHost.load([_plugin(_Thumbnail)])
-    config = build_config(host, {"url_list": "x", "thumbnail_size": 32})
-    assert config.options_for(_Thumbnail).thumbnail_size == 32
-    assert build_config(host, {"url_list": "x"}).options_for(_Thumbnail).thumbnail_size == 64
-
-
-def test_option_name_clash_is_an_error():
-    host = PluginHost.load([_plugin(_Clashing)])
-    with pytest.raises(ConfigError, match="option 'image_size' is declared by both"):
-        build_config(host, {"url_list": "x"})
-
-
-def test_unknown_option_is_rejected_with_a_suggestion():
-    host = PluginHost.load()
-    with pytest.raises(ConfigError, match=r"unknown option\(s\): 'resize_mod' \(did you mean 'resize_mode'\?\)"):
-        build_config(host, {"url_list": "x", "resize_mod": "border"})
 
 
 def test_keys_and_shard_names_follow_img2dataset():

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from any2ds.cli import download_parser, main, values_from_namespace
-from any2ds.config import CORE_OPTION_NAMES, build_config, declared_options
+from any2ds.cli import main
 from any2ds.manager import PluginHost
+from any2ds.options import OptionSchema, read_plugins
 from any2ds.run import IMG2DATASET_ARGUMENTS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "dataset_examples"
@@ -75,8 +75,10 @@ def host() -> PluginHost:
     return PluginHost.load()
 
 
-def parse(host: PluginHost, *argv: str):
-    return download_parser(host).parse_args(list(argv))
+def parse(host: PluginHost, *argv: str) -> dict:
+    """Every option's value, by flag name, as ``any2ds download argv`` would run with."""
+    schema = OptionSchema(host)
+    return schema.flat_values(schema.parse_args(read_plugins(argv)[1]))
 
 
 def raw_yaml(path: Path) -> dict:
@@ -102,7 +104,7 @@ def test_example_keys_are_flat_known_option_names(host, path):
         assert not isinstance(value, dict), f"{key}: keys must be flat, as img2dataset's flags"
     keys = set(data)
     assert keys <= IMG2DATASET_OPTIONS | ANY2DS_OPTIONS, sorted(keys - IMG2DATASET_OPTIONS - ANY2DS_OPTIONS)
-    known = CORE_OPTION_NAMES | set(declared_options(host))
+    known = OptionSchema(host).known_names()
     assert keys <= known, f"unknown to the installed plugins: {sorted(keys - known)}"
     assert "distributor" not in data or data["distributor"] == "multiprocessing", "only multiprocessing exists today"
     # A page mentions enable_wandb only when its YAML sets it.
@@ -113,33 +115,30 @@ def test_example_keys_are_flat_known_option_names(host, path):
 
 @pytest.mark.parametrize("path", YAMLS, ids=example_id)
 def test_example_parses_with_the_download_parser(host, path):
-    ns = parse(host, "--config", str(path))
-    values = values_from_namespace(ns)
-    # Every key of the file reached the namespace with its value (nothing dropped or coerced away).
+    values = parse(host, "--config", str(path))
+    # Every key of the file reached the config with its value (nothing dropped or coerced away).
     for key, value in raw_yaml(path).items():
         assert values[key] == value, key
-    assert ns.output_format in OUTPUT_FORMATS
-    assert ns.input_format in INPUT_FORMATS
-    assert ns.resize_mode in RESIZE_MODES
-    assert isinstance(ns.url_list, str) and ns.url_list
-    assert isinstance(ns.output_folder, str) and ns.output_folder
-    assert isinstance(ns.url_col, str)
-    assert ns.caption_col is None or isinstance(ns.caption_col, str)
+    assert values["output_format"] in OUTPUT_FORMATS
+    assert values["input_format"] in INPUT_FORMATS
+    assert values["resize_mode"] in RESIZE_MODES
+    assert isinstance(values["url_list"], str) and values["url_list"]
+    assert isinstance(values["output_folder"], str) and values["output_folder"]
+    assert isinstance(values["url_col"], str)
+    assert values["caption_col"] is None or isinstance(values["caption_col"], str)
     for name in ("processes_count", "thread_count", "image_size", "oom_shard_count", "number_sample_per_shard"):
-        assert type(getattr(ns, name)) is int and getattr(ns, name) >= 1, name
+        assert type(values[name]) is int and values[name] >= 1, name
     for name in ("resize_only_if_bigger", "skip_reencode"):
-        assert type(getattr(ns, name)) is bool, name
-    extra = ns.save_additional_columns
+        assert type(values[name]) is bool, name
+    extra = values["save_additional_columns"]
     assert extra is None or (isinstance(extra, list) and all(isinstance(c, str) for c in extra))
     directives = values.get("disallowed_header_directives")
     assert directives is None or (isinstance(directives, list) and all(isinstance(d, str) for d in directives))
-    config = build_config(host, values)
-    assert config.core.output_format == ns.output_format
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_values_follow_img2dataset(host, name):
-    values = values_from_namespace(parse(host, "--config", str(EXAMPLES_DIR / f"{name}.yaml")))
+    values = parse(host, "--config", str(EXAMPLES_DIR / f"{name}.yaml"))
     for key, value in EXPECTED[name].items():
         assert values[key] == value, key
     # Placeholder paths are local and relative: the commands in the pages run from one folder.
@@ -148,8 +147,8 @@ def test_example_values_follow_img2dataset(host, name):
 
 
 def test_flags_override_the_yaml(host):
-    ns = parse(host, "--config", str(EXAMPLES_DIR / "laion400m.yaml"), "--thread_count", "4", "--url_list", "x.parquet")
-    assert ns.thread_count == 4 and ns.url_list == "x.parquet" and ns.processes_count == 16
+    values = parse(host, "--config", str(EXAMPLES_DIR / "laion400m.yaml"), "--thread_count", "4", "--url_list", "x.parquet")
+    assert values["thread_count"] == 4 and values["url_list"] == "x.parquet" and values["processes_count"] == 16
 
 
 # ---------------------------------------------------------------- end to end
@@ -205,7 +204,7 @@ def expected_size(w: int, h: int, size: int, mode: str, only_if_bigger: bool) ->
 @pytest.mark.parametrize("path", YAMLS, ids=example_id)
 def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes, tmp_path, path):
     name = example_id(path)
-    values = values_from_namespace(parse(host, "--config", str(path)))
+    values = parse(host, "--config", str(path))
     fmt = values["input_format"]
     tag = name.replace("/", "_")
     # The query string marks this test's requests in the shared server's log; the server ignores it.

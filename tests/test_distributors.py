@@ -115,7 +115,7 @@ def make_shards(count: int, consumed: list[int]) -> Iterator[Shard]:
 
 
 def run_config() -> RunConfig:
-    return RunConfig(core=CoreOptions(url_list="unused", processes_count=2), plugin_values={})
+    return RunConfig(core=CoreOptions(url_list="unused", processes_count=2))
 
 
 def run_rounds(distributor, task: FlakyTask, shards: int, max_read_before_first: int):

@@ -50,7 +50,7 @@ def download_flags(url_list: Path, out: Path) -> list[str]:
 def test_cli_download_in_worker_processes_stores_thumbnails_and_hashes(venv, url_list, tmp_path):
     out = tmp_path / "out"
     result = venv.any2ds("download", *download_flags(url_list, out), "--output_format", "webdataset",
-                         "--processors", "[image, thumbnail]", "--thumbnail_size", "32",
+                         "--processors", "[image, thumbnail]", "--thumbnail.size", "32",
                          "--processes_count", "2", "--number_sample_per_shard", "2")
     assert result.returncode == 0, result.stderr
     samples = list(wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False))
@@ -71,7 +71,7 @@ def test_yaml_config_selects_the_plugin_and_its_options(venv, url_list, tmp_path
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"
     config.write_text(f"url_list: {url_list}\noutput_folder: {out}\noutput_format: parquet\n"
-                      "allow_private_networks: true\nprocessors: [image, thumbnail]\nthumbnail_size: 48\n")
+                      "allow_private_networks: true\nprocessors: [image, thumbnail]\nthumbnail:\n  size: 48\n")
     result = venv.any2ds("download", "--config", str(config))
     assert result.returncode == 0, result.stderr
     rows = pq.read_table(out / "00000.parquet").to_pylist()
@@ -90,7 +90,7 @@ def test_plugins_command_lists_the_package(venv):
         "state": "loaded", "error": None, "registers": {"processor": ["thumbnail"]},
         "hooks": ["any2ds_register_processors"]}
     assert listed["image"]["distribution"] == "any2ds" and listed["image"]["registers"] == {"processor": ["image"]}
-    assert "--thumbnail_size" in venv.any2ds("download", "--help").stdout
+    assert "--thumbnail.size" in venv.any2ds("download", "--help").stdout
 
 
 @pytest.mark.parametrize(("variable", "value", "state"), [("ANY2DS_DISABLE_PLUGIN_AUTOLOAD", "1", "autoload disabled"),

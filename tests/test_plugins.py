@@ -15,10 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from any2ds_plugins.inprocess import InProcessDistributor
 
 from any2ds import NoOptions, Processor, hookimpl
-from any2ds.cli import main, plugin_specs
+from any2ds.cli import main
+from any2ds.options import read_plugins
 from any2ds.errors import PluginError
 from any2ds.manager import PluginHost
 from any2ds.types import Shard, ShardFailure
@@ -124,14 +126,16 @@ def test_local_plugin_from_the_docs_runs_in_worker_processes(tmp_path, http_serv
     (["--plugins", "[a.py, pkg.mod]"], ["a.py", "pkg.mod"]),
 ])
 def test_plugins_flag_takes_one_path_a_comma_list_or_a_list(argv, specs):
-    assert plugin_specs(["--image_size", "9", *argv]) == (specs, ["--image_size", "9", "--plugins", json.dumps(specs)])
+    assert read_plugins(["--image_size", "9", *argv]) == (specs, ["--image_size", "9", "--plugins", json.dumps(specs)])
 
 
 def test_plugins_key_of_a_config_file_is_read_ahead(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("plugins: [a.py]\n")
-    assert plugin_specs(["--config", str(config)]) == (["a.py"], ["--config", str(config)])
-    assert plugin_specs(["--config", str(config), "--plugins", "b.py"])[0] == ["b.py"]
+    specs, argv = read_plugins(["--config", str(config)])
+    assert specs == ["a.py"] and argv[0] == "--config"
+    assert yaml.safe_load(argv[1]) == {"plugins": ["a.py"]}  # the file's content: it is read once
+    assert read_plugins(["--config", str(config), "--plugins", "b.py"])[0] == ["b.py"]
 
 
 def test_trace_prints_loads_and_registrations(monkeypatch, capsys):

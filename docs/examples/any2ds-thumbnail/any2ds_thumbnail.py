@@ -3,7 +3,7 @@
 Chained after the built-in ``image`` processor (``--processors '[image, thumbnail]'``),
 it adds to every successful sample:
 
-- a ``thumbnail`` stream: a JPEG whose longest side is ``thumbnail_size`` pixels, stored
+- a ``thumbnail`` stream: a JPEG whose longest side is ``thumbnail.size`` pixels, stored
   as ``<key>.thumb.jpg`` by the webdataset and files writers (a ``thumbnail`` column with
   ``output_format: parquet``);
 - a ``dhash`` metadata field: the 64-bit difference hash of the picture as 16 hex digits.
@@ -63,8 +63,8 @@ class ThumbnailProcessor(Processor):
 
     @attrs.frozen
     class Options:
-        thumbnail_size: int = option(64, "Longest side of the thumbnail, in pixels.", v.ge(HASH_SIDE + 1))
-        thumbnail_quality: int = option(80, "JPEG quality of the thumbnail, 1 to 95.", v.and_(v.ge(1), v.le(95)))
+        size: int = option(64, "Longest side of the thumbnail, in pixels.", v.ge(HASH_SIDE + 1))
+        quality: int = option(80, "JPEG quality of the thumbnail, 1 to 95.", v.and_(v.ge(1), v.le(95)))
 
     def media_streams(self) -> Sequence[str]:
         return (STREAM,)
@@ -79,9 +79,9 @@ class ThumbnailProcessor(Processor):
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ProcessError(f"thumbnail: cannot decode the picture: {exc}", error_type="ThumbnailDecodeError") from exc
         result.metadata["dhash"] = dhash(picture)
-        picture.thumbnail((self.options.thumbnail_size, self.options.thumbnail_size), Image.Resampling.LANCZOS)
+        picture.thumbnail((self.options.size, self.options.size), Image.Resampling.LANCZOS)
         encoded = io.BytesIO()
-        picture.save(encoded, format="JPEG", quality=self.options.thumbnail_quality)
+        picture.save(encoded, format="JPEG", quality=self.options.quality)
         result.media[STREAM] = Media(encoded.getvalue(), EXTENSION)
 
 

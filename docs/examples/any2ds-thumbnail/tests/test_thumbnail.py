@@ -54,7 +54,7 @@ def url_list(tmp_path):
 def test_download_stores_a_thumbnail_and_a_dhash(tmp_path, url_list):
     out = tmp_path / "out"
     summary = download_in_process(url_list=str(url_list), output_folder=str(out), output_format="webdataset",
-                                  processors=["image", "thumbnail"], image_size=128, thumbnail_size=32,
+                                  processors=["image", "thumbnail"], image_size=128, thumbnail={"size": 32},
                                   allow_private_networks=True)  # the server is on 127.0.0.1
     assert summary["successes"] == 2
     dataset = read_dataset(out)
@@ -68,6 +68,6 @@ def test_download_stores_a_thumbnail_and_a_dhash(tmp_path, url_list):
 
 
 def test_options_are_validated(tmp_path, url_list):
-    with pytest.raises(ConfigError, match="thumbnail_size"):
+    with pytest.raises(ConfigError, match="size"):
         download_in_process(url_list=str(url_list), output_folder=str(tmp_path / "out"),
-                            processors=["image", "thumbnail"], thumbnail_size=4, allow_private_networks=True)
+                            processors=["image", "thumbnail"], thumbnail={"size": 4}, allow_private_networks=True)

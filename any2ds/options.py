@@ -1,0 +1,301 @@
+"""Parsing a run's options from flags, a YAML file and keyword arguments, in one pass.
+
+The schema is built from the core's :class:`~any2ds.config.CoreOptions` and the
+``Options`` class of every registered component. Each component's options live
+under its name, so two plugins may declare the same option name:
+
+- flags: ``--audio.sample_rate 48000``;
+- YAML: an ``audio:`` section holding ``sample_rate: 48000``;
+- ``download(audio={"sample_rate": 48000})`` or ``download(**{"audio.sample_rate": 48000})``.
+
+The built-in plugins' options also answer to a flat name, img2dataset's flags
+(``--image_size``, ``image_size:``, ``download(image_size=...)``): the field's
+name, or the ``flat`` name given to :func:`~any2ds.option`. A component whose
+name is taken (by a core option, a flat name or a same-named component of
+another kind with options) gets the namespace ``<name>_<kind>`` instead.
+
+Options of components the run does not select are accepted (type-checked)
+and ignored: only selected components build their ``Options``, so their
+validators alone can fail a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from any2ds.config import (
+    CORE_OPTION_NAMES,
+    OPTION_ERRORS,
+    CoreOptions,
+    RunConfig,
+    field_default,
+    options_fields,
+)
+from any2ds.errors import ConfigError
+from any2ds.manager import PluginHost, Registration
+
+DOWNLOAD_DESCRIPTION = "Download a URL list into a sharded dataset (img2dataset's flags; see --help)."
+# Keys of a parsed namespace that are not options.
+_PARSER_KEYS = ("config", "__path__", "print_config", "help")
+
+
+@attrs.frozen
+class OptionSpec:
+    """One option: its field, the key it is stored under and the flat name it also answers to."""
+
+    field: attrs.Attribute
+    namespace: str | None  # None: a core option
+    flat: str | None
+
+    @property
+    def key(self) -> str:
+        """``url_list`` for a core option, ``audio.sample_rate`` for a component's."""
+        return self.field.name if self.namespace is None else f"{self.namespace}.{self.field.name}"
+
+
+@attrs.frozen
+class OptionGroup:
+    """The options of one component (or the core's), as --help shows them."""
+
+    title: str
+    description: str
+    specs: tuple[OptionSpec, ...]
+
+
+class OptionSchema:
+    """Every option a run can be given, built once from a plugin host."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.namespaces: dict[tuple[str, str], str] = {}
+        core = OptionGroup("core", "Input, output, sharding and execution.",
+                           tuple(OptionSpec(f, None, None) for f in options_fields(CoreOptions)))
+        self.groups = [core, *self._component_groups(host)]
+        self.specs = [spec for group in self.groups for spec in group.specs]
+        self._by_flat = {spec.flat: spec for spec in self.specs if spec.flat}
+
+    def _component_groups(self, host: PluginHost) -> list[OptionGroup]:
+        registrations = [r for r in host.component_classes() if options_fields(r.cls.Options)]
+        # Built-ins first: their names and flat names are taken before any third party's.
+        registrations.sort(key=lambda r: not host.is_builtin(r.plugin))
+        flat_names = {_flat_name(f) for r in registrations if host.is_builtin(r.plugin)
+                      for f in options_fields(r.cls.Options)}
+        taken = set(CORE_OPTION_NAMES) | flat_names
+        groups = []
+        for registration in registrations:
+            cls = registration.cls
+            namespace = cls.name if cls.name not in taken else f"{cls.name}_{cls.kind}"
+            if namespace in taken:
+                raise ConfigError(f"{host.label(registration.plugin)}: {cls.kind} {cls.name!r} has no free option "
+                                  f"namespace ({cls.name!r} and {namespace!r} are taken)")
+            taken.add(namespace)
+            self.namespaces[(cls.kind, cls.name)] = namespace
+            builtin = host.is_builtin(registration.plugin)
+            specs = tuple(OptionSpec(f, namespace, _flat_name(f) if builtin else None)
+                          for f in options_fields(cls.Options))
+            groups.append(OptionGroup(f"{cls.kind} {cls.name}", _group_description(host, registration, namespace),
+                                      specs))
+        return groups
+
+    # -- the parser ----------------------------------------------------------
+
+    def parser(self) -> ArgumentParser:
+        """The jsonargparse parser of ``any2ds download`` (also used for YAML and keywords)."""
+        parser = ArgumentParser(prog="any2ds download", description=DOWNLOAD_DESCRIPTION, exit_on_error=False)
+        parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of options (same keys as the flags).")
+        for group in self.groups:
+            arguments = parser.add_argument_group(group.title, description=group.description)
+            for spec in group.specs:
+                names = [f"--{spec.key}", *([f"--{spec.flat}"] if spec.flat and spec.flat != spec.key else [])]
+                kwargs: dict[str, Any] = {"type": spec.field.type, "default": field_default(spec.field),
+                                          "help": spec.field.metadata.get("help", "")}
+                if spec.field.type is bool:
+                    # fire (img2dataset's CLI) accepts a bare --flag as True; keep that working.
+                    kwargs.update(nargs="?", const=True)
+                arguments.add_argument(*names, **kwargs)
+        return parser
+
+    def known_names(self) -> set[str]:
+        """Every name an option may be given by: keys, flat names and namespaces."""
+        return ({spec.key for spec in self.specs} | set(self._by_flat)
+                | {spec.namespace for spec in self.specs if spec.namespace})
+
+    def reject_unknown(self, names: Iterable[str]) -> None:
+        """One ConfigError naming every unknown option, with the closest known name."""
+        known = self.known_names()
+        unknown = sorted({name for name in names if name not in known and name not in _PARSER_KEYS})
+        if unknown:
+            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, n=1)) else repr(u)
+                     for u in unknown]
+            raise ConfigError(f"unknown option(s): {', '.join(hints)}")
+
+    # -- parsing -------------------------------------------------------------
+
+    def parse_args(self, argv: Sequence[str]) -> RunConfig:
+        """The ``any2ds download`` command line (``--config`` already read, see :func:`read_plugins`)."""
+        self.reject_unknown(arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--"))
+        argv = list(argv)
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "--config":
+                content = yaml.safe_load(argv[i + 1])
+                if isinstance(content, Mapping):
+                    self.reject_unknown(_names(content, self.known_names()))
+                    argv[i + 1] = yaml.safe_dump(self.nest(content))
+        try:
+            namespace = self.parser().parse_args(argv)
+        except Exception as exc:  # jsonargparse reports every bad value as an ArgumentError
+            raise ConfigError(_one_line(exc)) from exc
+        return self.run_config(namespace)
+
+    def parse_kwargs(self, kwargs: Mapping[str, Any]) -> RunConfig:
+        """``any2ds.download(**kwargs)``, type-checked exactly as the flags are."""
+        self.reject_unknown(_names(kwargs, self.known_names()))
+        try:
+            namespace = self.parser().parse_object(self.nest(kwargs))
+        except Exception as exc:
+            raise ConfigError(_one_line(exc)) from exc
+        return self.run_config(namespace)
+
+    def nest(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` (YAML or keyword arguments) with every component option moved into its
+        namespace's section: flat names and dotted keys alike (jsonargparse mishandles a flat
+        alias given before its section). ConfigError when one option is given two values."""
+        nested: dict[str, Any] = {}
+        given: dict[str, str] = {}
+
+        def put(spec: OptionSpec, value: Any, name: str) -> None:
+            section = nested.setdefault(spec.namespace, {})
+            if spec.field.name in section and section[spec.field.name] != value:
+                raise ConfigError(f"option {spec.key!r} is given twice ({given[spec.key]!r} and {name!r}) "
+                                  "with different values")
+            section[spec.field.name] = value
+            given[spec.key] = name
+
+        by_key = {spec.key: spec for spec in self.specs if spec.namespace is not None}
+        namespaces = set(self.namespaces.values())
+        for name, value in values.items():
+            spec = by_key.get(name) or (self._by_flat.get(name) if name not in CORE_OPTION_NAMES else None)
+            if spec is not None:
+                put(spec, value, name)
+            elif name in namespaces and isinstance(value, Mapping):
+                for field_name, field_value in value.items():
+                    key = f"{name}.{field_name}"
+                    if key in by_key:
+                        put(by_key[key], field_value, key)
+            else:
+                nested[name] = value
+        return nested
+
+    def flat_values(self, config: RunConfig) -> dict[str, Any]:
+        """Every option of ``config`` under the name users give it: its flat name where it has one
+        (core options, img2dataset's flags), else its namespaced key (``audio.sample_rate``)."""
+        core = attrs.asdict(config.core)
+        values = {}
+        for spec in self.specs:
+            if spec.namespace is None:
+                values[spec.key] = core[spec.key]
+            else:
+                section = config.component_values.get(spec.namespace, {})
+                values[spec.flat or spec.key] = section.get(spec.field.name, field_default(spec.field))
+        return values
+
+    def run_config(self, namespace: Namespace) -> RunConfig:
+        """Validate the core options and gather each component's values under its namespace."""
+        values = namespace.as_dict()
+        core_values = {name: values[name] for name in CORE_OPTION_NAMES if name in values}
+        if core_values.get("url_list") in (None, ""):
+            raise ConfigError("url_list is required: a file, a folder of input files, or an fsspec URL")
+        try:
+            core = CoreOptions(**core_values)
+        except OPTION_ERRORS as exc:
+            raise ConfigError(str(exc)) from exc
+        component_values = {ns: dict(values.get(ns) or {}) for ns in sorted(set(self.namespaces.values()))}
+        return RunConfig(core=core, component_values=component_values, namespaces=dict(self.namespaces))
+
+
+def _names(values: Mapping[str, Any], known: set[str]) -> list[str]:
+    """The option names ``values`` gives, a namespace's section giving ``<namespace>.<option>``."""
+    names = []
+    for name, value in values.items():
+        if isinstance(value, Mapping) and name in known and "." not in name:
+            names += [f"{name}.{key}" for key in value]
+        else:
+            names.append(name)
+    return names
+
+
+def _flat_name(field: attrs.Attribute) -> str:
+    return field.metadata.get("flat") or field.name
+
+
+def _group_description(host: PluginHost, registration: Registration, namespace: str) -> str:
+    cls = registration.cls
+    return (f"Options of {cls.kind} {cls.name!r} ({host.label(registration.plugin)}): "
+            f"--{namespace}.<option>, or <option> in the YAML section {namespace}:.")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("tip:"))
+
+
+# -- what must be known before the schema: the one-off plugins ----------------
+
+
+def read_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The one-off plugins ``argv`` names, read before parsing (plugins add options to the
+    schema): ``--plugins a.py,b.py``, ``--plugins '[a.py, b.py]'`` or the ``plugins`` key of
+    ``--config``, the last one winning.
+
+    Also returns ``argv`` with every ``--plugins`` value written as the list the
+    parser expects and every ``--config`` path replaced by the file's content
+    (jsonargparse takes either), so that the YAML file is read once.
+    """
+    specs: list[str] = []
+    normalized: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, equals, inline = arg.partition("=")
+        if name not in ("--plugins", "--config"):
+            normalized.append(arg)
+            continue
+        value = inline if equals else next(args, "")
+        if name == "--plugins":
+            specs = plugin_list(value)
+            value = json.dumps(specs)
+        elif value:
+            content = _read_config(value)
+            if content.get("plugins"):
+                specs = plugin_list(content["plugins"])
+            value = yaml.safe_dump(content)
+        normalized += [name, value]
+    return specs, normalized
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--config {path}: {_one_line(exc)}") from exc
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options, got {type(content).__name__}")
+    return content
+
+
+def plugin_list(value: Any) -> list[str]:
+    """The ``plugins`` option's value as a list: a list, a JSON/YAML list, or comma-separated."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    value = str(value).strip()
+    if value.startswith("["):
+        return [str(v) for v in yaml.safe_load(value)]
+    return [v for v in value.split(",") if v]

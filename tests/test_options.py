@@ -1,0 +1,155 @@
+"""Options: namespaced per component, flat img2dataset names for the built-ins, one parse."""
+
+from __future__ import annotations
+
+import types
+
+import attrs
+import pytest
+
+from any2ds import Processor, Writer, hookimpl, option
+from any2ds.errors import ConfigError
+from any2ds.manager import PluginHost
+from any2ds.options import OptionSchema, read_plugins
+
+
+def _size_at_least_one(_inst, attribute, value):
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+
+
+class Thumbnail(Processor):
+    name = "thumbnail"
+
+    @attrs.frozen
+    class Options:
+        size: int = option(64, "Thumbnail side in pixels.", _size_at_least_one)
+        image_size: int = option(3, "Same name as the image processor's flat option.")
+
+
+class Sprite(Processor):
+    """A second plugin declaring options with the same names as Thumbnail."""
+
+    name = "sprite"
+
+    @attrs.frozen
+    class Options:
+        size: int = option(8, "Sprite side in pixels.")
+
+        def __attrs_post_init__(self):
+            if self.size == 13:
+                raise ValueError("size 13 is unlucky")
+
+
+class ProcessorsWriter(Writer):
+    """A component named like a core option."""
+
+    name = "processors"
+
+    @attrs.frozen
+    class Options:
+        level: int = option(1, "Compression level.")
+
+
+def _plugin(*classes):
+    def register_processors(register):
+        for cls in classes:
+            if issubclass(cls, Processor):
+                register(cls)
+
+    def register_writers(register):
+        for cls in classes:
+            if issubclass(cls, Writer):
+                register(cls)
+
+    return types.SimpleNamespace(any2ds_register_processors=hookimpl(register_processors),
+                                 any2ds_register_writers=hookimpl(register_writers))
+
+
+@pytest.fixture(scope="module")
+def schema() -> OptionSchema:
+    host = PluginHost.load([_plugin(Thumbnail), _plugin(Sprite), _plugin(ProcessorsWriter)])
+    return OptionSchema(host)
+
+
+def parse(schema: OptionSchema, *argv: str):
+    return schema.parse_args(read_plugins(["--url_list", "in.txt", *argv])[1])
+
+
+def test_component_options_are_namespaced_on_the_cli(schema):
+    config = parse(schema, "--thumbnail.size", "32", "--sprite.size", "16")
+    assert config.options_for(Thumbnail).size == 32 and config.options_for(Sprite).size == 16
+
+
+def test_the_same_option_name_in_two_plugins_breaks_nothing(schema):
+    config = parse(schema)
+    assert config.options_for(Thumbnail).size == 64 and config.options_for(Sprite).size == 8
+    # A third-party option named like a built-in's flat flag does not take that flag.
+    config = parse(schema, "--image_size", "300", "--thumbnail.image_size", "7")
+    assert config.component_values["image"]["image_size"] == 300
+    assert config.options_for(Thumbnail).image_size == 7
+
+
+def test_yaml_sections_and_flat_builtin_keys(schema, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("image_size: 128\nthumbnail:\n  size: 20\nhttp:\n  timeout: 3\nallow_private_networks: true\n")
+    config = parse(schema, "--config", str(path))
+    assert config.component_values["image"]["image_size"] == 128
+    assert config.component_values["http"] == {**config.component_values["http"], "timeout": 3.0,
+                                               "allow_private_networks": True}
+    assert config.options_for(Thumbnail).size == 20
+
+
+def test_keyword_arguments_flat_nested_and_dotted(schema):
+    config = schema.parse_kwargs({"url_list": "in.txt", "image_size": 99, "thumbnail": {"size": 5},
+                                  "sprite.size": 6, "image.resize_mode": "keep_ratio"})
+    assert config.component_values["image"]["image_size"] == 99
+    assert config.component_values["image"]["resize_mode"] == "keep_ratio"
+    assert config.options_for(Thumbnail).size == 5 and config.options_for(Sprite).size == 6
+
+
+def test_builtin_options_answer_to_both_names(schema):
+    flat = parse(schema, "--image_size", "64", "--timeout", "2")
+    nested = parse(schema, "--image.image_size", "64", "--http.timeout", "2")
+    assert flat.component_values == nested.component_values
+
+
+def test_a_name_taken_by_a_core_option_gets_its_kind(schema):
+    assert schema.namespaces[("writer", "processors")] == "processors_writer"
+    config = parse(schema, "--processors_writer.level", "9", "--processors", "[image]")
+    assert config.options_for(ProcessorsWriter).level == 9 and config.core.processors == ["image"]
+
+
+def test_unselected_components_do_not_validate(schema):
+    # Sprite refuses 13, but the run does not use Sprite: its options are never built.
+    config = parse(schema, "--sprite.size", "13")
+    assert config.core.processor_names() == ["image"]
+    with pytest.raises(ConfigError, match="processor 'sprite': size 13 is unlucky"):
+        config.options_for(Sprite)
+
+
+def test_bad_values_and_unknown_names_are_one_line_errors(schema):
+    with pytest.raises(ConfigError, match=r"'resize_mod' \(did you mean 'resize_mode'\?\)"):
+        parse(schema, "--resize_mod", "border")
+    with pytest.raises(ConfigError, match=r"'thumbnail.sise' \(did you mean 'thumbnail.size'\?\)"):
+        schema.parse_kwargs({"url_list": "x", "thumbnail": {"sise": 3}})
+    with pytest.raises(ConfigError, match="thumbnail.size") as error:
+        parse(schema, "--thumbnail.size", "big")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="url_list is required"):
+        schema.parse_kwargs({"image_size": 3})
+
+
+def test_flat_values_name_every_option_as_users_do(schema):
+    values = schema.flat_values(parse(schema, "--image_size", "32", "--thumbnail.size", "2"))
+    assert values["image_size"] == 32 and values["thumbnail.size"] == 2 and values["url_list"] == "in.txt"
+    assert values["timeout"] == 10.0
+
+
+def test_builtin_flat_names_are_unique():
+    """The built-ins' flat names are img2dataset's flags: each must reach exactly one option."""
+    host = PluginHost.load()
+    schema = OptionSchema(host)
+    flats = [spec.flat for spec in schema.specs if spec.flat]
+    assert len(flats) == len(set(flats))
+    assert not set(flats) & {spec.key for spec in schema.specs if spec.namespace is None}
