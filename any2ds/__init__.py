@@ -15,6 +15,7 @@ from any2ds.components import (
 from any2ds.config import NoOptions, option
 from any2ds.errors import ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError
 from any2ds.hookspecs import hookimpl
+from any2ds.mediatypes import MediaType, detect_media_type
 from any2ds.metadata import MetadataLayout
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.types import (
@@ -37,8 +38,8 @@ def download(*args, **kwargs):
 
 __all__ = [
     "Component", "ConfigError", "Distributor", "FetchError", "FetchResult", "Fetcher", "InputSource",
-    "KeyFormat", "Media", "MetadataLayout", "NoOptions", "Observer", "OutputFolder", "PluginError",
+    "KeyFormat", "Media", "MediaType", "MetadataLayout", "NoOptions", "Observer", "OutputFolder", "PluginError",
     "ProcessError", "Processor", "Reader", "Sample", "SampleError", "SampleReader", "SampleResult", "Shard",
     "ShardFailure", "ShardStats", "ShardTarget", "ShardWriter", "Verifier", "VerifyError", "Writer",
-    "download", "hookimpl", "option",
+    "detect_media_type", "download", "hookimpl", "option",
 ]

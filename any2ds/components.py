@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from any2ds.config import RunConfig
+    from any2ds.mediatypes import MediaType
     from any2ds.metadata import MetadataLayout
     from any2ds.output import OutputFolder, ShardTarget
     from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardFailure, ShardStats
@@ -152,7 +153,22 @@ class Fetcher(Component):
     schemes: ClassVar[tuple[str, ...]] = ()
 
     def fetch(self, sample: Sample) -> FetchResult:
-        """Return the body, or raise ``FetchError`` with a message for the metadata."""
+        """Return the body, or raise ``FetchError`` with a message for the metadata.
+
+        Called on one of the worker's ``thread_count`` fetch threads; blocking is fine.
+        """
+        raise NotImplementedError
+
+    async def fetch_async(self, sample: Sample) -> FetchResult:
+        """The same as :meth:`fetch`, as a coroutine; implement one or the other.
+
+        A fetcher implementing it runs on its worker process's event loop,
+        ``thread_count`` fetches in flight at once on one thread, instead of a
+        thread each. It must never block the loop (run blocking calls with
+        ``loop.run_in_executor``) and keeps its own deadline, body cap and
+        address checks, as a blocking fetcher does; the watchdog cancels a
+        fetch that overruns ``sample_timeout``.
+        """
         raise NotImplementedError
 
 
@@ -172,6 +188,15 @@ class Processor(Component):
     kind = "processor"
     # The status of a sample this processor fails without a ProcessError of its own.
     failure_status: ClassVar[str] = "failed_to_process"
+    # The media types (MIME patterns: "image/*", "audio/flac", "*/*") this processor takes when a
+    # run routes samples by type; none: it is only used in chains.
+    media_types: ClassVar[tuple[str, ...]] = ()
+
+    def accepts(self, media_type: MediaType) -> bool:
+        """Whether a run routing by type gives this processor a sample of ``media_type`` (detected
+        from the fetched bytes, then the Content-Type, then the URL's suffix). By default: whether
+        it matches one of :attr:`media_types`."""
+        return media_type.matches(self.media_types)
 
     def media_streams(self) -> Sequence[str]:
         """Names of the media streams this processor adds (``jpg``): parquet column names."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class Any2dsError(Exception):
     """Base of every error any2ds raises on purpose."""
@@ -54,3 +56,25 @@ class VerifyError(SampleError):
     """A verifier rejected the downloaded bytes (e.g. a hash mismatch)."""
 
     status = "failed_to_download"
+
+
+_OBJECT_AT = re.compile(r"\s+(?:object )?at 0x[0-9a-fA-F]+")  # <Foo object at 0x7f3a...>
+_HEX_ID = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+_LONG_NUMBER = re.compile(r"\d{4,}")
+_SPACE = re.compile(r"\s+")
+MAX_MESSAGE_CHARS = 500
+
+
+def clean_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A failure message fit for a metadata row: object addresses removed, on one line, at
+    most ``limit`` characters. Plugins may call it on library messages they pass on."""
+    text = _HEX_ID.sub("0x?", _OBJECT_AT.sub("", message))
+    text = _SPACE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def status_key(message: str) -> str:
+    """What ``status_dict`` counts a failure message as: :func:`clean_message`, with numbers of
+    four digits or more (byte counts, ports, ids) written ``N``, so that per-object variants of
+    one message share one key (img2dataset's counter grew a key per variant)."""
+    return _LONG_NUMBER.sub("N", clean_message(message))

@@ -1,45 +1,30 @@
-"""Bounds on what one worker process holds at once: CPU slots and body bytes."""
+"""What one worker process may hold at once: bytes of fetched bodies."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 
 class ByteBudget:
-    """At most ``capacity`` bytes reserved at a time; reservations beyond it wait.
+    """Bytes of fetched bodies a worker holds, from the end of their fetch to the end of their processing.
 
-    A single reservation larger than the whole budget waits until nothing else
-    is reserved, then goes ahead alone, so an oversized body is slow, never stuck.
+    A body that has arrived is already in memory, so it is always counted;
+    the budget bounds memory by admission instead: while it is :attr:`full`,
+    the worker starts no new fetch. A worker therefore holds at most
+    ``capacity`` bytes of waiting bodies plus the bodies of the fetches in
+    flight when it filled up. Only the shard's coordinating thread uses it.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.reserved = 0
-        self._changed = threading.Condition()
+        self.held = 0
+        self.peak = 0
 
-    @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self.reserved == 0 or self.reserved + size <= self.capacity)
-            self.reserved += size
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.reserved -= size
-                self._changed.notify_all()
+    @property
+    def full(self) -> bool:
+        return self.held >= self.capacity
 
+    def add(self, size: int) -> None:
+        self.held += size
+        self.peak = max(self.peak, self.held)
 
-class WorkerLimits:
-    """The CPU slots and body budget shared by a worker's threads.
-
-    Bodies are counted from the end of their fetch to the end of their
-    processing; a thread waiting here fetches nothing more, so a worker holds
-    at most ``body_bytes`` of waiting bodies plus one body per fetch thread.
-    """
-
-    def __init__(self, cpu_threads: int, body_bytes: int) -> None:
-        self.cpu_slots = threading.BoundedSemaphore(cpu_threads)
-        self.body_budget = ByteBudget(body_bytes)
+    def release(self, size: int) -> None:
+        self.held -= size

@@ -27,6 +27,10 @@ CORE_FIELDS = (
 )
 # Row groups of img2dataset are 100 rows; bigger ones read much faster.
 ROW_GROUP_SIZE = 10_000
+# What ends a metadata value cut to its cap (counted in the cap).
+TRUNCATION_MARK = "...[truncated]"
+# A value cut to share the per-sample cap keeps at least this many bytes.
+MIN_KEPT_BYTES = 64
 
 
 @attrs.frozen
@@ -45,11 +49,14 @@ class MetadataLayout:
     has_caption: bool
     media_streams: tuple[str, ...]
     plugin_fields: tuple[str, ...]
+    max_field_bytes: int = 64 * 1024
+    max_record_bytes: int = 1024 * 1024
 
     @classmethod
     def build(cls, input_schema: pa.Schema, saved_columns: Sequence[str], has_caption: bool,
               plugin_fields: Sequence[pa.Field], media_streams: Sequence[str],
-              leading_fields: Sequence[pa.Field] = ()) -> MetadataLayout:
+              leading_fields: Sequence[pa.Field] = (), max_field_bytes: int = 64 * 1024,
+              max_record_bytes: int = 1024 * 1024) -> MetadataLayout:
         fields = [input_schema.field(name) for name in saved_columns]
         if has_caption:
             fields.append(pa.field("caption", pa.string()))
@@ -58,10 +65,13 @@ class MetadataLayout:
         fields.extend(CORE_FIELDS)
         fields.extend(plugin_fields)
         return cls(pa.schema(fields), tuple(saved_columns), has_caption, tuple(media_streams),
-                   tuple(f.name for f in (*leading_fields, *plugin_fields)))
+                   tuple(f.name for f in (*leading_fields, *plugin_fields)), max_field_bytes, max_record_bytes)
 
     def record(self, result: SampleResult) -> dict[str, Any]:
-        """The sample's metadata row as a dict in column order (the json sidecar's content)."""
+        """The sample's metadata row as a dict in column order: what the parquet, the json sidecar,
+        the txt caption and tfrecord features hold. Text and bytes values are bounded: each to
+        ``max_field_bytes``, all together to ``max_record_bytes`` (the longest cut first); a cut
+        value ends with ``...[truncated]``."""
         sample = result.sample
         values = {name: sample.columns.get(name) for name in self.saved_columns}
         if self.has_caption:
@@ -69,7 +79,41 @@ class MetadataLayout:
         values.update(url=sample.url, key=sample.key, status=result.status, error_message=result.error_message,
                       error_type=result.error_type)
         values.update((name, result.metadata.get(name)) for name in self.plugin_fields)
-        return {name: values[name] for name in self.schema.names}
+        return bound_values({name: values[name] for name in self.schema.names}, self.max_field_bytes,
+                            self.max_record_bytes)
+
+
+def bound_values(values: dict[str, Any], max_field_bytes: int, max_total_bytes: int) -> dict[str, Any]:
+    """``values`` with every text or bytes value cut to ``max_field_bytes`` (UTF-8 bytes), then
+    the longest cut further until they sum to at most ``max_total_bytes``; in place."""
+    sized = {name: value for name, value in values.items() if isinstance(value, (str, bytes)) and name != "key"}
+    # A str of n characters has at most 4n UTF-8 bytes: most records need no encoding at all.
+    if all(len(v) * 4 <= max_field_bytes for v in sized.values()) and \
+            sum(len(v) * 4 for v in sized.values()) <= max_total_bytes:
+        return values
+    sizes = {name: len(v.encode("utf-8")) if isinstance(v, str) else len(v) for name, v in sized.items()}
+    limits = {name: min(size, max_field_bytes) for name, size in sizes.items()}
+    excess = sum(limits.values()) - max_total_bytes
+    for name in sorted(limits, key=limits.__getitem__, reverse=True):
+        if excess <= 0:
+            break
+        cut = min(excess, max(0, limits[name] - MIN_KEPT_BYTES))
+        limits[name] -= cut
+        excess -= cut
+    for name, limit in limits.items():
+        if sizes[name] > limit:
+            values[name] = _truncated(sized[name], limit)
+    return values
+
+
+def _truncated(value: str | bytes, limit: int) -> str | bytes:
+    """``value`` cut so that it and the truncation mark fit in ``limit`` bytes."""
+    mark = TRUNCATION_MARK.encode()
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    kept = data[: max(0, limit - len(mark))]
+    if isinstance(value, str):
+        return kept.decode("utf-8", errors="ignore") + TRUNCATION_MARK  # drops a character cut in half
+    return kept + mark
 
 
 def to_json(record: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from any2ds.errors import ConfigError
 from any2ds.inputs import split_input_format
 from any2ds.manager import PluginHost
 from any2ds.metadata import CORE_FIELDS, MetadataLayout
+from any2ds.processing import PROCESSOR_FIELD
 
 
 def _build(host: PluginHost, config: RunConfig, kind: str, name: str, option: str) -> Component:
@@ -107,9 +108,15 @@ class SamplePipeline:
         return list(dict.fromkeys([core.url_col, *caption, *self.sample_columns()]))
 
     def layout(self, input_schema: pa.Schema) -> MetadataLayout:
+        core = self.config.core
         return MetadataLayout.build(input_schema, self.saved_columns(), self.has_caption,
-                                    self._fields("metadata_fields"), self.media_streams(),
-                                    self._fields("leading_metadata_fields"))
+                                    self._routing_fields() + self._fields("metadata_fields"), self.media_streams(),
+                                    self._fields("leading_metadata_fields"), core.max_metadata_field_bytes,
+                                    core.max_metadata_bytes)
+
+    def _routing_fields(self) -> list[pa.Field]:
+        """The ``processor`` column, which says who processed each sample when routing by type."""
+        return [pa.field(PROCESSOR_FIELD, pa.string())] if self.config.core.routing == "by_type" else []
 
     def _check_columns(self) -> None:
         """img2dataset refuses saved columns that clash with metadata names; so do we."""

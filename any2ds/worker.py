@@ -1,10 +1,16 @@
-"""Running one shard inside a worker process.
+"""Running one shard in a worker process: intake, fetch, process, write, commit.
 
-Fetching runs on ``thread_count`` threads; the CPU-heavy part of each sample
-(verify, decode, resize, encode) runs on the same threads but at most
-``processing_threads`` at a time, so every core decodes in parallel (Pillow,
-OpenCV and hashlib release the GIL) without hundreds of threads fighting for
-them. The shard's own thread only writes, so writers need not be thread-safe.
+One coordinating thread per shard moves each sample through its stages and
+is the only one that writes, so writers need not be thread-safe:
+
+- intake (:mod:`any2ds.intake`): the shard's samples, from its rows or its SampleReader;
+- fetch (:mod:`any2ds.fetching`): up to ``thread_count`` at once, on threads or an
+  event loop; no new fetch starts while the byte budget (:mod:`any2ds.limits`) is full;
+- processing (:mod:`any2ds.processing`): verify, route and process on
+  ``processing_threads`` threads (Pillow, OpenCV and hashlib release the GIL, so
+  every core decodes in parallel);
+- the watchdog (:mod:`any2ds.watchdog`) fails a sample whose stage overruns ``sample_timeout``;
+- the commit (:class:`~any2ds.output.ShardTarget`): files renamed into place, stats last.
 """
 
 from __future__ import annotations
@@ -12,209 +18,166 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import pickle
-import re
+import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from concurrent.futures import Future
 
 import attrs
 
-from any2ds.components import Processor
-from any2ds.config import RunConfig
-from any2ds.errors import FetchError, ProcessError, SampleError
-from any2ds.limits import WorkerLimits
+from any2ds.components import Fetcher
+from any2ds.config import CoreOptions, RunConfig
+from any2ds.errors import SampleError, status_key
+from any2ds.fetching import FetchStage, ReplaceablePool
+from any2ds.intake import ShardIntake
+from any2ds.limits import ByteBudget
 from any2ds.manager import PluginHost
 from any2ds.output import OutputFolder
 from any2ds.pipeline import SamplePipeline
+from any2ds.processing import ProcessingStage, failed_result
 from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardStats
+from any2ds.watchdog import Watchdog
+
+FETCHING, PROCESSING = "fetching", "processing"
 
 
-class ShardRunner:
-    """Runs shards for one process: plugins, thread pool and output built once, reused per shard."""
-
-    def __init__(self, config: RunConfig, host: PluginHost | None = None) -> None:
-        self.config = config
-        host = host or PluginHost.load(local_plugins=config.core.plugins or ())
-        self.pipeline = SamplePipeline.build(host, config)
-        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
-        self._fetch_threads = self._new_thread_pool()
-        self._abandoned_threads = 0
-        self._limits = self._new_limits()
-
-    def run(self, shard: Shard) -> ShardStats:
-        """Fetch, process and write every row of ``shard``, then commit it atomically."""
-        start = time.time()
-        layout = self.pipeline.layout(shard.column_schema)
-        target = self.output.target(shard.shard_id)
-        writer = None
-        statuses: Counter[str] = Counter()
-        messages: Counter[str] = Counter()
-        error_types: Counter[str] = Counter()
-        try:
-            writer = self.pipeline.writer.open_shard(target, layout)
-            for result in self._results(shard):
-                writer.write(result)
-                statuses[result.status] += 1
-                messages[result.error_message if result.error_message is not None else result.status] += 1
-                if result.error_type:
-                    error_types[result.error_type] += 1
-            writer.close()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            target.abort()
-            raise
-        stats = ShardStats(shard_id=shard.shard_id, count=sum(statuses.values()), successes=statuses["success"],
-                           status_dict=dict(messages), error_types=dict(error_types), statuses=dict(statuses),
-                           start_time=start, end_time=time.time())
-        target.commit(stats.to_json())
-        return stats
-
-    def _samples(self, shard: Shard) -> Iterator[Sample]:
-        core = self.config.core
-        keys = KeyFormat(core.number_sample_per_shard, core.oom_shard_count)
-        if shard.rows is None:
-            yield from self.pipeline.reader.samples(shard, keys, self.pipeline.sample_columns())
-            return
-        url_col = core.url_col
-        caption_col = core.caption_col if self.pipeline.has_caption else None
-        for index, row in enumerate(shard.rows.to_pylist()):
-            url = row.pop(url_col)
-            caption = row.pop(caption_col) if caption_col else None
-            yield Sample(key=keys.key(shard.shard_id, index), shard_id=shard.shard_id, index=index, url=url,
-                         caption=None if caption is None else str(caption), columns=row)
-
-    def _results(self, shard: Shard) -> Iterator[SampleResult]:
-        """Sample results in completion order, at most 2 x thread_count samples in flight.
-
-        The watchdog: a sample still running ``sample_timeout`` seconds after it
-        started is recorded as failed and its thread abandoned, so no plugin can
-        hold a shard for ever. When half the threads are abandoned the pool is
-        replaced and the samples still queued move to the new one.
-        """
-        window = 2 * self.config.core.thread_count
-        samples = self._samples(shard)
-        in_flight: dict[Future[SampleResult], _Attempt] = {}
-        more = True
-        while more or in_flight:
-            while more and len(in_flight) < window:
-                sample = next(samples, None)
-                if sample is None:
-                    more = False
-                else:
-                    attempt = _Attempt(sample)
-                    in_flight[self._fetch_threads.submit(self.process_sample, attempt)] = attempt
-            if not in_flight:
-                break
-            done, _ = wait(in_flight, timeout=self._watchdog_wait(in_flight.values()), return_when=FIRST_COMPLETED)
-            for future in done:
-                if not future.cancelled():
-                    del in_flight[future]
-                    yield future.result()
-            yield from self._expire(in_flight)
-
-
-    def _watchdog_wait(self, attempts: Iterable[_Attempt]) -> float:
-        limit = self.config.core.sample_timeout
-        started = [a.started for a in attempts if a.started is not None]
-        if not started:
-            return limit
-        return min(max(min(started) + limit - time.monotonic(), 0.05), limit)
-
-    def _expire(self, in_flight: dict[Future[SampleResult], _Attempt]) -> Iterator[SampleResult]:
-        limit = self.config.core.sample_timeout
-        now = time.monotonic()
-        for future, attempt in list(in_flight.items()):
-            if attempt.started is not None and now - attempt.started > limit and not future.done():
-                del in_flight[future]
-                self._abandoned_threads += 1
-                if attempt.limits is self._limits:
-                    # The stuck thread may hold a CPU slot and body bytes for ever: start afresh.
-                    self._limits = self._new_limits()
-                yield _failed(attempt.sample, "failed_to_download",
-                              f"sample did not finish within sample_timeout={limit:g} s", "Watchdog")
-        if self._abandoned_threads >= max(1, self.config.core.thread_count // 2):
-            self._replace_thread_pool(in_flight)
-
-    def _replace_thread_pool(self, in_flight: dict[Future[SampleResult], _Attempt]) -> None:
-        old = self._fetch_threads
-        self._fetch_threads = self._new_thread_pool()
-        self._abandoned_threads = 0
-        old.shutdown(wait=False, cancel_futures=True)  # stuck threads are left to die on their own
-        for future, attempt in list(in_flight.items()):
-            if future.cancelled():
-                del in_flight[future]
-                in_flight[self._fetch_threads.submit(self.process_sample, attempt)] = attempt
-
-    def _new_limits(self) -> WorkerLimits:
-        return WorkerLimits(self.config.core.cpu_threads(), self.config.core.max_bytes_in_flight)
-
-    def _new_thread_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.config.core.thread_count, thread_name_prefix="any2ds-fetch")
-
-    def process_sample(self, attempt: _Attempt) -> SampleResult:
-        """Fetch, verify and process one sample; any failure becomes the result's status."""
-        attempt.started = time.monotonic()
-        sample = attempt.sample
-        result = SampleResult(sample)
-        stage_status = "failed_to_download"
-        try:
-            if sample.error is not None:
-                raise sample.error
-            fetched = _inline(sample) if sample.data is not None else self._fetcher_for(sample.url).fetch(sample)
-            limits = attempt.limits = self._limits
-            with limits.body_budget.reserve(len(fetched.body)), limits.cpu_slots:
-                for verifier in self.pipeline.verifiers:
-                    result.metadata.update(verifier.verify(sample, fetched))
-                for processor in self.pipeline.processors:
-                    stage_status = processor.failure_status
-                    processor.process(fetched, result)
-                    _check_extensions(result, processor)
-        except SampleError as error:
-            return _failed(sample, error.status, error.message, error.error_type)
-        except Exception as error:  # a plugin bug must cost one sample, not the shard
-            return _failed(sample, stage_status, str(error) or type(error).__name__, type(error).__name__)
-        return result
-
-    def _fetcher_for(self, url: str | None):
-        if url is None or not str(url).strip():
-            raise FetchError("missing url", error_type="MissingURL")
-        scheme = urlsplit(str(url).strip()).scheme.lower()
-        fetcher = self.pipeline.fetchers.get(scheme)
-        if fetcher is None:
-            enabled = ", ".join(sorted(self.pipeline.fetchers)) or "none"
-            raise FetchError(f"unsupported URL scheme {scheme!r} (enabled: {enabled})", error_type="UnsupportedScheme")
-        return fetcher
-
-    def close(self) -> None:
-        # Not waiting: a thread the watchdog abandoned may never return.
-        self._fetch_threads.shutdown(wait=False, cancel_futures=True)
-        self.pipeline.close()
-
-
-@attrs.define
-class _Attempt:
-    """A sample handed to the thread pool; ``started`` is set when a thread picks it up,
-    ``limits`` to the limits it took CPU slots and body bytes from."""
+@attrs.define(eq=False)
+class SampleJob:
+    """A sample on its way: its stage, the future running it, when that began, the bytes it holds."""
 
     sample: Sample
+    stage: str = FETCHING
+    future: Future | None = None
+    fetcher: Fetcher | None = None
     started: float | None = None
-    limits: WorkerLimits | None = None
+    fetched: FetchResult | None = None
+    held_bytes: int = 0
+
+    def mark_started(self) -> None:
+        self.started = time.monotonic()
 
 
-# A media extension ends up in file and tar member names: letters and digits,
-# dot-separated (``jpg``, ``thumb.jpg``), so no path can be smuggled through it.
-_SAFE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,16}(\.[A-Za-z0-9]{1,16}){0,3}")
+class SampleFlow:
+    """Moves one shard's samples through fetch and processing; yields results as they complete."""
 
+    def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
+                 core: CoreOptions) -> None:
+        self.fetching = fetching
+        self.processing = processing
+        self.cpu_pool = cpu_pool
+        self.fetch_limit = core.thread_count
+        self.budget = ByteBudget(core.max_bytes_in_flight)
+        self.watchdog = Watchdog(core.sample_timeout)
+        self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
+        self._live: set[SampleJob] = set()
+        self._fetches = 0
 
-def _check_extensions(result: SampleResult, processor: Processor) -> None:
-    for stream, media in result.media.items():
-        if not _SAFE_EXTENSION.fullmatch(media.extension):
-            raise ProcessError(f"processor {processor.name!r} gave stream {stream!r} the unsafe extension "
-                               f"{media.extension!r}", status=processor.failure_status, error_type="UnsafeExtension")
+    def results(self, samples: Iterator[Sample]) -> Iterator[SampleResult]:
+        more = True
+        try:
+            while more or self._live:
+                while more and self._fetches < self.fetch_limit and not self.budget.full:
+                    sample = next(samples, None)
+                    if sample is None:
+                        more = False
+                    elif (failure := self._start(sample)) is not None:
+                        yield failure
+                if not self._live:
+                    continue
+                yield from self._handle_events()
+                yield from self._expire()
+        finally:
+            for job in self._live:  # the shard stopped early (its writer or reader failed)
+                job.future.cancel()
+
+    def _start(self, sample: Sample) -> SampleResult | None:
+        """Start a sample's first stage; a sample that cannot start is returned as failed."""
+        if sample.error is not None:
+            return _failed(sample, sample.error)
+        job = SampleJob(sample)
+        if sample.data is not None:
+            self._to_processing(job, _inline(sample))
+        else:
+            try:
+                job.fetcher = self.fetching.fetcher_for(sample.url)
+            except SampleError as error:
+                return _failed(sample, error)
+            self._fetches += 1
+            self._run(job, self.fetching.start(job.fetcher, sample, job.mark_started))
+        self._live.add(job)
+        return None
+
+    def _run(self, job: SampleJob, future: Future) -> None:
+        job.future = future
+        future.add_done_callback(lambda _done, job=job: self._events.put(job))
+
+    def _to_processing(self, job: SampleJob, fetched: FetchResult) -> None:
+        job.stage, job.started, job.fetched = PROCESSING, None, fetched
+        job.held_bytes = len(fetched.body)
+        self.budget.add(job.held_bytes)
+
+        def process() -> SampleResult:
+            job.mark_started()
+            return self.processing.run(job.sample, fetched)
+
+        self._run(job, self.cpu_pool.submit(process))
+
+    def _handle_events(self) -> Iterator[SampleResult]:
+        """Wait for the next finished stage (at most until the watchdog's next deadline), then
+        take every stage that finished meanwhile."""
+        try:
+            job = self._events.get(timeout=self.watchdog.wait(self._live, time.monotonic()))
+        except queue.Empty:
+            return
+        while True:
+            if job in self._live and job.future.done():
+                result = self._advance(job)
+                if result is not None:
+                    yield result
+            try:
+                job = self._events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _advance(self, job: SampleJob) -> SampleResult | None:
+        """A stage of ``job`` ended: start the next one, or return the sample's result."""
+        future = job.future
+        if future.cancelled():  # its pool was renewed before the stage began: start it again
+            if job.stage == FETCHING:
+                self._run(job, self.fetching.start(job.fetcher, job.sample, job.mark_started))
+            else:
+                self._to_processing(job, job.fetched)
+                self.budget.release(job.held_bytes)  # counted twice by the restart
+            return None
+        if job.stage == FETCHING:
+            self._fetches -= 1
+            error = future.exception()
+            if error is None:
+                self._to_processing(job, future.result())
+                return None
+            self._live.discard(job)
+            return _failed(job.sample, error)
+        self._live.discard(job)
+        self.budget.release(job.held_bytes)
+        error = future.exception()
+        return future.result() if error is None else _failed(job.sample, error)
+
+    def _expire(self) -> Iterator[SampleResult]:
+        for job in self.watchdog.overdue(self._live, time.monotonic()):
+            self._live.discard(job)
+            if job.stage == FETCHING:
+                self._fetches -= 1
+                self.fetching.abandon(job.future, job.fetcher)
+                status = "failed_to_download"
+            else:
+                self.budget.release(job.held_bytes)
+                if not job.future.cancel():
+                    self.cpu_pool.abandon()
+                status = "failed_to_process"
+            yield failed_result(job.sample, status, f"sample did not finish within sample_timeout="
+                                f"{self.watchdog.timeout:g} s", "Watchdog")
 
 
 def _inline(sample: Sample) -> FetchResult:
@@ -224,8 +187,76 @@ def _inline(sample: Sample) -> FetchResult:
                        attempts=0)
 
 
-def _failed(sample: Sample, status: str, message: str, error_type: str) -> SampleResult:
-    return SampleResult(sample, status=status, error_message=message, error_type=error_type)
+def _failed(sample: Sample, error: BaseException) -> SampleResult:
+    if isinstance(error, SampleError):
+        return failed_result(sample, error.status, error.message, error.error_type)
+    return failed_result(sample, "failed_to_download", str(error) or type(error).__name__, type(error).__name__)
+
+
+class StatsTally:
+    """A shard's counts as its results are written: statuses, messages (img2dataset's
+    ``status_dict``, keyed by :func:`~any2ds.errors.status_key`) and error types."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.statuses: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
+        self.error_types: Counter[str] = Counter()
+
+    def add(self, result: SampleResult) -> None:
+        self.statuses[result.status] += 1
+        self.messages[status_key(result.error_message) if result.error_message is not None else result.status] += 1
+        if result.error_type:
+            self.error_types[result.error_type] += 1
+
+    def stats(self, shard_id: int) -> ShardStats:
+        return ShardStats(shard_id=shard_id, count=sum(self.statuses.values()), successes=self.statuses["success"],
+                          status_dict=dict(self.messages), error_types=dict(self.error_types),
+                          statuses=dict(self.statuses), start_time=self.start, end_time=time.time())
+
+
+class ShardRunner:
+    """Runs shards for one process: plugins, pools and output built once, reused per shard."""
+
+    def __init__(self, config: RunConfig) -> None:
+        core = config.core
+        self.config = config
+        self.pipeline = SamplePipeline.build(PluginHost.load(local_plugins=core.plugins or ()), config)
+        self.output = OutputFolder(core.output_folder, core.oom_shard_count)
+        pipeline = self.pipeline
+        self.intake = ShardIntake(pipeline.reader, KeyFormat(core.number_sample_per_shard, core.oom_shard_count),
+                                  core.url_col, core.caption_col if pipeline.has_caption else None,
+                                  pipeline.sample_columns())
+        self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
+        self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
+        self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
+
+    def run(self, shard: Shard) -> ShardStats:
+        """Fetch, process and write every sample of ``shard``, then commit it atomically."""
+        tally = StatsTally()
+        layout = self.pipeline.layout(shard.column_schema)
+        target = self.output.target(shard.shard_id)
+        writer = None
+        try:
+            writer = self.pipeline.writer.open_shard(target, layout)
+            flow = SampleFlow(self.fetching, self.processing, self.cpu_pool, self.config.core)
+            for result in flow.results(self.intake.samples(shard)):
+                writer.write(result)
+                tally.add(result)
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            target.abort()
+            raise
+        stats = tally.stats(shard.shard_id)
+        target.commit(stats.to_json())
+        return stats
+
+    def close(self) -> None:
+        self.fetching.close()
+        self.cpu_pool.close()
+        self.pipeline.close()
 
 
 _RUNNERS: dict[str, ShardRunner] = {}

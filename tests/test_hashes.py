@@ -13,7 +13,8 @@ from any2ds.manager import PluginHost
 from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins import file as file_plugin
 from any2ds_plugins import hashes as hashes_plugin
-from any2ds_plugins.file import FileProcessor, sniff
+from any2ds.mediatypes import from_magic
+from any2ds_plugins.file import FileProcessor
 from any2ds_plugins.hashes import HashVerifier
 
 BODY = b"any2ds hashes the raw bytes" * 100
@@ -122,7 +123,7 @@ def test_registers_as_file_processor():
     (b"GIF89a" + b"\x00" * 20, "gif", "image/gif"),
     (b"BM\x36\x00\x00\x00\x00\x00\x00\x00\x36\x00" + b"\x00" * 20, "bmp", "image/bmp"),
     (b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00", "m4a", "audio/mp4"),
-    (b"\x00\x00\x00\x20ftypisom\x00\x00\x00\x00", "mp4", "video/mp4"),
+    (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + b"\x00" * 16, "mp4", "video/mp4"),
     (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm", "webm", "video/webm"),
     (b"ID3\x04\x00" + b"\x00" * 20, "mp3", "audio/mpeg"),
     (b"fLaC" + b"\x00" * 20, "flac", "audio/flac"),
@@ -138,7 +139,7 @@ def test_extension_from_magic_bytes(body, extension, mime):
 
 def test_unknown_bytes_fall_back_to_content_type_then_url_then_bin():
     unknown = b"\x00\x01 not a known format"
-    assert sniff(unknown) is None
+    assert from_magic(unknown) is None
     by_type = process(fetched(unknown, url="http://x/a.dat", content_type="application/json; charset=utf-8"))
     assert (by_type.media["file"].extension, by_type.metadata["mime_type"]) == ("json", "application/json")
     wav_type = process(fetched(unknown, content_type="audio/wav"))

@@ -20,7 +20,7 @@ import pytest
 import webdataset as wds
 
 import any2ds
-from any2ds.limits import ByteBudget
+from any2ds.metadata import TRUNCATION_MARK
 from tests.test_download import IMAGES, assert_complete_webdataset, long_run, read_metadata, run, wait_for_shards
 
 NASTY_TEXT = [
@@ -28,7 +28,7 @@ NASTY_TEXT = [
     "tab\there, quote \" and 'single', comma, semicolon;",
     "NUL \x00 in the middle",
     "emoji 🦊🖼️ and accents éàü and RTL שלום",
-    "x" * 1_000_000,  # a huge value
+    "x" * 1_000_000,  # a huge value: cut to max_metadata_field_bytes
     "",
     "../../../etc/passwd",
     "<script>alert(1)</script> {\"json\": [1, 2]}",
@@ -51,13 +51,21 @@ def test_hostile_captions_and_columns_survive_unchanged(tmp_path, http_server):
     metadata = read_metadata(out)
     assert len(metadata) == len(rows)
     assert [m["status"] for m in metadata] == ["success"] * len(rows)
-    # CSV has no null string: an empty field reads back as "" (pyarrow's CSV convention).
-    assert [m["caption"] for m in metadata] == [r["caption"] or "" for r in rows]
-    assert [m["extra"] for m in metadata] == [r["extra"] or "" for r in rows]
+    # CSV has no null string: an empty field reads back as "" (pyarrow's CSV convention). A value over
+    # max_metadata_field_bytes (64 KiB) is cut, marked, the same way in the parquet, the json and the txt.
+    assert [m["caption"] for m in metadata] == [bounded(r["caption"] or "") for r in rows]
+    assert [m["extra"] for m in metadata] == [bounded(r["extra"] or "") for r in rows]
     samples = sorted(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False), key=lambda s: s["__key__"])
-    assert [s["txt"].decode("utf-8") for s in samples] == [r["caption"] or "" for r in rows]
+    assert [s["txt"].decode("utf-8") for s in samples] == [bounded(r["caption"] or "") for r in rows]
     for sample, row in zip(samples, rows):
-        assert json.loads(sample["json"])["extra"] == (row["extra"] or "")
+        assert json.loads(sample["json"])["extra"] == bounded(row["extra"] or "")
+
+
+def bounded(text: str, cap: int = 64 * 1024) -> str:
+    """A metadata text value as stored: cut to ``cap`` UTF-8 bytes, the truncation mark included."""
+    if len(text.encode()) <= cap:
+        return text
+    return text.encode()[: cap - len(TRUNCATION_MARK)].decode(errors="ignore") + TRUNCATION_MARK
 
 
 def test_json_input_with_odd_values_gives_valid_json_and_parquet(tmp_path, http_server):
@@ -144,28 +152,6 @@ def test_malformed_input_is_one_clear_line(tmp_path, image_dir, name, content, i
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
-
-
-def test_byte_budget_bounds_what_is_reserved_at_once():
-    budget = ByteBudget(100)
-    peak = 0
-    lock = threading.Lock()
-
-    def hold(size):
-        nonlocal peak
-        with budget.reserve(size):
-            with lock:
-                peak = max(peak, budget.reserved)
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=hold, args=(size,)) for size in [30, 40, 50, 60, 250, 10] * 5]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads), "a reservation never went through"
-    assert peak == 250 or peak <= 100  # an oversized body goes through alone
-    assert budget.reserved == 0
 
 
 def test_repeated_sigkill_at_random_points_then_resume(tmp_path, http_server):

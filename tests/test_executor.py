@@ -1,0 +1,407 @@
+"""Unit tests of the run path's parts, with fake components: no process, no server.
+
+The shard's intake, the fetch stage (threads and event loop), the processing stage and its
+routing, the byte budget, the watchdog, the shard cutter, the pipeline builder and the
+metadata bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile
+from PIL import Image
+
+from any2ds import (
+    ConfigError, Fetcher, FetchError, FetchResult, KeyFormat, Media, Processor, Reader, Sample, SampleError, Shard,
+)
+from any2ds.config import CoreOptions, RunConfig
+from any2ds.errors import clean_message, status_key
+from any2ds.fetching import FetchStage, ReplaceablePool
+from any2ds.intake import ShardIntake, is_safe_key
+from any2ds.limits import ByteBudget
+from any2ds.manager import PluginHost
+from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, bound_values
+from any2ds.pipeline import SamplePipeline
+from any2ds.processing import ProcessingStage
+from any2ds.sharding import ShardCutter
+from any2ds.types import InputSource, SampleResult
+from any2ds.worker import SampleFlow
+
+KEYS = KeyFormat(10000, 5)
+
+
+def samples(n: int, url: str = "http://example.com/{i}") -> list[Sample]:
+    return [Sample(KEYS.key(0, i), 0, i, url.format(i=i)) for i in range(n)]
+
+
+class BytesFetcher(Fetcher):
+    """A blocking fetcher: ``size`` bytes per URL; counts calls; can be held on an event."""
+
+    name = "fake"
+    schemes = ("http",)
+
+    def __init__(self, size: int = 10, hold: threading.Event | None = None) -> None:
+        super().__init__(None)
+        self.size = size
+        self.hold = hold
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, sample: Sample) -> FetchResult:
+        with self.lock:
+            self.calls += 1
+        if self.hold is not None and sample.url.endswith("/hang"):
+            self.hold.wait(30)
+        return FetchResult(body=b"x" * self.size, url=sample.url)
+
+
+class Recorder(Processor):
+    """Stores the body under ``stream``; optionally blocks until ``gate`` is set."""
+
+    name = "recorder"
+    failure_status = "failed_to_record"
+
+    def __init__(self, stream: str = "bin", types: tuple[str, ...] = ("*/*",), gate: threading.Event | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(None)
+        self.stream = stream
+        self.media_types = types
+        self.gate = gate
+        if name:
+            self.name = name
+
+    def process(self, fetched: FetchResult, result: SampleResult) -> None:
+        if self.gate is not None:
+            self.gate.wait(30)
+        if fetched.body == b"boom":
+            raise ValueError("bad at 0x7f3a4c902610")
+        result.media[self.stream] = Media(fetched.body, self.stream)
+
+
+def flow(fetcher, processors, *, threads=4, cpu=1, budget=10**9, timeout=30.0, routing="chain") -> SampleFlow:
+    core = CoreOptions(url_list="x", thread_count=threads, processing_threads=cpu, max_bytes_in_flight=budget,
+                       sample_timeout=timeout)
+    return SampleFlow(FetchStage({"http": fetcher}, threads), ProcessingStage([], processors, routing),
+                      ReplaceablePool(cpu, "test-cpu"), core)
+
+
+def collect(results) -> dict[str, SampleResult]:
+    """Results by key, in key order (they come in completion order)."""
+    return dict(sorted((r.sample.key, r) for r in results))
+
+
+# -- the byte budget and admission ----------------------------------------------------------------
+
+
+def test_byte_budget_counts_and_reports_full():
+    budget = ByteBudget(100)
+    budget.add(60)
+    assert not budget.full
+    budget.add(60)
+    assert budget.full and budget.held == 120 and budget.peak == 120
+    budget.release(60)
+    assert not budget.full and budget.peak == 120
+
+
+def test_no_fetch_starts_while_the_budget_is_full():
+    """Processing is held, so fetched bodies pile up: fetching must stop near the budget."""
+    gate = threading.Event()
+    fetcher = BytesFetcher(size=30)
+    sample_flow = flow(fetcher, [Recorder(gate=gate)], threads=2, cpu=1, budget=100)
+    out: list[SampleResult] = []
+    consumer = threading.Thread(target=lambda: out.extend(sample_flow.results(iter(samples(50)))))
+    consumer.start()
+    time.sleep(1.0)
+    # ceil(100 / 30) = 4 bodies fill the budget; at most 2 more were in flight when it filled.
+    assert fetcher.calls <= 6, f"{fetcher.calls} fetches started with the budget full"
+    gate.set()
+    consumer.join(30)
+    assert len(out) == 50 and all(r.ok for r in out)
+    assert sample_flow.budget.peak <= 100 + 2 * 30
+    assert sample_flow.budget.held == 0
+
+
+# -- the fetch stage ------------------------------------------------------------------------------
+
+
+def test_samples_that_cannot_start_are_failed_rows():
+    sample_flow = flow(BytesFetcher(), [Recorder()])
+    bad = [Sample("000000000", 0, 0, None), Sample("000000001", 0, 1, "ftp://x/y"),
+           Sample("000000002", 0, 2, "http://x", error=SampleError("no media member", error_type="MissingMedia"))]
+    results = collect(sample_flow.results(iter(bad)))
+    assert [(r.error_type, r.error_message) for r in results.values()] == [
+        ("MissingURL", "missing url"), ("UnsupportedScheme", "unsupported URL scheme 'ftp' (enabled: http)"),
+        ("MissingMedia", "no media member")]
+
+
+def test_inline_data_is_not_fetched():
+    fetcher = BytesFetcher()
+    inline = [Sample(KEYS.key(0, i), 0, i, data=b"abc", filename=f"{i}.bin") for i in range(3)]
+    results = collect(flow(fetcher, [Recorder()]).results(iter(inline)))
+    assert fetcher.calls == 0 and all(r.media["bin"].data == b"abc" for r in results.values())
+
+
+def test_fetch_errors_become_rows():
+    class Failing(BytesFetcher):
+        def fetch(self, sample):
+            if sample.index == 1:
+                raise FetchError("HTTP Error 404: Not Found", error_type="HTTPError")
+            if sample.index == 2:
+                raise RuntimeError("plugin bug")
+            return super().fetch(sample)
+
+    results = collect(flow(Failing(), [Recorder()]).results(iter(samples(3))))
+    assert [r.status for r in results.values()] == ["success", "failed_to_download", "failed_to_download"]
+    assert results["000000002"].error_type == "RuntimeError"
+
+
+class SlowAsync(Fetcher):
+    """An async fetcher: every fetch sleeps ``delay`` on the event loop; records concurrency."""
+
+    name = "async"
+    schemes = ("http",)
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(None)
+        self.delay = delay
+        self.in_flight = 0
+        self.peak = 0
+        self.threads: set[int] = set()
+        self.cancelled = 0
+
+    def fetch(self, sample):
+        raise AssertionError("an async fetcher's fetch() is never called")
+
+    async def fetch_async(self, sample):
+        self.threads.add(threading.get_ident())
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(3600 if sample.url.endswith("/hang") else self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        return FetchResult(body=b"async", url=sample.url)
+
+
+def test_an_async_fetcher_keeps_many_fetches_in_flight_on_one_thread():
+    fetcher = SlowAsync(delay=0.5)
+    sample_flow = flow(fetcher, [Recorder()], threads=40)
+    results = collect(sample_flow.results(iter(samples(40))))
+    assert len(results) == 40 and all(r.media["bin"].data == b"async" for r in results.values())
+    assert fetcher.peak == 40 and len(fetcher.threads) == 1
+    sample_flow.fetching.close()
+
+
+def test_the_watchdog_cancels_a_stuck_coroutine():
+    fetcher = SlowAsync(delay=0.05)
+    sample_flow = flow(fetcher, [Recorder()], threads=8, timeout=1.0)
+    batch = samples(6) + [Sample(KEYS.key(0, 6), 0, 6, "http://example.com/hang")]
+    results = collect(sample_flow.results(iter(batch)))
+    stuck = results[KEYS.key(0, 6)]
+    assert (stuck.status, stuck.error_type) == ("failed_to_download", "Watchdog")
+    assert sum(r.ok for r in results.values()) == 6
+    time.sleep(0.2)
+    assert fetcher.cancelled == 1
+    sample_flow.fetching.close()
+
+
+def test_the_watchdog_abandons_stuck_threads_and_renews_the_pool():
+    hold = threading.Event()
+    fetcher = BytesFetcher(hold=hold)
+    sample_flow = flow(fetcher, [Recorder()], threads=2, timeout=0.5)
+    batch = [Sample(KEYS.key(0, i), 0, i, f"http://example.com/{'hang' if i in (0, 1) else i}") for i in range(6)]
+    try:
+        results = collect(sample_flow.results(iter(batch)))
+    finally:
+        hold.set()
+    assert [results[KEYS.key(0, i)].error_type for i in (0, 1)] == ["Watchdog", "Watchdog"]
+    assert all(results[KEYS.key(0, i)].ok for i in range(2, 6)), "samples queued behind stuck threads must finish"
+
+
+def test_the_watchdog_fails_a_stuck_processor():
+    gate = threading.Event()
+
+    class Stuck(Recorder):
+        def process(self, fetched, result):
+            if result.sample.index == 0:
+                gate.wait(30)
+            super().process(fetched, result)
+
+    sample_flow = flow(BytesFetcher(), [Stuck()], cpu=1, timeout=0.5)
+    try:
+        results = collect(sample_flow.results(iter(samples(4))))
+    finally:
+        gate.set()
+    assert (results[KEYS.key(0, 0)].status, results[KEYS.key(0, 0)].error_type) == ("failed_to_process", "Watchdog")
+    assert all(results[KEYS.key(0, i)].ok for i in range(1, 4))
+    assert sample_flow.budget.held == 0
+
+
+# -- the processing stage and routing -------------------------------------------------------------
+
+
+def image_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def wav_bytes() -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, np.zeros(100), 8000, format="WAV")
+    return out.getvalue()
+
+
+def test_routing_by_type_sends_each_sample_to_the_first_taker():
+    image = Recorder("img", ("image/*",), name="images")
+    audio = Recorder("snd", ("audio/*",), name="sounds")
+    anything = Recorder("file", ("*/*",), name="files")
+    stage = ProcessingStage([], [image, audio, anything], "by_type")
+    bodies = {"png": image_bytes(), "wav": wav_bytes(), "txt": b"plain text"}
+    routed = {}
+    for name, body in bodies.items():
+        result = stage.run(Sample("0", 0, 0, f"http://x/a.{name}"), FetchResult(body, f"http://x/a.{name}"))
+        routed[name] = (result.metadata["processor"], list(result.media))
+    assert routed == {"png": ("images", ["img"]), "wav": ("sounds", ["snd"]), "txt": ("files", ["file"])}
+
+
+def test_chain_runs_every_processor_and_failures_keep_their_status():
+    stage = ProcessingStage([], [Recorder("a"), Recorder("b")], "chain")
+    ok = stage.run(Sample("0", 0, 0, "u"), FetchResult(b"data", "u"))
+    assert list(ok.media) == ["a", "b"] and "processor" not in ok.metadata
+    bad = stage.run(Sample("0", 0, 0, "u"), FetchResult(b"boom", "u"))
+    assert (bad.status, bad.error_type, bad.error_message) == ("failed_to_record", "ValueError", "bad")
+    assert not bad.media
+
+
+def test_no_taker_is_a_failed_row():
+    stage = ProcessingStage([], [Recorder("img", ("image/*",))], "by_type")
+    result = stage.run(Sample("0", 0, 0, "u"), FetchResult(b"plain text", "u"))
+    assert (result.status, result.error_type) == ("failed_to_process", "NoProcessor")
+
+
+# -- intake ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, safe", [("000010005", True), ("dir/sub.v2/00001", True), ("a-b_c", True),
+                                       ("../x", False), ("/abs", False), ("a.b", False), ("a//b", False),
+                                       ("", False), ("x" * 201, False), ("a b", False), ("ü", False)])
+def test_safe_keys(key, safe):
+    assert is_safe_key(key) is safe
+
+
+def test_intake_turns_rows_into_samples_and_refuses_unsafe_keys():
+    class Source(Reader):
+        name = "source"
+
+        def samples(self, shard, keys, columns):
+            yield Sample("../../etc/passwd", shard.shard_id, 0, data=b"x")
+            yield Sample("fine", shard.shard_id, 1, data=b"y")
+
+    rows = pa.table({"url": ["http://a", "http://b"], "text": ["one", None], "extra": [1, 2]})
+    intake = ShardIntake(Source(None), KeyFormat(10, 5), "url", "text", ["extra"])
+    from_rows = list(intake.samples(Shard(3, rows=rows)))
+    assert [(s.key, s.url, s.caption, dict(s.columns)) for s in from_rows] == [
+        ("000030", "http://a", "one", {"extra": 1}), ("000031", "http://b", None, {"extra": 2})]
+    unsafe, fine = intake.samples(Shard(3, work="archive", schema=pa.schema([])))
+    assert unsafe.key == "000030" and unsafe.data is None and unsafe.error.error_type == "UnsafeKey"
+    assert fine.key == "fine"
+
+
+# -- the shard cutter -----------------------------------------------------------------------------
+
+
+class ListReader(Reader):
+    name = "list"
+
+    def __init__(self, files):
+        super().__init__(None)
+        self.files = files
+
+    def available_columns(self, source):
+        return ["url"]
+
+    def read(self, source, columns, batch_size):
+        rows = self.files[source.path]
+        for start in range(0, len(rows), 3):
+            yield pa.record_batch([pa.array(rows[start:start + 3])], names=["url"])
+
+
+def test_the_cutter_never_merges_files_and_skips_done_shards():
+    files = {"a": [f"a{i}" for i in range(7)], "b": [f"b{i}" for i in range(2)]}
+    sources = [InputSource(path, None) for path in files]
+    shards = list(ShardCutter(ListReader(files), sources, ["url"], 4))
+    assert [(s.shard_id, s.rows.column("url").to_pylist()) for s in shards] == [
+        (0, ["a0", "a1", "a2", "a3"]), (1, ["a4", "a5", "a6"]), (2, ["b0", "b1"])]
+    resumed = list(ShardCutter(ListReader(files), sources, ["url"], 4, skip={0, 2}, first_id=0))
+    assert [s.shard_id for s in resumed] == [1]
+    extended = list(ShardCutter(ListReader(files), sources, ["url"], 4, first_id=10))
+    assert [s.shard_id for s in extended] == [10, 11, 12]
+
+
+# -- the pipeline builder --------------------------------------------------------------------------
+
+
+def build(**core) -> SamplePipeline:
+    return SamplePipeline.build(PluginHost.load(), RunConfig(CoreOptions(url_list="x", **core)))
+
+
+def test_the_pipeline_refuses_duplicates_and_unknown_names():
+    with pytest.raises(ConfigError, match="processors: image listed more than once"):
+        build(processors=["image", "image"])
+    with pytest.raises(ConfigError, match="unknown processor 'imag' \\(did you mean 'image'\\?\\)"):
+        build(processors=["imag"])
+
+
+def test_the_layout_orders_columns_as_img2dataset():
+    pipeline = build(input_format="csv", caption_col="text", save_additional_columns=["extra"])
+    layout = pipeline.layout(pa.schema([("extra", pa.int64())]))
+    assert layout.schema.names == ["extra", "caption", "url", "key", "status", "error_message", "error_type",
+                                   "width", "height", "original_width", "original_height", "exif", "sha256"]
+    routed = build(routing="by_type", processors=["image", "file"]).layout(pa.schema([]))
+    assert routed.schema.names[4:6] == ["error_type", "processor"]
+
+
+def test_routing_by_type_defaults_to_image_audio_file():
+    assert CoreOptions(url_list="x", routing="by_type").processor_names() == ["image", "audio", "file"]
+    assert CoreOptions(url_list="x").processor_names() == ["image"]
+
+
+# -- messages and metadata bounds -----------------------------------------------------------------
+
+
+def test_messages_lose_addresses_and_per_object_numbers():
+    message = "cannot identify image file <_io.BytesIO object at 0x7f3a4c902610>\n second line"
+    assert clean_message(message) == "cannot identify image file <_io.BytesIO> second line"
+    assert status_key("IncompleteRead(4705 bytes read, 4705 more expected)") == \
+        "IncompleteRead(N bytes read, N more expected)"
+    assert status_key("HTTP Error 404: Not Found") == "HTTP Error 404: Not Found"
+    assert len(clean_message("x" * 10_000)) == 500
+
+
+def test_bound_values_caps_each_field_and_the_record():
+    values = {"key": "k" * 100, "caption": "é" * 1000, "exif": "e" * 50, "n": 5}
+    bounded = bound_values(dict(values), max_field_bytes=301, max_total_bytes=10**6)
+    assert bounded["caption"].endswith(TRUNCATION_MARK) and len(bounded["caption"].encode()) <= 301
+    assert bounded["exif"] == values["exif"] and bounded["key"] == values["key"] and bounded["n"] == 5
+    shared = bound_values({"a": "a" * 400, "b": "b" * 400, "c": "c" * 10}, 1000, 500)
+    assert sum(len(v) for v in shared.values()) <= 500 and shared["c"] == "c" * 10
+
+
+def test_records_are_bounded_for_every_writer():
+    layout = MetadataLayout.build(pa.schema([("extra", pa.string())]), ["extra"], True, [], [],
+                                  max_field_bytes=1000, max_record_bytes=1500)
+    sample = Sample("000000000", 0, 0, "http://x", caption="c" * 10**6, columns={"extra": "e" * 10**6})
+    record = layout.record(SampleResult(sample))
+    assert len(record["caption"]) <= 1000 and record["caption"].endswith(TRUNCATION_MARK)
+    assert len(record["caption"]) + len(record["extra"]) + len(record["url"]) + len(record["status"]) <= 1500
