@@ -77,7 +77,8 @@ class CoreOptions:
     output_folder: str = option("images", "Output folder; any fsspec URL (s3://, gs://, ...).")
     input_format: str = option("txt", "Input reader: txt, csv, tsv, json, jsonl, parquet (add .gz for gzip), "
                                       "archive (more with plugins).")
-    output_format: str = option("files", "Writer: files, webdataset, parquet, tfrecord, dummy (more with plugins).")
+    output_format: str = option("files", "Writer: files, webdataset, parquet, tfrecord, dummy, lance "
+                                         "(more with plugins).")
     url_col: str = option("url", "Input column holding the URL.")
     caption_col: Optional[str] = option(None, "Input column holding the caption; saved only when set.")
     save_additional_columns: Optional[list[str]] = option(None, "Input columns copied into the metadata.")

@@ -69,8 +69,8 @@ def test_registering_a_non_component_is_an_error():
 
 def test_unknown_name_lists_what_is_available(tmp_path):
     host = PluginHost.load()
-    with pytest.raises(ConfigError, match=r"output_format: unknown writer 'lance'; available: dummy, files, parquet, tfrecord, webdataset"):
-        host.component("writer", "lance", "output_format")
+    with pytest.raises(ConfigError, match=r"output_format: unknown writer 'mds'; available: dummy, files, lance, parquet, tfrecord, webdataset"):
+        host.component("writer", "mds", "output_format")
 
 
 def test_keys_and_shard_names_follow_img2dataset():

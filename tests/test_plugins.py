@@ -50,7 +50,7 @@ def test_plugins_command_lists_names_hooks_and_distribution(capsys):
         in capsys.readouterr().out
     assert main(["plugins", "--json"]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
-    assert listed["writers"]["registers"] == {"writer": ["dummy", "files", "parquet", "tfrecord", "webdataset"]}
+    assert listed["writers"]["registers"] == {"writer": ["dummy", "files", "lance", "parquet", "tfrecord", "webdataset"]}
     assert listed["inprocess"] == {
         "name": "inprocess", "source": "any2ds_plugins.inprocess", "distribution": "any2ds", "version": VERSION,
         "state": "loaded", "error": None, "registers": {"distributor": ["inprocess"]},

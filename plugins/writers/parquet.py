@@ -26,11 +26,44 @@ def parquet_schema(layout: MetadataLayout) -> pa.Schema:
     """The metadata columns followed by one binary column per media stream."""
     clash = [stream for stream in layout.media_streams if stream in layout.schema.names]
     if clash:
-        raise ConfigError(f"output_format parquet: media stream(s) {clash} have the name of a metadata column")
+        raise ConfigError(f"media stream(s) {clash} have the name of a metadata column "
+                          "(a table has one column per name)")
     schema = layout.schema
     for stream in layout.media_streams:
         schema = schema.append(pa.field(stream, pa.binary()))
     return schema
+
+
+class RowGroups:
+    """A shard's rows (metadata columns, then one binary column per media stream, null for
+    failures), buffered until a row group is full: ``ROW_GROUP_ROWS`` rows or
+    ``ROW_GROUP_BYTES`` of media. Shared by the writers that store media in columns."""
+
+    def __init__(self, layout: MetadataLayout) -> None:
+        self.layout = layout
+        self.schema = parquet_schema(layout)
+        self._rows: list[dict[str, Any]] = []
+        self._media_bytes = 0
+
+    def add(self, result: SampleResult) -> bool:
+        """Buffer one row; True when the row group is full and should be taken."""
+        row = self.layout.record(result)
+        for stream in self.layout.media_streams:
+            media = result.media.get(stream) if result.ok else None
+            row[stream] = None if media is None else media.data
+            self._media_bytes += 0 if media is None else len(media.data)
+        self._rows.append(row)
+        return len(self._rows) >= ROW_GROUP_ROWS or self._media_bytes >= ROW_GROUP_BYTES
+
+    def take(self) -> pa.Table | None:
+        """The buffered rows as a table (None when there are none); the buffer starts afresh."""
+        table = pa.Table.from_pylist(self._rows, schema=self.schema) if self._rows else None
+        self.clear()
+        return table
+
+    def clear(self) -> None:
+        self._rows = []
+        self._media_bytes = 0
 
 
 class ParquetWriter(Writer):
@@ -44,32 +77,22 @@ class ParquetWriter(Writer):
 
 
 class ParquetShardWriter(ShardWriter):
-    """Buffers rows and writes them as row groups as it goes."""
+    """Writes the rows as row groups as it goes."""
 
     def __init__(self, target: ShardTarget, layout: MetadataLayout) -> None:
-        self._layout = layout
-        self._schema = parquet_schema(layout)
-        self._rows: list[dict[str, Any]] = []
-        self._buffered_bytes = 0
+        self._rows = RowGroups(layout)
         self._file = target.fs.open(target.path(".parquet"), "wb")
         # Dictionary encoding only pays off for metadata, never for unique media blobs.
-        self._writer = pq.ParquetWriter(self._file, self._schema, use_dictionary=list(layout.schema.names))
+        self._writer = pq.ParquetWriter(self._file, self._rows.schema, use_dictionary=list(layout.schema.names))
 
     def write(self, result: SampleResult) -> None:
-        row = self._layout.record(result)
-        for stream in self._layout.media_streams:
-            media = result.media.get(stream) if result.ok else None
-            row[stream] = None if media is None else media.data
-            self._buffered_bytes += 0 if media is None else len(media.data)
-        self._rows.append(row)
-        if len(self._rows) >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
+        if self._rows.add(result):
             self._flush()
 
     def _flush(self) -> None:
-        if self._rows:
-            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
-        self._rows = []
-        self._buffered_bytes = 0
+        table = self._rows.take()
+        if table is not None:
+            self._writer.write_table(table)
 
     def close(self) -> None:
         try:
@@ -80,6 +103,6 @@ class ParquetShardWriter(ShardWriter):
 
     def abort(self) -> None:
         """Drop the buffered rows and close the file, best effort (as MetadataShardWriter.abort)."""
-        self._rows = []
+        self._rows.clear()
         with contextlib.suppress(Exception):
             self.close()
