@@ -90,10 +90,10 @@ def referenced_files(uri: str) -> set[str]:
 
 
 def manifest_files(out: Path, shards) -> set[str]:
-    """The data files the committed ``<shard>.lance.json`` of ``shards`` list."""
+    """The data files the committed ``<shard>.lance-fragments`` of ``shards`` list."""
     files = set()
     for shard in shards:
-        manifest = json.loads((out / f"{shard:05d}.lance.json").read_text())
+        manifest = json.loads((out / f"{shard:05d}.lance-fragments").read_text())
         files |= {file["path"] for fragment in manifest["fragments"] for file in fragment["files"]}
     return files
 
@@ -113,7 +113,7 @@ def test_every_row_of_every_shard_in_one_dataset(tmp_path, url_list, image_dir, 
     assert dataset.version == 1  # one commit per run
     assert referenced_files(uri) == manifest_files(out, range(4)) == data_files(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["_any2ds", "dataset.lance"] + [f"{s:05d}{suffix}" for s in range(4) for suffix in (".lance.json", "_stats.json")])
+        ["_any2ds", "dataset.lance"] + [f"{s:05d}{suffix}" for s in range(4) for suffix in (".lance-fragments", "_stats.json")])
 
 
 def test_resume_redoes_a_lost_shard_and_commits_every_row_once(tmp_path, url_list, image_dir, image_sizes):
@@ -124,7 +124,7 @@ def test_resume_redoes_a_lost_shard_and_commits_every_row_once(tmp_path, url_lis
     old_files_of_shard_1 = manifest_files(out, [1])
     # A crash that lost shard 1 after the finish step: it is no longer done.
     (out / "00001_stats.json").unlink()
-    (out / "00001.lance.json").unlink()
+    (out / "00001.lance-fragments").unlink()
 
     summary = download_in_process(**options(url_list, str(out)))
     assert (summary["shards_done"], summary["shards_skipped"], summary["count"]) == (1, 3, NSPS)
@@ -144,7 +144,7 @@ def test_resume_redoes_a_lost_shard_and_commits_every_row_once(tmp_path, url_lis
 
 
 def test_finalize_commits_only_done_shards(tmp_path, url_list, image_dir, image_sizes):
-    """A ``.lance.json`` without its ``_stats.json`` (a commit interrupted between the two) is left out."""
+    """A ``.lance-fragments`` without its ``_stats.json`` (a commit interrupted between the two) is left out."""
     out = tmp_path / "out"
     download_in_process(**options(url_list, str(out)))
     (out / "00002_stats.json").unlink()

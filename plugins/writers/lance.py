@@ -4,13 +4,13 @@ Lance commits a dataset's files once, in a manifest, so the work splits in two:
 
 - per shard, in a worker: the rows (metadata columns and one binary column per media
   stream, as in the parquet output) are written as Lance data files of fragments that no
-  version references yet, and the fragments' metadata goes to ``<shard>.lance.json``,
+  version references yet, and the fragments' metadata goes to ``<shard>.lance-fragments``,
   committed by the core together with the shard (``<shard>_stats.json`` last);
 - once per run, in the main process (:meth:`LanceWriter.finalize`): the fragments of every
   done shard, this run's and earlier runs', are committed as one new version.
 
 The data files of a shard that fails or crashes are referenced by no version (its
-``.lance.json`` is never committed), so the dataset has every committed row exactly once
+``.lance-fragments`` is never committed), so the dataset has every committed row exactly once
 however many runs it took; ``LanceDataset.cleanup_old_versions`` deletes such files together
 with those of superseded versions.
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget
 
 MISSING_LANCE = "output_format lance needs pylance: pip install 'any2ds[lance]'"
-MANIFEST_SUFFIX = ".lance.json"
+MANIFEST_SUFFIX = ".lance-fragments"
 _MANIFEST_NAME = re.compile(r"^(\d+)" + re.escape(MANIFEST_SUFFIX) + "$")
 # How often a blocked hand-over to the writing thread checks that the thread is still alive.
 _POLL_SECONDS = 1.0
@@ -140,7 +140,7 @@ class LanceWriter(Writer):
 
 
 def committed_manifests(output: OutputFolder) -> dict[str, dict[str, Any]]:
-    """The ``<shard>.lance.json`` of every done shard (one with its ``_stats.json``), by shard
+    """The ``<shard>.lance-fragments`` of every done shard (one with its ``_stats.json``), by shard
     name in shard order. A manifest without stats is from an interrupted commit: left out."""
     done = output.done_shards()
     if not done:
