@@ -1,4 +1,10 @@
-"""any2ds: turn lists of URLs into sharded training datasets, through plugins."""
+"""any2ds: turn lists of URLs and archives into sharded training datasets, through plugins.
+
+This module is the public API, for users (:func:`download`) and for plugins: a
+plugin, built-in or third-party, imports only from here (and from
+:mod:`any2ds.testing` in its tests). Everything listed in ``__all__`` is stable
+within a major :data:`HOOKSPEC_VERSION`.
+"""
 
 from any2ds.components import (
     Component,
@@ -8,18 +14,24 @@ from any2ds.components import (
     Processor,
     Reader,
     SampleReader,
+    ShardFunction,
     ShardWriter,
     Verifier,
     Writer,
 )
-from any2ds.config import NoOptions, option
-from any2ds.errors import ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError
-from any2ds.hookspecs import hookimpl
+from any2ds.config import CoreOptions, NoOptions, RunConfig, option
+from any2ds.errors import (
+    Any2dsError, ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError, clean_message,
+)
+from any2ds.hookspecs import HOOKSPEC_VERSION, hookimpl
 from any2ds.mediatypes import MediaType, detect_media_type
-from any2ds.metadata import MetadataLayout
+from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, to_json
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.types import (
     FetchResult, InputSource, KeyFormat, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats,
+)
+from any2ds.writers import (
+    MetadataShardWriter, SampleFilesWriter, caption_text, read_metadata, sample_files, split_file_name,
 )
 
 __version__ = "0.1.0"
@@ -27,9 +39,10 @@ __version__ = "0.1.0"
 
 def download(*args, **kwargs):
     """Run a download; takes img2dataset's ``download()`` arguments, positionally in its order
-    too (``download("urls.txt", 256, "out")``), and every plugin's options by keyword.
+    too (``download("urls.txt", 256, "out")``), and every plugin's options by keyword: flat for
+    the built-ins (``image_size=256``), by component otherwise (``thumbnail={"size": 32}``).
 
-    Returns the run summary (also written to ``<output_folder>/run_summary.json``).
+    Returns the run summary (also written to ``<output_folder>/_any2ds/run_summary.json``).
     """
     from any2ds.run import download as _download
 
@@ -37,9 +50,20 @@ def download(*args, **kwargs):
 
 
 __all__ = [
-    "Component", "ConfigError", "Distributor", "FetchError", "FetchResult", "Fetcher", "InputSource",
-    "KeyFormat", "Media", "MediaType", "MetadataLayout", "NoOptions", "Observer", "OutputFolder", "PluginError",
-    "ProcessError", "Processor", "Reader", "Sample", "SampleError", "SampleReader", "SampleResult", "Shard",
-    "ShardFailure", "ShardStats", "ShardTarget", "ShardWriter", "Verifier", "VerifyError", "Writer",
-    "detect_media_type", "download", "hookimpl", "option",
+    # running
+    "download",
+    # the contract: hooks and base classes
+    "HOOKSPEC_VERSION", "hookimpl", "Component", "Reader", "SampleReader", "Fetcher", "Verifier", "Processor",
+    "Writer", "ShardWriter", "SampleFilesWriter", "MetadataShardWriter", "Distributor", "ShardFunction", "Observer",
+    # options
+    "option", "NoOptions", "CoreOptions", "RunConfig",
+    # typed values
+    "Sample", "FetchResult", "Media", "MediaType", "SampleResult", "Shard", "ShardStats", "ShardFailure",
+    "KeyFormat", "InputSource",
+    # output
+    "OutputFolder", "ShardTarget", "MetadataLayout", "MetadataParquetWriter", "TRUNCATION_MARK",
+    "caption_text", "sample_files", "split_file_name", "read_metadata", "to_json",
+    # errors and helpers
+    "Any2dsError", "ConfigError", "PluginError", "SampleError", "FetchError", "ProcessError", "VerifyError",
+    "clean_message", "detect_media_type",
 ]

@@ -247,6 +247,13 @@ class Writer(Component):
         shard, this run's and earlier runs'), not from this run's memory.
         """
 
+    def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        """Read a finished output back: ``(metadata row, {extension: bytes})`` for every row of
+        every done shard, failures included (with no files). Used by
+        :func:`any2ds.testing.read_dataset` and the writer conformance check; a format that
+        cannot be read back raises NotImplementedError."""
+        raise NotImplementedError(f"writer {self.name!r} cannot read its output back")
+
 
 ShardFunction = Callable[["Shard"], "ShardStats"]
 

@@ -55,6 +55,10 @@ class OutputFolder:
                 done.add(int(match.group(1)))
         return done
 
+    def done_shard_names(self) -> list[str]:
+        """The file stems (``00042``) of the committed shards, in shard order."""
+        return [shard_name(shard_id, self.oom_shard_count) for shard_id in sorted(self.done_shards())]
+
     def prepare(self, mode: str) -> tuple[set[int], int]:
         """Apply the incremental mode; return (shard ids to skip, id of the first new shard)."""
         if mode == "overwrite" and self.fs.exists(self.root):

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import posixpath
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,10 +35,10 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 import fsspec
-import pyarrow.parquet as pq
 
 from any2ds.manager import PluginHost
-from any2ds.output import SUMMARY_FILE
+from any2ds.options import OptionSchema
+from any2ds.output import SUMMARY_FILE, OutputFolder
 from any2ds.run import download
 
 __all__ = ["Dataset", "LocalHTTPServer", "download_in_process", "read_dataset", "registered_plugin", "send_bytes",
@@ -188,14 +187,13 @@ def serve_directory(root: str | os.PathLike) -> Iterator[LocalHTTPServer]:
 
 @attrs.frozen
 class Dataset:
-    """An output folder read back.
+    """An output folder read back by its writer (:meth:`any2ds.Writer.read_output`).
 
-    ``rows``: every ``<shard>.parquet`` row (one per input row, failures
-    included), by key; with ``output_format: parquet`` they hold the media
-    columns too. ``samples``: for ``webdataset`` and ``files`` outputs, each
-    successful sample's files by key, then by extension (``jpg``, ``json``,
-    ``txt``, ``thumb.jpg``), as webdataset groups them. ``summary``:
-    ``run_summary.json``.
+    ``rows``: every metadata row (one per input row, failures included), by
+    key, media columns excluded. ``samples``: each stored sample's files by
+    key, then by extension (``jpg``, ``json``, ``txt``, ``thumb.jpg``), as
+    webdataset groups them (for ``parquet``, the media columns by stream).
+    ``summary``: ``_any2ds/run_summary.json``.
     """
 
     rows: list[dict[str, Any]]
@@ -204,32 +202,22 @@ class Dataset:
 
 
 def read_dataset(output_folder: str | os.PathLike) -> Dataset:
-    """Read an output folder (a local path or any fsspec URL) back."""
+    """Read an output folder (a local path or any fsspec URL) back with the writer that made it,
+    rebuilt from the run summary's config (plugins registered in this process included)."""
     fs, root = fsspec.core.url_to_fs(str(output_folder))
+    summary_path = posixpath.join(root, SUMMARY_FILE)
+    if not fs.exists(summary_path):
+        raise ValueError(f"{output_folder}: no {SUMMARY_FILE}, so not an any2ds output folder")
+    summary = json.loads(fs.cat_file(summary_path))
+    config = summary["config"]
+    host = PluginHost.load(local_plugins=config.get("plugins") or ())
+    run_config = OptionSchema(host).parse_kwargs(config)
+    writer_class = host.component("writer", run_config.core.output_format, "output_format")
+    writer = writer_class(run_config.options_for(writer_class))
     rows: list[dict[str, Any]] = []
     samples: dict[str, dict[str, bytes]] = {}
-    for path in sorted(fs.ls(root, detail=False)):
-        shard, _, suffix = posixpath.basename(path.rstrip("/")).partition(".")
-        if not shard.isdigit():
-            continue
-        if suffix == "parquet":
-            with fs.open(path, "rb") as f:
-                rows += pq.read_table(f).to_pylist()
-        elif suffix == "tar":
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                for member in tar:
-                    if member.isfile():
-                        _add_member(samples, member.name, tar.extractfile(member).read())
-        elif not suffix and fs.isdir(path):
-            for file in sorted(fs.find(path)):
-                _add_member(samples, file, fs.cat_file(file))
-    summary_path = posixpath.join(root, SUMMARY_FILE)
-    summary = json.loads(fs.cat_file(summary_path)) if fs.exists(summary_path) else {}
+    for row, files in writer.read_output(OutputFolder(str(output_folder), run_config.core.oom_shard_count)):
+        rows.append(row)
+        if files:
+            samples[row["key"]] = files
     return Dataset(rows=sorted(rows, key=lambda row: row["key"]), samples=samples, summary=summary)
-
-
-def _add_member(samples: dict[str, dict[str, bytes]], name: str, data: bytes) -> None:
-    """File ``<key>.<extension>`` under its key, splitting at the first dot as webdataset does."""
-    key, _, extension = posixpath.basename(name).partition(".")
-    samples.setdefault(key, {})[extension] = data
-

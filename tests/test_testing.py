@@ -87,12 +87,14 @@ def test_download_in_process_runs_an_in_memory_plugin_and_read_dataset_reads_it_
     assert "gray" not in PluginHost.load().registries["processor"].names()
 
 
-def test_read_dataset_of_a_parquet_output_has_the_media_in_its_rows(tmp_path, url_list):
+def test_read_dataset_of_a_parquet_output_splits_media_from_rows(tmp_path, url_list):
     download_in_process(GrayPlugin(), url_list=str(url_list), output_folder=str(tmp_path / "out"),
                         output_format="parquet", processors=["gray"], allow_private_networks=True)
     dataset = read_dataset(tmp_path / "out")
-    assert dataset.samples == {}
-    assert [Image.open(io.BytesIO(row["gray"])).mode for row in dataset.rows if row["status"] == "success"] == ["L"] * 2
+    assert len(dataset.rows) == 3 and all("gray" not in row for row in dataset.rows)
+    ok = [row["key"] for row in dataset.rows if row["status"] == "success"]
+    assert sorted(dataset.samples) == ok
+    assert [Image.open(io.BytesIO(dataset.samples[key]["gray"])).mode for key in ok] == ["L"] * 2
 
 
 def test_serve_directory_serves_files_with_and_without_an_opt_out(tmp_path):

@@ -25,7 +25,7 @@ from any2ds.output import OutputFolder
 from any2ds.types import Media, Sample, SampleResult, make_key
 from any2ds_plugins.writers import files as files_module
 from any2ds_plugins.writers import parquet as parquet_module
-from any2ds_plugins.writers.common import sample_members
+from any2ds import sample_files
 from any2ds_plugins.writers.tfrecord import to_feature
 
 FORMATS = ["files", "webdataset", "parquet", "tfrecord", "dummy"]
@@ -321,7 +321,7 @@ def test_media_extensions_never_overwrite_the_sidecars():
     result = success(0, "caption")
     result.media = {"text": Media(b"downloaded text", "txt"), "jpg": Media(b"jpeg", "jpg"),
                     "thumb": Media(b"small jpeg", "jpg")}
-    members = sample_members(result, LAYOUT.record(result), LAYOUT)
+    members = sample_files(result, LAYOUT.record(result), LAYOUT)
     assert members["txt"] == b"caption"
     assert members["text.txt"] == b"downloaded text"
     assert members["jpg"] == b"jpeg" and members["thumb.jpg"] == b"small jpeg"

@@ -5,14 +5,10 @@ Useful to measure download and processing speed without the cost of writing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any
 
-from any2ds.components import ShardWriter, Writer
-
-if TYPE_CHECKING:
-    from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import SampleResult
+from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
 
 
 class DummyWriter(Writer):
@@ -22,6 +18,10 @@ class DummyWriter(Writer):
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> DummyShardWriter:
         return DummyShardWriter()
+
+    def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        """Nothing: the format stores no row."""
+        return iter(())
 
 
 class DummyShardWriter(ShardWriter):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import posixpath
+from collections.abc import Iterator
 
-from any2ds.components import Writer
-from any2ds_plugins.writers.common import MetadataShardWriter, sample_members
+import fsspec
 
-if TYPE_CHECKING:
-    from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import SampleResult
+from any2ds import SampleFilesWriter
 
 # Files are written in batches: on an object store fsspec uploads a batch
 # concurrently instead of paying one request's latency per file.
@@ -18,43 +15,42 @@ BATCH_FILES = 256
 BATCH_BYTES = 64 * 1024 * 1024
 
 
-class FilesWriter(Writer):
+class PendingFiles:
+    """A shard folder's files waiting to be written in one batch."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, folder: str) -> None:
+        self.fs = fs
+        self.folder = folder
+        self.files: dict[str, bytes] = {}
+        self.size = 0
+
+    def flush(self) -> None:
+        if self.files:
+            self.fs.pipe(self.files)
+        self.files = {}
+        self.size = 0
+
+
+class FilesWriter(SampleFilesWriter):
     """img2dataset's ``files`` layout: ``<shard>/<key>.<ext>``, ``<key>.txt`` (when
     captioned) and ``<key>.json`` for each success, plus ``<shard>.parquet``."""
 
     name = "files"
+    container_suffix = ""
 
-    def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> FilesShardWriter:
-        return FilesShardWriter(target, layout)
+    def open_container(self, fs: fsspec.AbstractFileSystem, path: str) -> PendingFiles:
+        fs.makedirs(path, exist_ok=True)
+        return PendingFiles(fs, path)
 
+    def add_file(self, container: PendingFiles, name: str, data: bytes) -> None:
+        container.files[f"{container.folder}/{name}"] = data
+        container.size += len(data)
+        if len(container.files) >= BATCH_FILES or container.size >= BATCH_BYTES:
+            container.flush()
 
-class FilesShardWriter(MetadataShardWriter):
-    """Writes each successful sample's files into the shard's temporary folder."""
+    def close_container(self, container: PendingFiles) -> None:
+        container.flush()
 
-    def __init__(self, target: ShardTarget, layout: MetadataLayout) -> None:
-        super().__init__(target, layout)
-        self._folder = target.path("")
-        target.fs.makedirs(self._folder, exist_ok=True)
-        self._pending: dict[str, bytes] = {}
-        self._pending_bytes = 0
-
-    def write_sample(self, result: SampleResult, record: dict[str, Any]) -> None:
-        key = result.sample.key
-        for extension, data in sample_members(result, record, self.layout).items():
-            self._pending[f"{self._folder}/{key}.{extension}"] = data
-            self._pending_bytes += len(data)
-        if len(self._pending) >= BATCH_FILES or self._pending_bytes >= BATCH_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self.target.fs.pipe(self._pending)
-        self._pending = {}
-        self._pending_bytes = 0
-
-    def close_container(self) -> None:
-        self._flush()
-
-    def abort(self) -> None:
-        self._pending = {}
-        super().abort()
+    def read_container(self, fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[str, bytes]]:
+        for file in sorted(fs.find(path)):
+            yield posixpath.relpath(file, path), fs.cat_file(file)

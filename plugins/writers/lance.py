@@ -35,7 +35,7 @@ from attrs import validators as v
 from fsspec.implementations.local import LocalFileSystem
 
 from any2ds import ConfigError, ShardWriter, Writer, option
-from any2ds_plugins.writers.parquet import RowGroups
+from any2ds_plugins.writers.parquet import RowGroups, rows_and_media
 
 if TYPE_CHECKING:
     import fsspec
@@ -137,6 +137,13 @@ class LanceWriter(Writer):
         uri, storage_options = lance_location(output.fs, self.dataset_path(output))
         lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(schema, fragments),
                                   storage_options=storage_options)
+
+    def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        """The rows of the dataset's latest version (none before the first finalize)."""
+        if not committed_manifests(output):
+            return
+        uri, storage_options = lance_location(output.fs, self.dataset_path(output))
+        yield from rows_and_media(import_lance().dataset(uri, storage_options=storage_options).to_table())
 
 
 def committed_manifests(output: OutputFolder) -> dict[str, dict[str, Any]]:

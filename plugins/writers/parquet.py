@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from any2ds.components import ShardWriter, Writer
-from any2ds.errors import ConfigError
-
-if TYPE_CHECKING:
-    from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import SampleResult
+from any2ds import ConfigError, MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
 
 # A row group is written once either limit is reached, so a shard's media is
 # never all in memory (img2dataset used 100-row groups).
@@ -74,6 +69,20 @@ class ParquetWriter(Writer):
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> ParquetShardWriter:
         return ParquetShardWriter(target, layout)
+
+    def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        for shard_name in output.done_shard_names():
+            with output.fs.open(output.join(f"{shard_name}.parquet"), "rb") as f:
+                table = pq.read_table(f)
+            yield from rows_and_media(table)
+
+
+def rows_and_media(table: pa.Table) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Split rows of metadata + binary media columns into (metadata row, {stream: bytes})."""
+    streams = [field.name for field in table.schema if pa.types.is_binary(field.type)]
+    for row in table.to_pylist():
+        media = {stream: row.pop(stream) for stream in streams}
+        yield row, {stream: data for stream, data in media.items() if data is not None}
 
 
 class ParquetShardWriter(ShardWriter):

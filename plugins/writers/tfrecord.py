@@ -9,16 +9,14 @@ import importlib.util
 import json
 import numbers
 import os
-from typing import TYPE_CHECKING, Any
+import tempfile
+from collections.abc import Iterator
+from typing import Any
 
-from any2ds.components import Writer
-from any2ds.errors import ConfigError
-from any2ds_plugins.writers.common import MetadataShardWriter, caption_text
-
-if TYPE_CHECKING:
-    from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import SampleResult
+from any2ds import (
+    ConfigError, MetadataLayout, MetadataShardWriter, OutputFolder, SampleResult, ShardTarget, Writer, caption_text,
+    read_metadata,
+)
 
 MISSING_TENSORFLOW = "output_format tfrecord needs tensorflow: pip install 'any2ds[tfrecord]'"
 
@@ -78,6 +76,25 @@ class TFRecordWriter(Writer):
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> TFRecordShardWriter:
         return TFRecordShardWriter(import_tensorflow(), target, layout)
+
+    def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        """Rows from ``<shard>.parquet``; files from each Example's bytes features that are not
+        metadata columns (the media streams, ``txt``)."""
+        tf = import_tensorflow()
+        for shard_name in output.done_shard_names():
+            rows = read_metadata(output, shard_name)
+            columns = set(rows[0]) if rows else set()
+            files: dict[str, dict[str, bytes]] = {}
+            with tempfile.TemporaryDirectory(prefix="any2ds-tfrecord-") as folder:
+                local = os.path.join(folder, "shard.tfrecord")
+                output.fs.get(output.join(f"{shard_name}.tfrecord"), local)  # tensorflow reads local files
+                for serialized in tf.data.TFRecordDataset(local).as_numpy_iterator():
+                    features = tf.train.Example.FromString(serialized).features.feature
+                    files[features["key"].bytes_list.value[0].decode()] = {
+                        name: feature.bytes_list.value[0] for name, feature in features.items()
+                        if name not in columns and name != "key" and feature.bytes_list.value}
+            for row in rows:
+                yield row, files.get(row["key"], {})
 
 
 class TFRecordShardWriter(MetadataShardWriter):

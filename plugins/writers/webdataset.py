@@ -2,46 +2,48 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import io
+import tarfile
+import time
+from collections.abc import Iterator
+from typing import Any
 
-from webdataset import TarWriter
+import fsspec
 
-from any2ds.components import Writer
-from any2ds_plugins.writers.common import MetadataShardWriter, sample_members
+from any2ds import SampleFilesWriter
 
-if TYPE_CHECKING:
-    from any2ds.metadata import MetadataLayout
-    from any2ds.output import ShardTarget
-    from any2ds.types import SampleResult
-
-# img2dataset's tar members are read-only and owned by "bigdata".
+# Members as webdataset's TarWriter (img2dataset's writer) makes them: ustar, read-only, owned by "bigdata".
 MEMBER_MODE = 0o444
+MEMBER_OWNER = "bigdata"
 
 
-class WebDatasetWriter(Writer):
+class WebDatasetWriter(SampleFilesWriter):
     """img2dataset's ``webdataset`` layout: ``<shard>.tar`` with ``<key>.<ext>``,
-    ``<key>.txt`` and ``<key>.json`` per success, in write order, plus ``<shard>.parquet``."""
+    ``<key>.txt`` and ``<key>.json`` per success, in write order, plus ``<shard>.parquet``.
+    Streams into the tar on the output filesystem (fsspec, so S3 works too)."""
 
     name = "webdataset"
+    container_suffix = ".tar"
 
-    def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> WebDatasetShardWriter:
-        return WebDatasetShardWriter(target, layout)
+    def open_container(self, fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, tarfile.TarFile]:
+        file = fs.open(path, "wb")
+        return file, tarfile.open(fileobj=file, mode="w|", format=tarfile.USTAR_FORMAT)
 
+    def add_file(self, container: tuple[Any, tarfile.TarFile], name: str, data: bytes) -> None:
+        member = tarfile.TarInfo(name)
+        member.size, member.mtime, member.mode = len(data), time.time(), MEMBER_MODE
+        member.uname = member.gname = MEMBER_OWNER
+        container[1].addfile(member, io.BytesIO(data))
 
-class WebDatasetShardWriter(MetadataShardWriter):
-    """Streams samples into a tar on the output filesystem (fsspec, so S3 works too)."""
-
-    def __init__(self, target: ShardTarget, layout: MetadataLayout) -> None:
-        super().__init__(target, layout)
-        self._file = target.fs.open(target.path(".tar"), "wb")
-        # encoder=False: every member is already bytes.
-        self._tar = TarWriter(self._file, encoder=False, mode=MEMBER_MODE)
-
-    def write_sample(self, result: SampleResult, record: dict[str, Any]) -> None:
-        self._tar.write({"__key__": result.sample.key, **sample_members(result, record, self.layout)})
-
-    def close_container(self) -> None:
+    def close_container(self, container: tuple[Any, tarfile.TarFile]) -> None:
+        file, tar = container
         try:
-            self._tar.close()  # does not close a file object it was given
+            tar.close()  # does not close a file object it was given
         finally:
-            self._file.close()
+            file.close()
+
+    def read_container(self, fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[str, bytes]]:
+        with fs.open(path, "rb") as file, tarfile.open(fileobj=file, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member.name, tar.extractfile(member).read()
