@@ -740,7 +740,7 @@ def https_url(tmp_path_factory):
             pass
 
         def do_GET(self):  # noqa: N802 - http.server's naming
-            send_bytes(self, BODY)
+            send_bytes(self, BODY, headers={"X-Client-Port": str(self.client_address[1])})
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -768,3 +768,14 @@ def test_self_signed_certificate_is_refused(https_url):
 def test_ignore_ssl_certificate(https_url, recwarn):
     assert fetch(https_url, ignore_ssl_certificate=True).body == BODY
     assert not [w for w in recwarn if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)]
+
+
+def test_tls_connections_are_kept_alive(https_url):
+    """The check for bytes past a response's end sees TLS records, not just bytes: none is mistaken for them."""
+    fetcher = make_fetcher(ignore_ssl_certificate=True)
+    try:
+        results = [fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=https_url)) for i in range(5)]
+    finally:
+        fetcher.close()
+    assert [result.body for result in results] == [BODY] * 5
+    assert len({result.headers["X-Client-Port"] for result in results}) == 1

@@ -4,6 +4,7 @@
 - ``deadline``: the total deadline of an attempt and the reaper thread enforcing it;
 - ``robots``: img2dataset's User-Agent and X-Robots-Tag rules;
 - ``retry``: retryable statuses, Retry-After and backoff;
+- ``framing``: http.client responses matched strictly to their request on a kept-alive connection;
 - ``transport``: requests sessions whose connections obey the attempt's policy and deadline;
 - ``fetcher``: the ``HttpFetcher`` component tying them together.
 

@@ -27,7 +27,7 @@ from any2ds_plugins.http.addresses import AddressPolicy
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt, DeadlineReaper
 from any2ds_plugins.http.retry import retry_delay, status_error
 from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
-from any2ds_plugins.http.transport import as_fetch_error, guarded_session
+from any2ds_plugins.http.transport import as_fetch_error, guarded_session, is_stale_connection
 
 _CHUNK = 64 * 1024
 # Error and redirect bodies up to this size are read so their connection can be reused.
@@ -179,7 +179,19 @@ class HttpFetcher(Fetcher):
                 response.close()  # closes the connection unless it was released above
 
     def _request(self, session: requests.Session, url: str, attempt: Attempt) -> requests.Response:
-        """Send a GET and read the headers, with connect and read timeouts bounded by the deadline."""
+        """Send a GET and read the headers, with connect and read timeouts bounded by the deadline.
+
+        A kept-alive connection the server closed just as the request went
+        out never carried it: the request goes once more, on a new connection.
+        """
+        try:
+            return self._send(session, url, attempt)
+        except requests.ConnectionError as exc:
+            if not is_stale_connection(exc):
+                raise
+        return self._send(session, url, attempt)
+
+    def _send(self, session: requests.Session, url: str, attempt: Attempt) -> requests.Response:
         remaining = attempt.remaining()
         # verify per request: a session-level False loses to REQUESTS_CA_BUNDLE in the environment.
         return session.get(url, stream=True, allow_redirects=False, timeout=(remaining, remaining),

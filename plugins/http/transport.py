@@ -1,4 +1,5 @@
-"""requests sessions whose every connection obeys the current attempt's address policy and deadline.
+"""requests sessions whose every connection obeys the current attempt's address policy and deadline,
+and reads responses strictly framed (``framing``).
 
 Also the classification of what requests, urllib3 and sockets raise into
 the fetcher's errors: timeouts and connection trouble are transient.
@@ -7,6 +8,7 @@ the fetcher's errors: timeouts and connection trouble are transient.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -18,26 +20,42 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from any2ds import FetchError
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT
+from any2ds_plugins.http.framing import FramedResponse, UnframedResponse
 
 # Hosts whose idle connection each thread keeps; bounds idle sockets to threads x this.
 HOSTS_PER_THREAD = 2
 
 
-def root_message(exc: BaseException) -> str:
-    """The innermost cause's message (``[Errno 111] Connection refused``), not urllib3's nested repr."""
+class StaleConnection(ConnectionResetError):
+    """A kept-alive connection the server closed before answering: the request can go again on a new one."""
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it wraps (causes, urllib3's reasons, exceptions in args), outermost first."""
     seen: set[int] = set()
-    while id(exc) not in seen:
+    while exc is not None and id(exc) not in seen:
+        yield exc
         seen.add(id(exc))
         inner = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else None
-        inner = inner or exc.__cause__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
-        if inner is None:
-            break
-        exc = inner
-    return str(exc) or type(exc).__name__
+        exc = inner or exc.__cause__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
+
+
+def root_message(exc: BaseException) -> str:
+    """The innermost cause's message (``[Errno 111] Connection refused``), not urllib3's nested repr."""
+    *_, root = causes(exc)
+    return str(root) or type(root).__name__
+
+
+def is_stale_connection(exc: BaseException) -> bool:
+    return any(isinstance(cause, StaleConnection) for cause in causes(exc))
 
 
 def as_fetch_error(exc: Exception) -> FetchError:
-    """Classify a requests/urllib3/socket exception: timeouts and connection trouble are retryable."""
+    """Classify a requests/urllib3/socket exception: timeouts and connection trouble are retryable;
+    an answer that does not frame cleanly is a ``ProtocolError``, not retried."""
+    unframed = next((cause for cause in causes(exc) if isinstance(cause, UnframedResponse)), None)
+    if unframed is not None:
+        return FetchError(str(unframed), retryable=False, error_type="ProtocolError")
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError)):
         return FetchError("timed out", retryable=True, error_type="Timeout")
     if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
@@ -75,10 +93,15 @@ class _GuardedConnection:
     The host is resolved here and the socket connected to a checked address,
     so no DNS trick (a public name for 127.0.0.1, rebinding between check
     and connect) reaches a blocked one; Host, SNI and certificate checks
-    still use the hostname.
+    still use the hostname. Responses are ``FramedResponse``s.
     """
 
+    response_class = FramedResponse
+    # Whether a response already came over the current socket, i.e. the server may have closed it since.
+    _reused = False
+
     def _new_conn(self) -> socket.socket:
+        self._reused = False
         try:
             return CURRENT_ATTEMPT.get().connect(self._dns_host, self.port, self.source_address,
                                                  self.socket_options)
@@ -94,7 +117,14 @@ class _GuardedConnection:
         attempt = CURRENT_ATTEMPT.get()
         attempt.use(self.sock)
         self.timeout = attempt.remaining()
-        return super().getresponse()
+        try:
+            response = super().getresponse()
+        except ConnectionResetError as exc:  # a reset, or the connection closed without a status line
+            if self._reused:
+                raise StaleConnection(str(exc)) from exc
+            raise
+        self._reused = True
+        return response
 
 
 class _GuardedHTTPConnection(_GuardedConnection, urllib3.connection.HTTPConnection):
