@@ -2,9 +2,12 @@
 
 http.server always answers with well-formed messages; the faults a crawl
 meets (stalls, drips, lying lengths, resets, endless bodies, bombs) need the
-socket itself. Each connection carries one request and is then closed.
-Every fault ends by itself: stalls and streams stop when the client goes
-away, when the server closes, or after ``MAX_FAULT_SECONDS``.
+socket itself. A connection carries one request and is then closed, unless
+its fault answered with a framed keep-alive response (the keep-alive faults
+below): then it carries the next request too, which is how a client's reused
+connection meets what an earlier answer left on it. Every fault ends by
+itself: stalls and streams stop when the client goes away, when the server
+closes, or after ``MAX_FAULT_SECONDS``.
 
 ``FAULTS`` maps the first path segment to a fault: ``/stall_headers/x``,
 ``/redirect_chain/30``, ``/status/429?retry_after=1``... Any https URL
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import itertools
 import socket
 import struct
 import threading
@@ -39,18 +44,29 @@ HTML = b"<!doctype html><html><body>Not an image: the site's error page</body></
 
 
 class Exchange:
-    """One connection: the request it carried and ways to answer it, politely or not."""
+    """One request on a connection and ways to answer it, politely or not.
 
-    def __init__(self, server: FaultServer, sock: socket.socket, target: str) -> None:
+    ``number`` counts the requests on the connection from 1. A fault that
+    leaves the connection fit for another request sets ``keep_alive``, and
+    may set ``held_back``: bytes the next exchange sends before its answer.
+    """
+
+    def __init__(self, server: FaultServer, sock: socket.socket, target: str, number: int = 1,
+                 owed: bytes = b"") -> None:
         self.server = server
         self.sock = sock
         self.target = target
+        self.number = number
+        self.keep_alive = False
+        self.held_back = b""
+        self._owed = owed  # what the previous exchange held back
         parts = urlsplit(target)
         self.segments = unquote(parts.path).strip("/").split("/")
         self.query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
 
     def send(self, data: bytes) -> bool:
-        """Send ``data``; False once the client has gone."""
+        """Send ``data`` (after any bytes the previous exchange held back); False once the client has gone."""
+        data, self._owed = self._owed + data, b""
         try:
             self.sock.sendall(data)
         except OSError:
@@ -65,6 +81,10 @@ class Exchange:
     def respond(self, body: bytes, content_type: str = "image/jpeg", status: int = 200, **headers: str) -> None:
         self.send(self.head(status, {"Content-Type": content_type, "Content-Length": str(len(body)),
                                      **{name.replace("_", "-"): value for name, value in headers.items()}}) + body)
+
+    def answer(self, data: bytes) -> None:
+        """Send ``data``, a framed response, and keep the connection for the next request."""
+        self.keep_alive = self.send(data)
 
     def redirect(self, location: str) -> None:
         self.respond(b"", "text/plain", 302, Location=location)
@@ -251,6 +271,78 @@ def flaky(exchange: Exchange) -> None:
         image(exchange)
 
 
+# -- keep-alive: answers that leave bytes on, or close, a connection the client reuses
+#
+# ``/<fault>/NAME`` serves (or pretends to serve) ``served_body(NAME)``. A client that takes an
+# answer meant for another request stores another name's bytes, which tests detect by content.
+
+
+def served_body(name: str) -> bytes:
+    """What the keep-alive faults serve for ``name``: different bytes for every name."""
+    return hashlib.sha256(name.encode()).digest() * 32 + name.encode()
+
+
+def framed(body: bytes, status: int = 200) -> bytes:
+    """A complete keep-alive response carrying ``body``."""
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+
+
+def interim(status: int) -> bytes:
+    """An informational (1xx) response, with a header as 103 Early Hints has."""
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nLink: </style.css>; rel=preload\r\n\r\n".encode()
+
+
+@fault
+def body(exchange: Exchange) -> None:
+    exchange.answer(framed(served_body(exchange.segments[1])))
+
+
+@fault
+def informational(exchange: Exchange) -> None:
+    """``/informational/CODE/NAME?count=N&delay=S``: N (default 1) interim responses CODE, then,
+    S seconds later (default at once), NAME's body."""
+    exchange.send(interim(int(exchange.segments[1])) * int(exchange.query.get("count", 1)))
+    exchange.server.stopping.wait(float(exchange.query.get("delay", 0)))
+    exchange.answer(framed(served_body(exchange.segments[2])))
+
+
+@fault
+def two_responses(exchange: Exchange) -> None:
+    """NAME's body, then an answer nobody asked for: in the same write, or with ``?late=1`` held
+    back until the next request on the connection arrives, and sent just before its answer."""
+    name = exchange.segments[1]
+    unsolicited = framed(served_body(f"unsolicited/{name}"))
+    if exchange.query.get("late"):
+        exchange.answer(framed(served_body(name)))
+        exchange.held_back = unsolicited
+    else:
+        exchange.answer(framed(served_body(name)) + unsolicited)
+
+
+@fault
+def headers_then_close(exchange: Exchange) -> None:
+    """A keep-alive head promising NAME's body, then the connection closes without it."""
+    response = framed(served_body(exchange.segments[1]))
+    exchange.send(response[: response.index(b"\r\n\r\n") + 4])
+
+
+@fault
+def stale(exchange: Exchange) -> None:
+    """On a reused connection, closes without answering, as a server whose idle timeout fires while
+    the request arrives; on a new connection, NAME's body."""
+    if exchange.number == 1:
+        body(exchange)
+
+
+@fault
+def scripted(exchange: Exchange) -> None:
+    """``/scripted/ID``: exactly the bytes registered with ``FaultServer.script``, in one write."""
+    data, keep_alive = exchange.server.scripts[exchange.segments[1]]
+    exchange.send(data)
+    exchange.keep_alive = keep_alive
+
+
 # -- payloads
 
 
@@ -300,6 +392,10 @@ class FaultServer:
         self.image = image
         self.stopping = threading.Event()
         self.targets: Counter[str] = Counter()  # raw request targets received, as sent
+        # (connection number, raw target) of every request, in arrival order
+        self.requests: list[tuple[int, str]] = []
+        self.scripts: dict[str, tuple[bytes, bool]] = {}
+        self._connection_numbers = itertools.count(1)
         self._lock = threading.Lock()
         self.host = host
         self._listener = socket.create_server((host, port))
@@ -318,6 +414,25 @@ class FaultServer:
         """How many requests arrived for ``target`` (the raw request target, e.g. ``/flaky/429/a``)."""
         with self._lock:
             return self.targets[target]
+
+    def script(self, data: bytes, *, keep_alive: bool) -> str:
+        """A path answered with exactly ``data``; then the connection serves the next request
+        (``keep_alive``) or closes."""
+        with self._lock:
+            script_id = str(len(self.scripts))
+            self.scripts[script_id] = (data, keep_alive)
+        return f"/scripted/{script_id}"
+
+    def targets_on_reused_connections(self) -> list[str]:
+        """The targets of the requests that arrived on a connection an earlier request had used."""
+        with self._lock:
+            seen: set[int] = set()
+            reused = []
+            for connection, target in self.requests:
+                if connection in seen:
+                    reused.append(target)
+                seen.add(connection)
+            return reused
 
     def close(self) -> None:
         self.stopping.set()
@@ -342,13 +457,20 @@ class FaultServer:
             if first == TLS_RECORD_HEADER[:1]:  # a TLS ClientHello
                 Exchange(self, sock, "/").drip(TLS_RECORD_HEADER + b"\x00" * 16000)
                 return
-            target = self._read_target(sock)
-            if target is None:
-                return
-            with self._lock:
-                self.targets[target] += 1
-            exchange = Exchange(self, sock, target)
-            FAULTS.get(exchange.segments[0], _not_found)(exchange)
+            connection = next(self._connection_numbers)
+            held_back = b""
+            for number in itertools.count(1):
+                target = self._read_target(sock)
+                if target is None:
+                    return
+                with self._lock:
+                    self.targets[target] += 1
+                    self.requests.append((connection, target))
+                exchange = Exchange(self, sock, target, number, held_back)
+                FAULTS.get(exchange.segments[0], _not_found)(exchange)
+                if not exchange.keep_alive:
+                    return
+                held_back = exchange.held_back
 
     @staticmethod
     def _read_target(sock: socket.socket) -> str | None:

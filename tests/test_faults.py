@@ -21,7 +21,7 @@ import pytest
 
 import any2ds
 from any2ds.cli import main
-from any2ds_plugins.http import REAPER_GRACE
+from any2ds_plugins.http.deadline import REAPER_GRACE
 from tests.fault_server import FaultServer
 
 TIMEOUT = 2.0

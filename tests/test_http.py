@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import os
@@ -28,15 +29,12 @@ from any2ds.errors import FetchError
 from any2ds.manager import PluginHost
 from any2ds.types import Sample
 from any2ds_plugins import http as http_plugin
-from any2ds_plugins.http import (
-    BASE_USER_AGENT,
-    REAPER_GRACE,
-    HttpFetcher,
-    address_kind,
-    as_fetch_error,
-    parse_retry_after,
-    robots_refused,
-)
+from any2ds_plugins.http.addresses import address_kind
+from any2ds_plugins.http.deadline import REAPER_GRACE
+from any2ds_plugins.http.fetcher import HttpFetcher
+from any2ds_plugins.http.retry import parse_retry_after
+from any2ds_plugins.http.robots import BASE_USER_AGENT, robots_refused
+from any2ds_plugins.http.transport import as_fetch_error
 from tests.fault_server import FaultServer
 from tests.http_server import send_bytes
 
@@ -111,6 +109,15 @@ def test_registers_as_http_fetcher():
     assert names == ["timeout", "retries", "user_agent_token", "disallowed_header_directives",
                      "ignore_ssl_certificate", "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after",
                      "allow_private_networks", "allow_link_local"]
+
+
+@pytest.mark.parametrize("module", ["addresses", "deadline"])
+def test_policy_and_deadline_do_not_depend_on_requests(module):
+    """Fetchers built on another HTTP library reuse these two modules."""
+    tree = ast.parse(Path(http_plugin.__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.split(".")[0] == "requests" or name.endswith(".transport")}
 
 
 @pytest.mark.parametrize("bad", [{"timeout": 0}, {"retries": -1}, {"max_body_bytes": 0}, {"max_redirects": -1}])
@@ -733,7 +740,7 @@ def https_url(tmp_path_factory):
             pass
 
         def do_GET(self):  # noqa: N802 - http.server's naming
-            send_bytes(self, BODY)
+            send_bytes(self, BODY, headers={"X-Client-Port": str(self.client_address[1])})
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -761,3 +768,14 @@ def test_self_signed_certificate_is_refused(https_url):
 def test_ignore_ssl_certificate(https_url, recwarn):
     assert fetch(https_url, ignore_ssl_certificate=True).body == BODY
     assert not [w for w in recwarn if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)]
+
+
+def test_tls_connections_are_kept_alive(https_url):
+    """The check for bytes past a response's end sees TLS records, not just bytes: none is mistaken for them."""
+    fetcher = make_fetcher(ignore_ssl_certificate=True)
+    try:
+        results = [fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=https_url)) for i in range(5)]
+    finally:
+        fetcher.close()
+    assert [result.body for result in results] == [BODY] * 5
+    assert len({result.headers["X-Client-Port"] for result in results}) == 1

@@ -1,0 +1,22 @@
+"""The built-in ``http`` fetcher, one module per concern.
+
+- ``addresses``: which IP addresses requests may reach, and resolution within a deadline;
+- ``deadline``: the total deadline of an attempt and the reaper thread enforcing it;
+- ``robots``: img2dataset's User-Agent and X-Robots-Tag rules;
+- ``retry``: retryable statuses, Retry-After and backoff;
+- ``framing``: http.client responses matched strictly to their request on a kept-alive connection;
+- ``transport``: requests sessions whose connections obey the attempt's policy and deadline;
+- ``fetcher``: the ``HttpFetcher`` component tying them together.
+
+``addresses`` and ``deadline`` do not depend on requests, so other fetchers can reuse them.
+"""
+
+from __future__ import annotations
+
+from any2ds import hookimpl
+from any2ds_plugins.http.fetcher import HttpFetcher
+
+
+@hookimpl
+def any2ds_register_fetchers(register):
+    register(HttpFetcher)

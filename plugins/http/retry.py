@@ -1,0 +1,62 @@
+"""When to try a URL again and how long to wait: retryable statuses, Retry-After, backoff.
+
+Which transport errors are transient is decided where they are raised
+(``transport.as_fetch_error``); this module knows only HTTP.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from datetime import datetime, timezone
+from http import HTTPStatus
+
+from any2ds import FetchError
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class HTTPStatusError(FetchError):
+    """An HTTP error status; carries the server's ``Retry-After`` delay in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def status_error(status: int, reason: str | None, retry_after: str | None) -> HTTPStatusError:
+    """img2dataset's ``HTTP Error 404: Not Found``, with the server's reason phrase if it sent one."""
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    return HTTPStatusError(f"HTTP Error {status}: {reason}", retryable=status in RETRYABLE_STATUSES,
+                           error_type="HTTPError", retry_after=parse_retry_after(retry_after))
+
+
+def retry_delay(error: FetchError, failed_attempts: int, backoff: float, longest: float) -> float:
+    """Seconds before the next attempt: the server's Retry-After if it sent one, else
+    exponential backoff from ``backoff`` seconds, jittered; at most ``longest``."""
+    delay = error.retry_after if isinstance(error, HTTPStatusError) else None
+    if delay is None:
+        delay = backoff * 2 ** (failed_attempts - 1) * random.uniform(0.5, 1.0)
+    return min(delay, longest)
