@@ -83,6 +83,11 @@ class SamplePipeline:
     def _fields(self, method: str) -> list[pa.Field]:
         return [f for c in (*self.processors, *self.verifiers) for f in getattr(c, method)()]
 
+    def reported_statuses(self) -> tuple[str, ...]:
+        """The failure statuses the run can give, counted in every ``_stats.json`` even at zero:
+        a failed download, then each processor's own (``failed_to_resize`` for images)."""
+        return tuple(dict.fromkeys(["failed_to_download", *(p.failure_status for p in self.processors)]))
+
     def media_streams(self) -> list[str]:
         return [s for p in self.processors for s in p.media_streams()]
 

@@ -71,7 +71,7 @@ class ShardCutter:
             raise ConfigError(
                 f"input file {source.path}: column(s) {', '.join(map(repr, missing))} not found; "
                 f"its columns are: {', '.join(map(repr, available))} (check url_col, caption_col, "
-                f"save_additional_columns, bbox_col, verify_hash)"
+                f"save_additional_columns and the options naming input columns)"
             )
 
 

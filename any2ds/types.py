@@ -158,7 +158,15 @@ class Shard:
 
 @attrs.frozen
 class ShardStats:
-    """A finished shard's counts, as written to ``<shard>_stats.json``."""
+    """A finished shard's counts, as written to ``<shard>_stats.json``.
+
+    ``status_dict`` counts failure messages (img2dataset's name for it),
+    ``statuses`` counts statuses and ``error_types`` error classes.
+    ``reported_statuses`` are the statuses the run's components can give
+    (``failed_to_download``, each processor's ``failure_status``): they are
+    written right after ``successes``, zero or not, as img2dataset writes its
+    ``failed_to_download`` and ``failed_to_resize``.
+    """
 
     shard_id: int
     count: int
@@ -168,6 +176,7 @@ class ShardStats:
     statuses: Mapping[str, int]
     start_time: float
     end_time: float
+    reported_statuses: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -175,18 +184,13 @@ class ShardStats:
 
     def to_json(self) -> dict[str, Any]:
         """img2dataset's keys first, then any2ds's additions."""
-        data: dict[str, Any] = {
-            "count": self.count,
-            "successes": self.successes,
-            "failed_to_download": self.statuses.get("failed_to_download", 0),
-            "failed_to_resize": self.statuses.get("failed_to_resize", 0),
-            "duration": self.duration,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "status_dict": dict(self.status_dict),
-        }
+        data: dict[str, Any] = {"count": self.count, "successes": self.successes}
+        data.update((status, self.statuses.get(status, 0)) for status in self.reported_statuses)
+        data.update(duration=self.duration, start_time=self.start_time, end_time=self.end_time,
+                    status_dict=dict(self.status_dict))
         for status, n in sorted(self.statuses.items()):
-            data.setdefault(status, n)
+            if status != "success":
+                data.setdefault(status, n)
         data["error_types"] = dict(self.error_types)
         return data
 

@@ -197,7 +197,8 @@ class StatsTally:
     """A shard's counts as its results are written: statuses, messages (img2dataset's
     ``status_dict``, keyed by :func:`~any2ds.errors.status_key`) and error types."""
 
-    def __init__(self) -> None:
+    def __init__(self, reported_statuses: tuple[str, ...] = ()) -> None:
+        self.reported_statuses = reported_statuses
         self.start = time.time()
         self.statuses: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()
@@ -212,7 +213,8 @@ class StatsTally:
     def stats(self, shard_id: int) -> ShardStats:
         return ShardStats(shard_id=shard_id, count=sum(self.statuses.values()), successes=self.statuses["success"],
                           status_dict=dict(self.messages), error_types=dict(self.error_types),
-                          statuses=dict(self.statuses), start_time=self.start, end_time=time.time())
+                          statuses=dict(self.statuses), start_time=self.start, end_time=time.time(),
+                          reported_statuses=self.reported_statuses)
 
 
 class ShardRunner:
@@ -233,7 +235,7 @@ class ShardRunner:
 
     def run(self, shard: Shard) -> ShardStats:
         """Fetch, process and write every sample of ``shard``, then commit it atomically."""
-        tally = StatsTally()
+        tally = StatsTally(self.pipeline.reported_statuses())
         layout = self.pipeline.layout(shard.column_schema)
         target = self.output.target(shard.shard_id)
         writer = None

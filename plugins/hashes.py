@@ -16,10 +16,7 @@ import attrs
 import pyarrow as pa
 from attrs import validators as v
 
-from any2ds.components import Verifier, option
-from any2ds.errors import VerifyError
-from any2ds.hookspecs import hookimpl
-from any2ds.types import FetchResult, Sample
+from any2ds import FetchResult, Sample, Verifier, VerifyError, hookimpl, option
 
 HASHES = ("md5", "sha256", "sha512")
 

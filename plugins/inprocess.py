@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from any2ds.components import Distributor, ShardFunction
-from any2ds.config import RunConfig
-from any2ds.hookspecs import hookimpl
-from any2ds.types import Shard, ShardFailure, ShardStats
+from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl
 
 
 class InProcessDistributor(Distributor):

@@ -8,10 +8,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from any2ds.components import Distributor, ShardFunction
-from any2ds.config import RunConfig
-from any2ds.hookspecs import hookimpl
-from any2ds.types import Shard, ShardFailure, ShardStats
+from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl
 
 
 class MultiprocessingDistributor(Distributor):

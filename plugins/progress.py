@@ -7,10 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from any2ds.components import Observer
-from any2ds.config import RunConfig
-from any2ds.hookspecs import hookimpl
-from any2ds.types import ShardFailure, ShardStats
+from any2ds import Observer, RunConfig, ShardFailure, ShardStats, hookimpl
 
 
 class ProgressObserver(Observer):

@@ -34,11 +34,9 @@ from typing import Any
 
 import attrs
 
-from any2ds.components import Distributor, ShardFunction, option
-from any2ds.config import RunConfig
-from any2ds.errors import ConfigError
-from any2ds.hookspecs import hookimpl
-from any2ds.types import Shard, ShardFailure, ShardStats
+from any2ds import (
+    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl, option,
+)
 
 MISSING_PYSPARK = "distributor pyspark needs pyspark: pip install 'any2ds[spark]'"
 

@@ -12,11 +12,7 @@ from typing import Any
 
 import attrs
 
-from any2ds.components import Observer, option
-from any2ds.config import RunConfig
-from any2ds.errors import ConfigError
-from any2ds.hookspecs import hookimpl
-from any2ds.types import ShardStats
+from any2ds import ConfigError, Observer, RunConfig, ShardStats, hookimpl, option
 
 
 @attrs.frozen

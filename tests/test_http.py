@@ -36,7 +36,7 @@ from any2ds_plugins.http.retry import parse_retry_after
 from any2ds_plugins.http.robots import BASE_USER_AGENT, robots_refused
 from any2ds_plugins.http.transport import as_fetch_error
 from tests.fault_server import FaultServer
-from tests.http_server import send_bytes
+from any2ds.testing import send_bytes
 
 BODY = bytes(range(256)) * 40
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from any2ds.hookspecs import hookimpl
+from any2ds import hookimpl
 from any2ds_plugins.writers.dummy import DummyWriter
 from any2ds_plugins.writers.files import FilesWriter
 from any2ds_plugins.writers.lance import LanceWriter
