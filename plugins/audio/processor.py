@@ -32,7 +32,8 @@ BitrateMode = Literal["constant", "average", "variable"]
 PRESETS: dict[str, dict[str, Any]] = {
     "laion": {"sample_rate": 48_000, "channels": 1, "encode_format": "flac"},  # LAION-audio / CLAP
 }
-DEFAULT_MAX_SAMPLES = 2**27  # 512 MiB of float32, as much as image's max_image_pixels in RGB bytes; ~23 min of 48 kHz stereo
+# 512 MiB of float32, the bytes of image's max_image_pixels in RGB; about 23 minutes of 48 kHz stereo.
+DEFAULT_MAX_SAMPLES = 2**27
 
 
 def _flag(attribute: attrs.Attribute) -> str:
