@@ -13,9 +13,12 @@ import json
 import tarfile
 from pathlib import Path
 
+import attrs
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 import yaml
 from PIL import Image
 
@@ -23,6 +26,8 @@ from any2ds.cli import main
 from any2ds.manager import PluginHost
 from any2ds.options import OptionSchema, read_plugins
 from any2ds.run import IMG2DATASET_ARGUMENTS
+from any2ds.testing import serve_directory
+from any2ds_plugins.audio.processor import AudioOptions
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "dataset_examples"
 YAMLS = sorted(EXAMPLES_DIR.rglob("*.yaml"))
@@ -35,7 +40,7 @@ IMG2DATASET_OPTIONS = set(IMG2DATASET_ARGUMENTS)
 ANY2DS_OPTIONS = {
     "processors", "fetchers", "verifiers", "observers", "processing_threads",
     "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after", "max_image_pixels",
-}
+} | {field.metadata["flat"] for field in attrs.fields(AudioOptions)}
 
 OUTPUT_FORMATS = {"files", "webdataset", "parquet", "tfrecord", "dummy"}
 INPUT_FORMATS = {"txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet"}
@@ -68,6 +73,14 @@ IMAGES = ["123_456.jpg", "456_123.jpg", "800_600.jpg"]
 
 def example_id(path: Path) -> str:
     return path.relative_to(EXAMPLES_DIR).with_suffix("").as_posix()
+
+
+def is_audio_example(path: Path) -> bool:
+    return "audio" in (yaml.safe_load(path.read_text()).get("processors") or [])
+
+
+AUDIO_YAMLS = [path for path in YAMLS if is_audio_example(path)]
+IMAGE_YAMLS = [path for path in YAMLS if not is_audio_example(path)]
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +214,7 @@ def expected_size(w: int, h: int, size: int, mode: str, only_if_bigger: bool) ->
     return None
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=example_id)
+@pytest.mark.parametrize("path", IMAGE_YAMLS, ids=example_id)
 def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes, tmp_path, path):
     name = example_id(path)
     values = parse(host, "--config", str(path))
@@ -268,3 +281,45 @@ def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes,
     if token:
         agents = [h.get("User-Agent", "") for p, h in list(http_server.requests) if f"example={tag}" in p]
         assert agents and all(token.strip().lower() in a.lower() for a in agents), agents
+
+
+def test_the_audio_example_exists_and_is_documented():
+    assert AUDIO_YAMLS == [EXAMPLES_DIR / "audio.yaml"]
+    assert "any2ds download --config dataset_examples/audio.yaml" in (EXAMPLES_DIR / "audio.md").read_text()
+
+
+# (name, soundfile format, rate, channels, seconds): what audio sites serve, and one clip below audio_min_duration.
+AUDIO_CLIPS = [("rain.mp3", "MP3", 44100, 2, 2.0), ("bird.ogg", "OGG", 22050, 1, 1.5),
+               ("door.wav", "WAV", 96000, 6, 1.2), ("click.flac", "FLAC", 48000, 1, 0.2)]
+
+
+@pytest.mark.parametrize("path", AUDIO_YAMLS, ids=example_id)
+def test_audio_example_downloads_end_to_end(host, tmp_path, path):
+    values = values_from_namespace(parse(host, "--config", str(path)))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name, fmt, rate, channels, seconds in AUDIO_CLIPS:
+        t = np.arange(round(rate * seconds)) / rate
+        sf.write(clips / name, np.tile(0.3 * np.sin(2 * np.pi * 440 * t)[:, None], (1, channels)), rate, format=fmt)
+    with serve_directory(clips) as server:
+        urls = [server.url(f"/allowed/{name}") for name, *_ in AUDIO_CLIPS]
+        columns = {values["url_col"]: urls, values["caption_col"]: [f"the sound of {n}" for n, *_ in AUDIO_CLIPS],
+                   "license": ["CC0"] * len(urls)}
+        input_file = tmp_path / "input.parquet"
+        write_input(input_file, values["input_format"], columns, None)
+        out = tmp_path / "out"
+        code = main(["download", "--allow_private_networks", "true", "--config", str(path), "--url_list",
+                     str(input_file), "--output_folder", str(out), "--processes_count", "1", "--thread_count", "4"])
+    assert code == 0
+    meta = {row["url"]: row for row in pq.read_table(out / "00000.parquet").to_pylist()}
+    statuses = [(meta[url]["status"], meta[url]["error_message"]) for url in urls]
+    assert statuses == [("success", None)] * 3 + [("failed_to_process", "audio too short")]
+    with tarfile.open(out / "00000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    for (name, _fmt, rate, channels, seconds), url in zip(AUDIO_CLIPS[:3], urls):
+        key = meta[url]["key"]
+        audio, stored_rate = sf.read(io.BytesIO(members[f"{key}.flac"]))
+        assert (stored_rate, audio.ndim, len(audio)) == (48000, 1, round(48000 * seconds)), name
+        record = json.loads(members[f"{key}.json"])
+        assert (record["original_sample_rate"], record["original_channels"]) == (rate, channels)
+        assert record["license"] == "CC0" and members[f"{key}.txt"].decode() == f"the sound of {name}"
