@@ -295,7 +295,7 @@ AUDIO_CLIPS = [("rain.mp3", "MP3", 44100, 2, 2.0), ("bird.ogg", "OGG", 22050, 1,
 
 @pytest.mark.parametrize("path", AUDIO_YAMLS, ids=example_id)
 def test_audio_example_downloads_end_to_end(host, tmp_path, path):
-    values = values_from_namespace(parse(host, "--config", str(path)))
+    values = parse(host, "--config", str(path))
     clips = tmp_path / "clips"
     clips.mkdir()
     for name, fmt, rate, channels, seconds in AUDIO_CLIPS:
