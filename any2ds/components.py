@@ -140,9 +140,11 @@ class SampleReader(Reader):
         raise NotImplementedError
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Not used: a SampleReader's samples are read in the workers, by :meth:`samples`."""
         raise TypeError(f"reader {self.name!r} reads samples in the workers, not rows")
 
     def available_columns(self, source: InputSource) -> list[str] | None:
+        """Not used: :meth:`column_schema` says what the samples carry."""
         raise TypeError(f"reader {self.name!r} reads samples in the workers, not rows")
 
 

@@ -57,6 +57,7 @@ class MetadataLayout:
               plugin_fields: Sequence[pa.Field], media_streams: Sequence[str],
               leading_fields: Sequence[pa.Field] = (), max_field_bytes: int = 64 * 1024,
               max_record_bytes: int = 1024 * 1024) -> MetadataLayout:
+        """The layout of a run's shards; ``input_schema`` types the saved input columns."""
         fields = [input_schema.field(name) for name in saved_columns]
         if has_caption:
             fields.append(pa.field("caption", pa.string()))
@@ -134,9 +135,12 @@ class MetadataParquetWriter:
         self._records: list[dict[str, Any]] = []
 
     def add(self, record: dict[str, Any]) -> None:
+        """Keep one metadata row (a :meth:`MetadataLayout.record`)."""
         self._records.append(record)
 
     def close(self) -> None:
+        """Write ``<shard>.parquet`` (to the shard's temporary path). There is nothing to abort:
+        until this is called, nothing is written."""
         self._records.sort(key=lambda r: r["key"])
         table = pa.Table.from_pylist(self._records, schema=self._schema)
         with self._target.fs.open(self._target.path(".parquet"), "wb") as f:

@@ -31,7 +31,7 @@ _STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
 
 
 class OutputFolder:
-    """The run's output location on any fsspec filesystem."""
+    """The run's output location on any fsspec filesystem: ``fs`` and ``root`` (a path on it)."""
 
     def __init__(self, url: str, oom_shard_count: int) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(url)
@@ -41,6 +41,7 @@ class OutputFolder:
         self.oom_shard_count = oom_shard_count
 
     def join(self, name: str) -> str:
+        """The path of ``name`` inside the output folder (on :attr:`fs`)."""
         return f"{self.root}/{name}"
 
     def done_shards(self) -> set[int]:
@@ -73,9 +74,11 @@ class OutputFolder:
         return done, 0
 
     def target(self, shard_id: int) -> ShardTarget:
+        """A fresh set of temporary paths for shard ``shard_id`` (see :class:`ShardTarget`)."""
         return ShardTarget(self, shard_name(shard_id, self.oom_shard_count))
 
     def read_json(self, name: str) -> Any:
+        """The JSON file ``<out>/<name>``, or None when it does not exist."""
         path = self.join(name)
         if not self.fs.exists(path):
             return None
@@ -98,7 +101,12 @@ class OutputFolder:
 
 
 class ShardTarget:
-    """Temporary paths for one shard's files, renamed into place by :meth:`commit`."""
+    """Temporary paths for one shard's files, renamed into place by :meth:`commit`.
+
+    Attributes: ``folder``, the run's :class:`OutputFolder` (for a writer that
+    also writes outside the shard's own files, as lance does); ``fs``, its
+    filesystem; ``shard_name``, the shard's file stem (``00042``).
+    """
 
     def __init__(self, folder: OutputFolder, name: str) -> None:
         self.folder = folder

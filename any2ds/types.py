@@ -127,6 +127,7 @@ class SampleResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the sample succeeded (status ``success``)."""
         return self.status == "success"
 
 
@@ -180,6 +181,7 @@ class ShardStats:
 
     @property
     def duration(self) -> float:
+        """Seconds the shard took."""
         return self.end_time - self.start_time
 
     def to_json(self) -> dict[str, Any]:

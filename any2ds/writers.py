@@ -62,6 +62,7 @@ class MetadataShardWriter(ShardWriter):
         self._metadata = MetadataParquetWriter(target, layout)
 
     def write(self, result: SampleResult) -> None:
+        """Record the row in the metadata parquet; store the files of a success (:meth:`write_sample`)."""
         record = self.layout.record(result)
         self._metadata.add(record)
         if result.ok:
@@ -75,6 +76,7 @@ class MetadataShardWriter(ShardWriter):
         """Finish the format's own files (the metadata parquet is written after)."""
 
     def close(self) -> None:
+        """Finish the format's files, then write the metadata parquet."""
         self.close_container()
         self._metadata.close()
 
@@ -139,9 +141,11 @@ class SampleFilesWriter(Writer):
         raise NotImplementedError
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> ShardWriter:
+        """A shard writer storing each success's files in a container from :meth:`open_container`."""
         return _SampleFilesShardWriter(self, target, layout)
 
     def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+        """Rows from each shard's ``<shard>.parquet``, files from its container (:meth:`read_container`)."""
         for shard_name in output.done_shard_names():
             files: dict[str, dict[str, bytes]] = {}
             path = output.join(shard_name + self.container_suffix)

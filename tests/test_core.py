@@ -78,3 +78,38 @@ def test_keys_and_shard_names_follow_img2dataset():
     assert make_key(0, 3, 10, 5) == "000003"
     assert make_key(123456, 7, 10, 5) == "1234567"  # grows, never truncated
     assert shard_name(3, 5) == "00003" and shard_name(123456, 5) == "123456"
+
+
+def test_the_public_api_is_documented():
+    """Everything in any2ds.__all__ has a docstring, and so has every public method of its classes."""
+    import any2ds
+
+    missing = []
+    for name in any2ds.__all__:
+        obj = getattr(any2ds, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            if not inspect.getdoc(obj):
+                missing.append(name)
+        if inspect.isclass(obj) and obj.__module__.startswith("any2ds"):
+            for attr, value in vars(obj).items():
+                function = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+                if attr.startswith("_") or not (inspect.isfunction(function) or isinstance(value, property)):
+                    continue
+                if not (function.__doc__ or "").strip():
+                    missing.append(f"{name}.{attr}")
+    assert not missing, f"undocumented: {', '.join(missing)}"
+
+
+def test_builtin_plugins_import_only_the_public_api():
+    """A built-in plugin is built like a third-party one: from any2ds (and its own package) only."""
+    import ast
+    import pathlib
+
+    plugins = pathlib.Path(__file__).resolve().parent.parent / "plugins"
+    internal = []
+    for path in sorted(plugins.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                       [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            internal += [f"{path.relative_to(plugins)}: {m}" for m in modules if m.startswith("any2ds.")]
+    assert not internal, "plugins import internal modules:\n" + "\n".join(internal)
