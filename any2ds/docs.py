@@ -24,6 +24,7 @@ DEFAULT_PATH = "docs/plugins.md"
 _PARAM = re.compile(r":param (\w+): ?(.*)")
 _RETURNS = re.compile(r":returns: ?(.*)")
 _VERSION_ADDED = re.compile(r"\.\. versionadded:: (.+)")
+_VERSION_CHANGED = re.compile(r"\.\. versionchanged:: (\S+) (.+)")
 _ROLE = re.compile(r":\w+:`([^`]+)`")  # :class:`any2ds.Reader`
 _LITERAL = re.compile(r"``([^`]+)``")
 
@@ -57,6 +58,8 @@ def _markdown(doc: str) -> str:
             lines.append(f"- returns: {match[1]}")
         elif match := _VERSION_ADDED.fullmatch(line):
             lines.append(f"*Added in hook spec {match[1]}.*")
+        elif match := _VERSION_CHANGED.fullmatch(line):
+            lines.append(f"*Changed in hook spec {match[1]}: {match[2]}*")
         elif line.startswith(" ") and lines and lines[-1].startswith("- "):
             lines[-1] += " " + line.strip()  # a field's continuation line
         else:

@@ -45,20 +45,22 @@ if TYPE_CHECKING:
     from any2ds.components import Distributor, Fetcher, Observer, Processor, Reader, Verifier, Writer
 
 PROJECT_NAME = "any2ds"
-HOOKSPEC_VERSION = "1.0"
+HOOKSPEC_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 # --------------------------------------------------------------------------
-# read: turning input files into rows
+# read: turning input files into samples
 # --------------------------------------------------------------------------
 
 
 @hookspec
 def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
-    """Register input readers: classes deriving from :class:`any2ds.Reader`.
+    """Register input readers: classes deriving from :class:`any2ds.Reader` (rows of URLs, read
+    in the main process and cut into shards) or :class:`any2ds.SampleReader` (sources whose
+    samples, bytes included, are streamed in the workers: archives).
 
     Called at startup, in the main process and in every worker, before the
     config is validated, so that ``input_format`` can name the reader and its
@@ -71,6 +73,7 @@ def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.1 SampleReader.
     """
 
 
@@ -87,11 +90,14 @@ def any2ds_register_fetchers(register: Callable[[type[Fetcher]], None]) -> None:
     ``fetchers`` option lists the fetchers a run enables (default ``[http]``);
     each sample goes to the enabled fetcher whose ``schemes`` contain the
     URL's scheme, and a URL no enabled fetcher claims becomes a failed sample.
+    A fetcher implements ``fetch`` (run on a thread) or ``fetch_async`` (run on
+    the worker's event loop, many fetches in flight on one thread).
 
     :param register: call ``register(FetcherClass)`` once per fetcher.
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.1 Fetcher.fetch_async.
     """
 
 
@@ -127,15 +133,18 @@ def any2ds_register_processors(register: Callable[[type[Processor]], None]) -> N
     """Register media processors: classes deriving from :class:`any2ds.Processor`.
 
     Called at startup, in the main process and in every worker. The
-    ``processors`` option lists the processors a run chains, in order (default
-    ``[image]``: img2dataset's decode, filter, blur, resize and encode).
-    Processors run on the worker's processing threads, so they must be
-    thread-safe.
+    ``processors`` option lists the processors of a run (default ``[image]``:
+    img2dataset's decode, filter, blur, resize and encode). With ``routing:
+    chain`` each sample goes through all of them, in order; with ``routing:
+    by_type`` through the first whose ``accepts()`` takes its detected media
+    type (``Processor.media_types``). Processors run on the worker's
+    processing threads, so they must be thread-safe.
 
     :param register: call ``register(ProcessorClass)`` once per processor.
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.1 routing by type: Processor.media_types and accepts().
     """
 
 
@@ -151,12 +160,15 @@ def any2ds_register_writers(register: Callable[[type[Writer]], None]) -> None:
     Called at startup, in the main process and in every worker.
     ``output_format`` names the writer. A writer opens one
     :class:`any2ds.ShardWriter` per shard, writing under temporary paths that
-    the core renames into place when the shard is complete.
+    the core renames into place when the shard is complete, and may finish
+    the run in ``finalize`` (an index, a commit) in the main process. A format
+    storing each sample as files derives from :class:`any2ds.SampleFilesWriter`.
 
     :param register: call ``register(WriterClass)`` once per writer.
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.1 Writer.finalize, Writer.read_output, SampleFilesWriter.
     """
 
 

@@ -35,14 +35,18 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 import fsspec
+import pyarrow as pa
 
+from any2ds.components import Writer
 from any2ds.manager import PluginHost
+from any2ds.metadata import MetadataLayout, to_json
 from any2ds.options import OptionSchema
 from any2ds.output import SUMMARY_FILE, OutputFolder
 from any2ds.run import download
+from any2ds.types import Media, Sample, SampleResult
 
-__all__ = ["Dataset", "LocalHTTPServer", "download_in_process", "read_dataset", "registered_plugin", "send_bytes",
-           "serve_directory"]
+__all__ = ["Dataset", "LocalHTTPServer", "check_writer", "download_in_process", "read_dataset", "registered_plugin",
+           "send_bytes", "serve_directory"]
 
 
 # --------------------------------------------------------------------------
@@ -221,3 +225,75 @@ def read_dataset(output_folder: str | os.PathLike) -> Dataset:
         if files:
             samples[row["key"]] = files
     return Dataset(rows=sorted(rows, key=lambda row: row["key"]), samples=samples, summary=summary)
+
+
+# --------------------------------------------------------------------------
+# writer conformance
+# --------------------------------------------------------------------------
+
+
+def check_writer(writer: Writer, folder: str | os.PathLike) -> None:
+    """Check that ``writer`` (a built Writer) does what every output format must, in ``folder``
+    (an empty local or fsspec folder); raise AssertionError saying what it does not.
+
+    A shard of three successes (a caption, a saved column, a metadata field and two media
+    streams, one stored as ``<key>.thumb.jpg``) and two failures is written and committed, the
+    run finalized, and the output read back through ``writer.read_output``: every row must be
+    there once, failures included, with its metadata; each success's media under its stream
+    name or its extension; and for formats storing sample files, the ``json`` sidecar (the
+    metadata row) and the ``txt`` caption. Then a second shard is aborted: nothing of it may
+    remain.
+    """
+    layout = MetadataLayout.build(pa.schema([("extra", pa.int64())]), ["extra"], True,
+                                  [pa.field("width", pa.int32())], ["jpg", "thumbnail"])
+    output = OutputFolder(str(folder), oom_shard_count=5)
+    output.prepare("overwrite")
+    results = _conformance_results()
+    target = output.target(0)
+    shard_writer = writer.open_shard(target, layout)
+    for result in results:
+        shard_writer.write(result)
+    shard_writer.close()
+    target.commit({"count": len(results)})
+    writer.finalize(output)
+
+    read = {row["key"]: (row, files) for row, files in writer.read_output(output)}
+    assert sorted(read) == sorted(r.sample.key for r in results), f"rows read back: {sorted(read)}"
+    for result in results:
+        row, files = read[result.sample.key]
+        expected = layout.record(result)
+        for name in ("url", "caption", "extra", "status", "error_message", "error_type", "width"):
+            assert row.get(name) == expected[name], f"{result.sample.key}: {name} is {row.get(name)!r}"
+        if not result.ok:
+            assert not files, f"{result.sample.key} failed but has files {sorted(files)}"
+            continue
+        for stream, media in result.media.items():
+            stored = files.get(stream, files.get(media.extension))
+            assert stored == media.data, f"{result.sample.key}: stream {stream} is not stored as written"
+        if "json" in files:
+            assert json.loads(files["json"]) == json.loads(to_json(expected)), f"{result.sample.key}: json sidecar"
+            assert files.get("txt") == (result.sample.caption or "").encode(), f"{result.sample.key}: txt sidecar"
+
+    aborted = output.target(1)
+    shard_writer = writer.open_shard(aborted, layout)
+    for result in results[:2]:
+        shard_writer.write(result)
+    shard_writer.abort()
+    aborted.abort()
+    left = [path for path in output.fs.find(output.root) if posixpath.basename(path).startswith("00001")]
+    assert not left, f"an aborted shard left {left}"
+
+
+def _conformance_results() -> list[SampleResult]:
+    results = []
+    for index in range(5):
+        sample = Sample(f"00000{index:04d}", 0, index, f"http://example.com/{index}.jpg",
+                        caption=f"caption {index}" if index != 1 else None, columns={"extra": index})
+        if index in (2, 4):
+            results.append(SampleResult(sample, status="failed_to_download", error_message="HTTP Error 404: Not Found",
+                                        error_type="HTTPError"))
+            continue
+        media = {"jpg": Media(bytes([index]) * (100 + index), "jpg"),
+                 "thumbnail": Media(bytes([index + 10]) * 10, "thumb.jpg")}
+        results.append(SampleResult(sample, media=media, metadata={"width": 100 + index}))
+    return results

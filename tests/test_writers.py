@@ -3,12 +3,14 @@ read back with the libraries users read it with (webdataset, pyarrow, tensorflow
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +27,8 @@ from any2ds.output import OutputFolder
 from any2ds.types import Media, Sample, SampleResult, make_key
 from any2ds_plugins.writers import files as files_module
 from any2ds_plugins.writers import parquet as parquet_module
-from any2ds import sample_files
+from any2ds import CoreOptions, RunConfig, SampleFilesWriter, sample_files
+from any2ds.testing import check_writer
 from any2ds_plugins.writers.tfrecord import to_feature
 
 FORMATS = ["files", "webdataset", "parquet", "tfrecord", "dummy"]
@@ -370,3 +373,65 @@ def test_writers_commit_on_s3(fmt, s3_bucket, tmp_path):
     local = tmp_path / "copy"
     fs.get(f"{bucket}/out/", str(local), recursive=True)
     CHECKS[fmt](local)
+
+
+# --- conformance: every built-in writer, and a zip sink written from the docs -----------------
+
+
+
+class ZipWriter(SampleFilesWriter):
+    """The zip sink of SampleFilesWriter's docstring, as a plugin author would write it."""
+
+    name = "zip"
+    container_suffix = ".zip"
+
+    def open_container(self, fs, path):
+        file = fs.open(path, "wb")
+        return file, zipfile.ZipFile(file, "w")
+
+    def add_file(self, container, name, data):
+        container[1].writestr(name, data)
+
+    def close_container(self, container):
+        container[1].close()
+        container[0].close()
+
+    def read_container(self, fs, path):
+        with fs.open(path, "rb") as file, zipfile.ZipFile(file) as archive:
+            for name in archive.namelist():
+                yield name, archive.read(name)
+
+
+def conforming_writers():
+    host = PluginHost.load()
+    names = [name for name in host.registries["writer"].names() if name != "dummy"]  # dummy stores nothing
+    if importlib.util.find_spec("tensorflow") is None:
+        names.remove("tfrecord")
+    if importlib.util.find_spec("lance") is None:
+        names.remove("lance")
+    return [host.component("writer", name, "output_format") for name in names] + [ZipWriter]
+
+
+@pytest.mark.parametrize("writer_class", conforming_writers(), ids=lambda cls: cls.name)
+def test_writer_conforms(writer_class, tmp_path):
+    check_writer(writer_class(RunConfig(CoreOptions(url_list="x")).options_for(writer_class)), tmp_path / "out")
+
+
+def test_the_conformance_check_catches_a_writer_that_drops_failures(tmp_path):
+    class LosingRows(ZipWriter):
+        def read_output(self, output):
+            return ((row, files) for row, files in super().read_output(output) if row["status"] == "success")
+
+    with pytest.raises(AssertionError, match="rows read back"):
+        check_writer(LosingRows(None), tmp_path / "out")
+
+
+def test_the_conformance_check_catches_an_abort_that_leaves_files(tmp_path):
+    class Leaky(ZipWriter):
+        def open_shard(self, target, layout):
+            shard_writer = super().open_shard(target, layout)
+            shard_writer.abort = lambda: target.folder.fs.pipe(target.folder.join(f"{target.shard_name}.zip"), b"x")
+            return shard_writer
+
+    with pytest.raises(AssertionError, match="an aborted shard left"):
+        check_writer(Leaky(None), tmp_path / "out")
