@@ -53,6 +53,9 @@ from any2ds_plugins.image.geometry import (
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # exifread logs a warning for every image without EXIF (every PNG and WebP): noise at dataset scale.
 logging.getLogger("exifread").setLevel(logging.ERROR)
+# Pillow warns once per damaged EXIF tag ("Tag data larger than file. Skipping tag 49152"): one
+# hostile file wrote thousands of lines to the worker's stderr, about that file alone.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 EncodeFormat = Literal["jpg", "png", "webp"]
 ENCODE_FORMATS: tuple[str, ...] = get_args(EncodeFormat)
