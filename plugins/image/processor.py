@@ -73,14 +73,14 @@ USUAL_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "
                     "TIFF": "tiff", "ICO": "ico", "AVIF": "avif", "JPEG2000": "jp2"}
 
 # exifread follows tag offsets anywhere in the file and reads the data of every
-# tag afresh, so 300 tags naming one 1 MiB blob made 300 MiB of strings (3 GB
-# peak). Its reads are metered: this many bytes requested in all, four times
+# tag afresh, so 300 tags naming one 1 MiB blob made 300 MiB of strings (2.8 GB
+# peak through the writers). Its reads are metered: this many bytes requested in all, four times
 # the largest JPEG EXIF segment (64 KiB); a file asking for more has its EXIF
 # given up as {"_truncated": true}.
 EXIF_READ_BUDGET = 256 * 1024
 EXIF_TRUNCATED = "_truncated"  # the key marking a capped exif JSON (exifread names start with a letter)
 ELLIPSIS = "..."  # ends a value cut to max_exif_value_bytes
-DEFAULT_MAX_EXIF_VALUE_BYTES = 64 * 1024  # a camera's 160x120 thumbnail prints as 15-40 KB: kept whole
+DEFAULT_MAX_EXIF_VALUE_BYTES = 64 * 1024  # a camera's 160x120 thumbnail prints as 13-37 KB: kept whole
 DEFAULT_MAX_EXIF_BYTES = 128 * 1024  # room for such a thumbnail and every other tag
 MIN_EXIF_BYTES = len(json.dumps({EXIF_TRUNCATED: True}))
 
@@ -103,13 +103,8 @@ def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> N
         raise ValueError(f"{attribute.name} must be 0 or more, got {value!r}")
 
 
-def _at_least_one(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
-
-
-def _at_least(lowest: int) -> Any:
-    def check(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
+def _at_least(lowest: float) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
         if not value >= lowest:
             raise ValueError(f"{attribute.name} must be at least {lowest}, got {value!r}")
 
@@ -164,7 +159,7 @@ class ImageOptions:
     max_image_area: float = option(float("inf"), "Refuse images with more pixels (width x height) than this.",
                                    _positive)
     max_aspect_ratio: float = option(float("inf"), "Refuse images whose longest/shortest side ratio exceeds this.",
-                                     _at_least_one)
+                                     _at_least(1))
     max_image_pixels: int = option(
         DEFAULT_MAX_IMAGE_PIXELS,
         "Decompression-bomb guard: refuse, before decoding, images (and resize outputs) with more pixels "
