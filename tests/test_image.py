@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import cv2
+import exifread
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from any2ds.errors import ProcessError
 from any2ds.types import FetchResult, Sample, SampleResult
@@ -378,6 +379,64 @@ def test_exif_column(image_dir):
     assert "exif" not in run((image_dir / "64_64.jpg").read_bytes(), extract_exif=False).metadata
 
 
+def camera_jpeg(description: str | None = None) -> bytes:
+    """A JPEG as a camera writes it: IFD0, the EXIF IFD and IFD1 with a 160x120 JPEG thumbnail."""
+    photo = Image.fromarray(noise(640, 480))
+    exif = Image.Exif()
+    exif.update({0x010F: "Canon", 0x0110: "Canon EOS 5D Mark IV", 0x0112: 1, 0x011A: 72.0, 0x011B: 72.0,
+                 0x0128: 2, 0x0132: "2023:05:04 12:00:00", 0x8298: "Copyright 2023 Jane Photographer"})
+    if description is not None:
+        exif[0x010E] = description
+    exif.get_ifd(ExifTags.IFD.Exif).update({0x829A: 1 / 200, 0x829D: 5.6, 0x8827: 400, 0x9003: "2023:05:04 12:00:00",
+                                            0x920A: 50.0, 0xA002: 640, 0xA003: 480, 0xA434: "EF24-70mm f/2.8L"})
+    tiff = bytearray(exif.tobytes()[len(b"Exif\x00\x00"):])
+    # Pillow writes no IFD1: append one holding the thumbnail, and point IFD0's next-IFD offset at it.
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd0,) = struct.unpack_from(order + "I", tiff, 4)
+    (entries,) = struct.unpack_from(order + "H", tiff, ifd0)
+    struct.pack_into(order + "I", tiff, ifd0 + 2 + 12 * entries, len(tiff))
+    thumbnail = encode(photo.resize((160, 120)), "JPEG", quality=90)
+    thumbnail_offset = len(tiff) + 2 + 3 * 12 + 4
+    tiff += struct.pack(order + "H", 3) + struct.pack(order + "HHIHH", 0x0103, 3, 1, 6, 0)  # compression: JPEG
+    tiff += struct.pack(order + "HHII", 0x0201, 4, 1, thumbnail_offset)  # JPEGInterchangeFormat
+    tiff += struct.pack(order + "HHII", 0x0202, 4, 1, len(thumbnail))  # JPEGInterchangeFormatLength
+    tiff += struct.pack(order + "I", 0) + thumbnail
+    return encode(photo, "JPEG", exif=b"Exif\x00\x00" + bytes(tiff))
+
+
+def test_camera_exif_is_img2dataset_s_whole():
+    body = camera_jpeg()
+    tags = exifread.process_file(io.BytesIO(body), details=False)
+    unbounded = json.dumps({tag: str(value).strip() for tag, value in tags.items() if value is not None})
+    exif = run(body).metadata["exif"]
+    assert exif == unbounded
+    parsed = json.loads(exif)
+    assert parsed["Image Model"] == "Canon EOS 5D Mark IV" and parsed["EXIF ISOSpeedRatings"] == "400"
+    assert parsed["JPEGThumbnail"].startswith("b'\\xff\\xd8")  # the thumbnail's repr, as img2dataset stores it
+    assert 10_000 < len(parsed["JPEGThumbnail"]) < 64 * 1024
+
+
+def test_exif_values_are_cut_then_the_longest_left_out():
+    body = camera_jpeg(description="d" * 3000)
+    whole = json.loads(run(body).metadata["exif"])
+    assert whole["Image ImageDescription"] == "d" * 3000 and "_truncated" not in whole
+
+    cut = json.loads(run(body, max_exif_value_bytes=1000).metadata["exif"])
+    assert cut["Image ImageDescription"] == "d" * 995 + "..."  # 1000 bytes with its quotes
+    assert cut["JPEGThumbnail"].endswith("...") and len(json.dumps(cut["JPEGThumbnail"])) <= 1000
+    assert cut.pop("_truncated") is True
+    assert cut.keys() == whole.keys()
+    assert {tag for tag in cut if cut[tag] != whole[tag]} == {"Image ImageDescription", "JPEGThumbnail"}
+
+    small = run(body, max_exif_bytes=1500).metadata["exif"]
+    assert len(small) <= 1500
+    kept = json.loads(small)
+    assert kept.pop("_truncated") is True
+    assert "JPEGThumbnail" not in kept and "Image ImageDescription" not in kept  # the longest go first
+    assert kept["Image Make"] == "Canon" and kept == {tag: whole[tag] for tag in kept}
+    assert run(body, max_exif_bytes=20).metadata["exif"] == '{"_truncated": true}'
+
+
 def test_declared_columns_and_fields():
     processor = ImageProcessor(ImageOptions(bbox_col="faces"))
     assert tuple(processor.read_columns()) == ("faces",) and tuple(processor.kept_columns()) == ("faces",)
@@ -402,6 +461,8 @@ def test_declared_columns_and_fields():
     ({"image_size": 0}, "image_size must be greater than 0"),
     ({"max_aspect_ratio": 0.5}, "max_aspect_ratio must be at least 1"),
     ({"bbox_col": "faces", "disable_all_reencoding": True}, "disable_all_reencoding"),
+    ({"max_exif_bytes": 19}, "max_exif_bytes must be at least 20"),
+    ({"max_exif_value_bytes": 4}, "max_exif_value_bytes must be at least 5"),
 ])
 def test_option_validation(options, fragment):
     with pytest.raises(ValueError, match=fragment):

@@ -10,7 +10,10 @@ section 5); the pixels are corrected where img2dataset is wrong:
 - EXIF orientation is applied, 16-bit images are scaled to 8 bit, every kind
   of transparency is composited on white, truncated files are rejected;
 - the bbox blur has its pre-1.46 strength (see ``blur.py``);
-- ``disable_all_reencoding`` stores the bytes under their real extension.
+- ``disable_all_reencoding`` stores the bytes under their real extension;
+- the exif column is bounded: exifread may read only so much of the file, and
+  the JSON is capped (``max_exif_bytes``, ``max_exif_value_bytes``); a capped
+  one says so with ``"_truncated": true``.
 """
 
 from __future__ import annotations
@@ -50,12 +53,16 @@ from any2ds_plugins.image.geometry import (
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # exifread logs a warning for every image without EXIF (every PNG and WebP): noise at dataset scale.
 logging.getLogger("exifread").setLevel(logging.ERROR)
+# Pillow warns once per damaged EXIF tag ("Tag data larger than file. Skipping tag 49152"): one
+# hostile file wrote thousands of lines to the worker's stderr, about that file alone.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 EncodeFormat = Literal["jpg", "png", "webp"]
 ENCODE_FORMATS: tuple[str, ...] = get_args(EncodeFormat)
 
 FAILED_TO_RESIZE = "failed_to_resize"
 DECODING_ERROR = "Image decoding error"
+OUT_OF_MEMORY = "not enough memory to process the image"
 ENCODE_PARAMETERS = {"jpg": cv2.IMWRITE_JPEG_QUALITY, "png": cv2.IMWRITE_PNG_COMPRESSION,
                      "webp": cv2.IMWRITE_WEBP_QUALITY}
 
@@ -64,6 +71,18 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's default hard limit: 2 x PIL.I
 # Pillow format name -> file extension, where the first one Pillow registers is not the usual one.
 USUAL_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
                     "TIFF": "tiff", "ICO": "ico", "AVIF": "avif", "JPEG2000": "jp2"}
+
+# exifread follows tag offsets anywhere in the file and reads the data of every
+# tag afresh, so 300 tags naming one 1 MiB blob made 300 MiB of strings (2.8 GB
+# peak through the writers). Its reads are metered: this many bytes requested in all, four times
+# the largest JPEG EXIF segment (64 KiB); a file asking for more has its EXIF
+# given up as {"_truncated": true}.
+EXIF_READ_BUDGET = 256 * 1024
+EXIF_TRUNCATED = "_truncated"  # the key marking a capped exif JSON (exifread names start with a letter)
+ELLIPSIS = "..."  # ends a value cut to max_exif_value_bytes
+DEFAULT_MAX_EXIF_VALUE_BYTES = 64 * 1024  # a camera's 160x120 thumbnail prints as 13-37 KB: kept whole
+DEFAULT_MAX_EXIF_BYTES = 128 * 1024  # room for such a thumbnail and every other tag
+MIN_EXIF_BYTES = len(json.dumps({EXIF_TRUNCATED: True}))
 
 ORIENTATION = ExifTags.Base.Orientation
 REORIENTING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations exif_transpose acts on
@@ -84,9 +103,12 @@ def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> N
         raise ValueError(f"{attribute.name} must be 0 or more, got {value!r}")
 
 
-def _at_least_one(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
+def _at_least(lowest: float) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+        if not value >= lowest:
+            raise ValueError(f"{attribute.name} must be at least {lowest}, got {value!r}")
+
+    return check
 
 
 def _one_of(choices: Sequence[str]) -> Any:
@@ -137,7 +159,7 @@ class ImageOptions:
     max_image_area: float = option(float("inf"), "Refuse images with more pixels (width x height) than this.",
                                    _positive)
     max_aspect_ratio: float = option(float("inf"), "Refuse images whose longest/shortest side ratio exceeds this.",
-                                     _at_least_one)
+                                     _at_least(1))
     max_image_pixels: int = option(
         DEFAULT_MAX_IMAGE_PIXELS,
         "Decompression-bomb guard: refuse, before decoding, images (and resize outputs) with more pixels "
@@ -148,6 +170,18 @@ class ImageOptions:
         None, "Input column of [x0, y0, x1, y1] boxes (fractions of the image) to blur; saved in the metadata."
     )
     extract_exif: bool = option(True, "Add an exif column: the original image's EXIF tags as a JSON string.")
+    max_exif_bytes: int = option(
+        DEFAULT_MAX_EXIF_BYTES,
+        "Largest exif JSON, in bytes: past it the longest values are left out first and the JSON gets "
+        '"_truncated": true.',
+        _at_least(MIN_EXIF_BYTES),
+    )
+    max_exif_value_bytes: int = option(
+        DEFAULT_MAX_EXIF_VALUE_BYTES,
+        'Longest EXIF value in the exif JSON, in bytes: longer ones are cut, end with "...", and the JSON gets '
+        '"_truncated": true.',
+        _at_least(len(json.dumps(ELLIPSIS))),
+    )
 
     def __attrs_post_init__(self) -> None:
         """Checks that involve two options."""
@@ -187,7 +221,19 @@ class ImageProcessor(Processor):
         return fields
 
     def process(self, fetched: FetchResult, result: SampleResult) -> None:
-        """Store the processed image under ``encode_format`` with its sizes (and EXIF); raise ProcessError."""
+        """Store the processed image under ``encode_format`` with its sizes (and EXIF); raise ProcessError.
+
+        An image legal by its size whose pixels do not fit in the memory left
+        fails as ``OutOfMemory``, with one fixed message.
+        """
+        try:
+            self._process(fetched, result)
+        except (MemoryError, cv2.error) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            raise _failure(OUT_OF_MEMORY, "OutOfMemory") from exc
+
+    def _process(self, fetched: FetchResult, result: SampleResult) -> None:
         boxes = self._bounding_boxes(result)
         with _open_header(fetched.body, self.options.max_image_pixels) as image:
             self._check_source_size(*image.size)
@@ -200,7 +246,8 @@ class ImageProcessor(Processor):
         result.metadata.update(width=output_size[0], height=output_size[1],
                                original_width=original_size[0], original_height=original_size[1])
         if self.options.extract_exif:
-            result.metadata["exif"] = _exif_json(fetched.body)
+            result.metadata["exif"] = _exif_json(fetched.body, self.options.max_exif_bytes,
+                                                 self.options.max_exif_value_bytes)
 
     def _bounding_boxes(self, result: SampleResult) -> np.ndarray | None:
         """The sample's boxes as an (N, 4) float array, or None when there is nothing to blur."""
@@ -260,7 +307,7 @@ class ImageProcessor(Processor):
         except ProcessError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-            raise _failure(DECODING_ERROR, "DecodeError") from exc
+            raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
 
         pixels = scale(pixels, plan)
         if boxes is not None:
@@ -286,12 +333,24 @@ def _open_header(body: bytes, max_image_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _too_large(max_image_pixels) from exc
     except Exception as exc:
-        raise _failure(DECODING_ERROR, "DecodeError") from exc
+        raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
 
 
 def _failure(message: str, error_type: str) -> ProcessError:
     """A failed sample: img2dataset's status and message, plus an error class for any2ds's stats."""
     return ProcessError(message, status=FAILED_TO_RESIZE, error_type=error_type)
+
+
+def _library_failure(exc: Exception, message: str, error_type: str) -> ProcessError:
+    """The failure for an exception from Pillow, numpy or OpenCV: out of memory, or the one given."""
+    if _is_out_of_memory(exc):
+        return _failure(OUT_OF_MEMORY, "OutOfMemory")
+    return _failure(message, error_type)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (Pillow, numpy) or OpenCV's allocation failure; their messages hold per-image sizes."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, cv2.error) and exc.code == cv2.Error.StsNoMem)
 
 
 def _too_large(limit: int) -> ProcessError:
@@ -331,7 +390,7 @@ def _encode(pixels: np.ndarray, encode_format: str, quality: int) -> bytes:
     try:
         ok, encoded = cv2.imencode(f".{encode_format}", pixels, [ENCODE_PARAMETERS[encode_format], quality])
     except cv2.error as exc:  # e.g. WebP's 16383-pixel side limit
-        raise _failure("Image encoding error", "EncodeError") from exc
+        raise _library_failure(exc, "Image encoding error", "EncodeError") from exc
     if not ok:
         raise _failure("Image encoding error", "EncodeError")
     return encoded.tobytes()
@@ -345,13 +404,76 @@ def _extension_of(pil_format: str) -> str:
     return registered[0].lstrip(".") if registered else pil_format.lower()
 
 
-def _exif_json(body: bytes) -> str | None:
-    """img2dataset's exif column: the original bytes' EXIF tags as JSON, ``"{}"`` if none, None if unreadable."""
+def _exif_json(body: bytes, max_bytes: int, max_value_bytes: int) -> str | None:
+    """img2dataset's exif column: the original bytes' EXIF tags as JSON, ``"{}"`` if none, None if unreadable.
+
+    Bounded: see EXIF_READ_BUDGET and :func:`_capped_json`.
+    """
     try:
-        tags = exifread.process_file(io.BytesIO(body), details=False)
+        tags = exifread.process_file(_MeteredFile(body, EXIF_READ_BUDGET), details=False)
+    except _ReadBudgetExceeded:
+        return json.dumps({EXIF_TRUNCATED: True})
     except Exception:  # exifread fails in many ways on odd files; img2dataset stores null then
         return None
-    return json.dumps({tag: str(value).strip() for tag, value in tags.items() if value is not None})
+    return _capped_json({tag: str(value).strip() for tag, value in tags.items() if value is not None},
+                        max_bytes, max_value_bytes)
+
+
+def _capped_json(values: dict[str, str], max_bytes: int, max_value_bytes: int) -> str:
+    """``json.dumps(values)`` in at most ``max_bytes``: each value cut to ``max_value_bytes``
+    serialized, then the longest left out until the rest fits; either adds ``"_truncated": true``."""
+    cut = {tag: _cut(value, max_value_bytes) for tag, value in values.items()}
+    # json.dumps writes '{"k": "v", "k2": "v2"}': each entry costs len(k) + len(v) + 4 with its separators.
+    sizes = {tag: len(json.dumps(tag)) + len(json.dumps(value)) + 4 for tag, value in cut.items()}
+    total = sum(sizes.values())
+    if cut == values and total <= max_bytes:
+        return json.dumps(values)
+    marker = len(json.dumps(EXIF_TRUNCATED)) + len("true") + 4
+    for tag in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if total + marker <= max_bytes:
+            break
+        del cut[tag]
+        total -= sizes[tag]
+    return json.dumps({**cut, EXIF_TRUNCATED: True})
+
+
+def _cut(value: str, max_bytes: int) -> str:
+    """``value``, or its start followed by ELLIPSIS if its JSON string would exceed ``max_bytes``."""
+    if len(json.dumps(value)) <= max_bytes:
+        return value
+    shortest, longest = 0, min(len(value), max_bytes)  # a character takes at least one byte in JSON
+    while shortest < longest:  # the longest start that fits, by bisection
+        middle = (shortest + longest + 1) // 2
+        if len(json.dumps(value[:middle] + ELLIPSIS)) <= max_bytes:
+            shortest = middle
+        else:
+            longest = middle - 1
+    return value[:shortest] + ELLIPSIS
+
+
+class _ReadBudgetExceeded(Exception):
+    """A file asked exifread to read more than its budget."""
+
+
+class _MeteredFile(io.BytesIO):
+    """``body`` as a file that serves at most ``budget`` requested bytes in all, then raises.
+
+    Each read is charged what it asks for (at least one byte), not what it gets:
+    exifread reads value by value, even past the end, so this bounds its work
+    as well as its memory.
+    """
+
+    def __init__(self, body: bytes, budget: int) -> None:
+        super().__init__(body)  # shares body's buffer: nothing is copied
+        self._size = len(body)
+        self._left = budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        asked = self._size - self.tell() if size is None or size < 0 else size
+        self._left -= max(asked, 1)
+        if self._left < 0:
+            raise _ReadBudgetExceeded
+        return super().read(size)
 
 
 @hookimpl
