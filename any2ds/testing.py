@@ -41,7 +41,7 @@ from any2ds.components import Writer
 from any2ds.manager import PluginHost
 from any2ds.metadata import MetadataLayout, to_json
 from any2ds.options import OptionSchema
-from any2ds.output import SUMMARY_FILE, OutputFolder
+from any2ds.output import SUMMARY_FILE, TMP_DIR, OutputFolder
 from any2ds.run import download
 from any2ds.types import Media, Sample, SampleResult
 
@@ -280,7 +280,9 @@ def check_writer(writer: Writer, folder: str | os.PathLike) -> None:
         shard_writer.write(result)
     shard_writer.abort()
     aborted.abort()
-    left = [path for path in output.fs.find(output.root) if posixpath.basename(path).startswith("00001")]
+    # The shard's own files are <out>/00001<suffix>, written under <out>/_tmp/00001-<id>/.
+    left = [path for path in output.fs.find(output.root)
+            if path[len(output.root) + 1:].startswith(("00001", f"{TMP_DIR}/00001-"))]
     assert not left, f"an aborted shard left {left}"
 
 

@@ -32,10 +32,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import ExifTags, Image, ImageOps
 
-from any2ds.components import Processor, option
-from any2ds.errors import ProcessError
-from any2ds.hookspecs import hookimpl
-from any2ds.types import FetchResult, Media, SampleResult
+from any2ds import FetchResult, Media, ProcessError, Processor, SampleResult, hookimpl, option
 from any2ds_plugins.image.blur import blur_boxes
 from any2ds_plugins.image.geometry import (
     INTERPOLATION_FLAGS,
