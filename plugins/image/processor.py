@@ -63,6 +63,12 @@ OUT_OF_MEMORY = "not enough memory to process the image"
 ENCODE_PARAMETERS = {"jpg": cv2.IMWRITE_JPEG_QUALITY, "png": cv2.IMWRITE_PNG_COMPRESSION,
                      "webp": cv2.IMWRITE_WEBP_QUALITY}
 
+# What a run routing by type sends here: the image types Pillow registers (SVG, HEIC without a
+# plugin, ... go elsewhere), and the registered name of ICO besides Pillow's.
+Image.init()
+DECODABLE_MEDIA_TYPES = tuple(sorted({mime for mime in Image.MIME.values() if mime.startswith("image/")}
+                                     | {"image/vnd.microsoft.icon"}))
+
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's default hard limit: 2 x PIL.Image.MAX_IMAGE_PIXELS
 
 # Pillow format name -> file extension, where the first one Pillow registers is not the usual one.
@@ -199,6 +205,7 @@ class ImageProcessor(Processor):
     name = "image"
     Options = ImageOptions
     failure_status = FAILED_TO_RESIZE  # also for unexpected errors (cv2, numpy), as img2dataset counts them
+    media_types = DECODABLE_MEDIA_TYPES
 
     options: ImageOptions
 
