@@ -36,9 +36,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from any2ds.components import InputSource, Reader
-from any2ds.errors import ConfigError
-from any2ds.hookspecs import hookimpl
+from any2ds import ConfigError, InputSource, Reader, hookimpl
 
 SNIFF_BYTES = 64 * 1024
 """Bytes looked at to tell text from binary before parsing a text format."""
