@@ -39,7 +39,7 @@ IMG2DATASET_OPTIONS = set(IMG2DATASET_ARGUMENTS)
 # ...or one of any2ds's own options.
 ANY2DS_OPTIONS = {
     "processors", "fetchers", "verifiers", "observers", "processing_threads",
-    "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after", "max_image_pixels",
+    "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after", "max_image_pixels", "routing",
 } | {field.metadata["flat"] for field in attrs.fields(AudioOptions)}
 
 OUTPUT_FORMATS = {"files", "webdataset", "parquet", "tfrecord", "dummy"}
@@ -323,3 +323,32 @@ def test_audio_example_downloads_end_to_end(host, tmp_path, path):
         record = json.loads(members[f"{key}.json"])
         assert (record["original_sample_rate"], record["original_channels"]) == (rate, channels)
         assert record["license"] == "CC0" and members[f"{key}.txt"].decode() == f"the sound of {name}"
+
+
+def test_the_mixed_example_routes_a_mixed_list(host, tmp_path, image_dir):
+    """mixed.yaml over pictures, a sound and a PDF: each row says which processor handled it."""
+    path = EXAMPLES_DIR / "mixed.yaml"
+    values = parse(host, "--config", str(path))
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in IMAGES:
+        (files / name).write_bytes((image_dir / name).read_bytes())
+    sf.write(files / "bird.wav", 0.2 * np.sin(np.arange(22050) / 10), 22050)
+    (files / "paper.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n")
+    names = [*IMAGES, "bird.wav", "paper.pdf"]
+    with serve_directory(files) as server:
+        urls = [server.url(f"/allowed/{name}") for name in names]
+        input_file = tmp_path / "media.parquet"
+        write_input(input_file, "parquet", {values["url_col"]: urls, values["caption_col"]: names}, None)
+        out = tmp_path / "out"
+        assert main(["download", "--allow_private_networks", "true", "--config", str(path), "--url_list",
+                     str(input_file), "--output_folder", str(out), "--processes_count", "1",
+                     "--thread_count", "4"]) == 0
+    rows = {row["caption"]: row for row in pq.read_table(out / "00000.parquet").to_pylist()}
+    assert {name: rows[name]["processor"] for name in names} == {
+        **{name: "image" for name in IMAGES}, "bird.wav": "audio", "paper.pdf": "file"}
+    assert rows["bird.wav"]["sample_rate"] == 48000 and rows["bird.wav"]["channels"] == 1
+    assert max(rows["800_600.jpg"]["width"], rows["800_600.jpg"]["height"]) == 512
+    with tarfile.open(out / "00000.tar") as tar:
+        extensions = sorted(name.split(".", 1)[1] for name in tar.getnames() if not name.endswith((".json", ".txt")))
+    assert extensions == ["flac", "jpg", "jpg", "jpg", "pdf"]
