@@ -23,13 +23,13 @@ import soxr
 import webdataset as wds
 
 from any2ds import ConfigError, FetchResult, ProcessError, Sample, SampleResult
+from tests.audio_files import DURATION, encoded, flac_claiming, signal, wav_header
 from any2ds.testing import download_in_process, read_dataset, send_bytes, serve_directory
 from any2ds_plugins.audio.decode import open_audio, read_frames
 from any2ds_plugins.audio.mix import stereo_downmix_matrix
 from any2ds_plugins.audio.processor import AudioOptions, AudioProcessor
 from any2ds_plugins.image.processor import ImageProcessor
 
-DURATION = 0.5
 RATES = (8000, 22050, 44100, 48000)
 CHANNELS = (1, 2, 6)
 LSB = 1 / 32768  # one step of 16-bit PCM
@@ -56,21 +56,6 @@ CODECS = [
     Codec("mp3", "MP3", "MPEG_LAYER_III", "mp3", "MPEG_LAYER_III", channels=(1, 2)),  # mp3 has at most 2
     Codec("aiff", "AIFF", "PCM_16", "aiff", "PCM_16"),
 ]
-
-
-def signal(rate: int, channels: int, seconds: float = DURATION, seed: int = 0) -> np.ndarray:
-    """float32 (frames, channels): a tone per channel (300 Hz, 550 Hz, ...), a shared sine sweep and noise."""
-    t = np.arange(round(seconds * rate)) / rate
-    sweep = np.sin(2 * np.pi * (100 + (rate / 4 - 100) * t / (2 * seconds)) * t)
-    noise = np.random.default_rng(seed).standard_normal((len(t), channels))
-    tones = np.stack([np.sin(2 * np.pi * (300 + 250 * k) * t) for k in range(channels)], axis=1)
-    return (0.3 * tones + 0.1 * sweep[:, None] + 0.02 * noise).astype(np.float32)
-
-
-def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
-    return buffer.getvalue()
 
 
 def tone(frequency: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
@@ -276,23 +261,6 @@ def test_min_duration_refuses_short_audio_with_a_fixed_message():
     error = failure(encoded(signal(22050, 1, seconds=0.5), 22050, "WAV"), min_duration=1.0)
     assert (error.message, error.error_type) == ("audio too short", "FilteredOut")
     assert run(encoded(signal(22050, 1, seconds=1.0), 22050, "WAV"), min_duration=1.0).metadata["duration"] == 1.0
-
-
-def wav_header(channels: int, rate: int, data_bytes: int, bits: int = 16) -> bytes:
-    """A canonical 44-byte PCM WAV header that says what we want it to say."""
-    block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
-    return (b"RIFF" + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF)) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
-            + fmt + b"data" + struct.pack("<I", data_bytes & 0xFFFFFFFF))
-
-
-def flac_claiming(total_frames: int, body: bytes) -> bytes:
-    """``body`` (a FLAC file) with its STREAMINFO's total-samples field (36 bits) set to ``total_frames``."""
-    info = bytearray(body)
-    at = body.index(b"fLaC") + 8 + 13  # after the marker, the block header and 13 bytes of STREAMINFO
-    info[at] = (info[at] & 0xF0) | (total_frames >> 32)
-    info[at + 1: at + 5] = struct.pack(">I", total_frames & 0xFFFFFFFF)
-    return bytes(info)
 
 
 def test_a_header_claiming_hours_is_refused_before_decoding():

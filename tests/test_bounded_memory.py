@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import resource
+import tarfile
 import struct
 import subprocess
 import sys
@@ -25,10 +26,15 @@ from typing import Any
 
 import attrs
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import soundfile
 from PIL import Image
 
-from any2ds.testing import read_dataset, send_bytes, serve_directory
+from any2ds import TRUNCATION_MARK
+from any2ds.testing import download_in_process, read_dataset, send_bytes, serve_directory
+from tests.audio_files import encoded, flac_claiming, signal, wav_header
 from tests.conftest import encode, gradient
 from tests.fault_server import BOMB_SIDE, png_chunk, png_declaring, real_bomb_png
 
@@ -248,8 +254,42 @@ FILE_CASE = ProcessorCase(
     headroom=400 * MiB,
 )
 
+def flac_silence(rate: int, seconds: int) -> bytes:
+    """A real FLAC of ``seconds`` of mono silence, written a block at a time (it compresses to almost nothing)."""
+    out = io.BytesIO()
+    with soundfile.SoundFile(out, "w", rate, 1, format="FLAC") as flac:
+        block = np.zeros(rate * 60, np.int16)
+        for _minute in range(seconds // 60):
+            flac.write(block)
+    return out.getvalue()
+
+
+AUDIO_FAILURE = "failed_to_process"
+AUDIO_CASE = ProcessorCase(
+    options={"processors": ["audio"], "audio_preset": "laion"},
+    good=Input("good.flac", lambda: encoded(signal(22050, 2, seconds=1.0), 22050, "FLAC")),
+    worst=(
+        # A FLAC header claiming 10 hours of stereo: refused from the header, before any decoding.
+        Input("ten_hours.flac", lambda: flac_claiming(48000 * 3600 * 10, encoded(signal(48000, 2, 1.0), 48000, "FLAC")),
+              AUDIO_FAILURE, "TooLarge"),
+        Input("65535_channels.wav", lambda: wav_header(65535, 48000, 2**32 - 2) + bytes(100_000),
+              AUDIO_FAILURE, "DecodeError"),
+        # A WAV header claiming 2 GiB over 30 s of real data: the real data is decoded, no more.
+        Input("lying_length.wav", lambda: wav_header(2, 48000, 2**31) + bytes(48000 * 4 * 30),
+              metadata={"original_duration": 30.0}),
+        # Five honest hours of 8 kHz silence (a small FLAC): 144 M samples once resampled to 48 kHz.
+        Input("five_hours.flac", lambda: flac_silence(8000, 5 * 3600), AUDIO_FAILURE, "TooLarge"),
+        Input("truncated.mp3", lambda: encoded(signal(44100, 2, 4.0), 44100, "MP3")[:20_000], AUDIO_FAILURE,
+              "Truncated"),
+        Input("html_as.mp3", lambda: b"<!doctype html><html><body>not found</body></html>", AUDIO_FAILURE,
+              "UnsupportedFormat"),
+    ),
+    headroom=400 * MiB,
+)
+
 # Adding a processor: one entry here (its options, a good input, its worst inputs, a headroom).
-PROCESSOR_CASES = [pytest.param(IMAGE_CASE, id="image"), pytest.param(FILE_CASE, id="file")]
+PROCESSOR_CASES = [pytest.param(IMAGE_CASE, id="image"), pytest.param(FILE_CASE, id="file"),
+                   pytest.param(AUDIO_CASE, id="audio")]
 
 # Run in a subprocess: warm up with the good row (thread pools, codecs, writers), measure the idle
 # virtual size, then limit the address space and download the real rows. Prints one JSON line.
@@ -367,3 +407,41 @@ def test_exif_amplification_is_bounded_at_the_source(build):
     assert measured["exif"] == TRUNCATED_EXIF
     assert len(done.stderr) < 1000  # not a warning per tag
     assert measured["peak_rss_growth"] < 16 * MiB
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "tfrecord"])
+def test_a_100_mb_caption_is_capped_in_every_output(output_format, tmp_path):
+    """A 100 MB caption cell: every stored copy (parquet, json, txt, tfrecord) is cut to 64 KiB and marked."""
+    if output_format == "tfrecord":
+        tf = pytest.importorskip("tensorflow")
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "good.jpg").write_bytes(good_jpeg())
+    cap = 64 * 1024
+    with serve_directory(media) as server:
+        url = server.url("/allowed/good.jpg")
+        captions = ["short", "\N{FOX FACE}" * (25 * MiB), "also short"]  # 4-byte characters: 100 MB of UTF-8
+        pq.write_table(pa.table({"url": [url] * 3, "caption": captions, "extra": ["x" * (3 * MiB), "y", "z"]}),
+                       tmp_path / "in.parquet")
+        download_in_process(url_list=str(tmp_path / "in.parquet"), input_format="parquet", caption_col="caption",
+                            save_additional_columns=["extra"], output_folder=str(tmp_path / "out"),
+                            output_format=output_format, allow_private_networks=True, thread_count=2)
+    rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    big = rows[1]
+    assert big["caption"].endswith(TRUNCATION_MARK) and len(big["caption"].encode()) <= cap
+    assert big["caption"].startswith("\N{FOX FACE}" * 100) and "\ufffd" not in big["caption"]
+    assert rows[0]["extra"].endswith(TRUNCATION_MARK) and len(rows[0]["extra"]) <= cap
+    assert (rows[0]["caption"], rows[2]["caption"]) == ("short", "also short")
+    if output_format == "webdataset":
+        with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        assert members[f"{big['key']}.txt"].decode() == big["caption"]
+        assert json.loads(members[f"{big['key']}.json"])["caption"] == big["caption"]
+        assert max(len(data) for name, data in members.items() if not name.endswith(".jpg")) <= 3 * cap
+    else:
+        features = {"key": tf.io.FixedLenFeature([], tf.string), "caption": tf.io.FixedLenFeature([], tf.string),
+                    "txt": tf.io.FixedLenFeature([], tf.string)}
+        records = {r["key"].numpy().decode(): r for r in (tf.io.parse_single_example(s, features) for s in
+                                                          tf.data.TFRecordDataset(str(tmp_path / "out" / "00000.tfrecord")))}
+        assert records[big["key"]]["caption"].numpy().decode() == big["caption"]
+        assert records[big["key"]]["txt"].numpy().decode() == big["caption"]
