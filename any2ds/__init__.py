@@ -27,6 +27,7 @@ from any2ds.hookspecs import HOOKSPEC_VERSION, hookimpl
 from any2ds.mediatypes import MediaType, detect_media_type
 from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, to_json
 from any2ds.output import OutputFolder, ShardTarget
+from any2ds.validators import at_least, between, greater_than, one_of
 from any2ds.types import (
     FetchResult, InputSource, KeyFormat, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats,
 )
@@ -56,7 +57,7 @@ __all__ = [
     "HOOKSPEC_VERSION", "hookimpl", "Component", "Reader", "SampleReader", "Fetcher", "Verifier", "Processor",
     "Writer", "ShardWriter", "SampleFilesWriter", "MetadataShardWriter", "Distributor", "ShardFunction", "Observer",
     # options
-    "option", "NoOptions", "CoreOptions", "RunConfig",
+    "option", "NoOptions", "CoreOptions", "RunConfig", "at_least", "greater_than", "between", "one_of",
     # typed values
     "Sample", "FetchResult", "Media", "MediaType", "SampleResult", "Shard", "ShardStats", "ShardFailure",
     "KeyFormat", "InputSource",

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import attrs
 
 from any2ds.errors import ConfigError
+from any2ds.validators import at_least, greater_than
 
 # What attrs validators and Options constructors raise for a bad value.
 OPTION_ERRORS = (ValueError, TypeError)
@@ -50,19 +51,10 @@ def field_default(field: attrs.Attribute) -> Any:
     return default.factory() if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
 
 
-def _positive(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
-def _above_zero(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be more than 0, got {value}")
 
 
-def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
 
 
 # The processors of a run that routes samples by type, when the config names none.
@@ -82,28 +74,28 @@ class CoreOptions:
     url_col: str = option("url", "Input column holding the URL.")
     caption_col: Optional[str] = option(None, "Input column holding the caption; saved only when set.")
     save_additional_columns: Optional[list[str]] = option(None, "Input columns copied into the metadata.")
-    number_sample_per_shard: int = option(10000, "Rows per shard; also sets the key width.", _positive)
-    oom_shard_count: int = option(5, "Zero-padding width of shard ids.", _positive)
-    processes_count: int = option(1, "Worker processes (multiprocessing distributor).", _positive)
+    number_sample_per_shard: int = option(10000, "Rows per shard; also sets the key width.", at_least(1))
+    oom_shard_count: int = option(5, "Zero-padding width of shard ids.", at_least(1))
+    processes_count: int = option(1, "Worker processes (multiprocessing distributor).", at_least(1))
     thread_count: int = option(256, "Fetches in flight per worker process (threads, or requests on an event "
-                                    "loop for fetchers that have one).", _positive)
+                                    "loop for fetchers that have one).", at_least(1))
     processing_threads: Optional[int] = option(
         None, "Threads per worker process running verify/decode/resize/encode; default: cores / processes_count."
     )
     max_bytes_in_flight: int = option(
         512 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing; no new fetch "
-                     "starts while they exceed it.", _positive
+                     "starts while they exceed it.", at_least(1)
     )
     sample_timeout: float = option(
         300.0, "Watchdog: a sample still in its fetch, or in its processing, this many seconds after that "
-               "stage started is recorded as failed.", _above_zero,
+               "stage started is recorded as failed.", greater_than(0),
     )
     max_metadata_field_bytes: int = option(
         64 * 1024, "Largest text or bytes value of one metadata field (caption, extra columns, EXIF, ...); "
-                   "longer values are cut and marked as truncated.", _positive,
+                   "longer values are cut and marked as truncated.", at_least(1),
     )
     max_metadata_bytes: int = option(
-        1024 * 1024, "Largest sum of one sample's metadata values; the longest are cut further.", _positive,
+        1024 * 1024, "Largest sum of one sample's metadata values; the longest are cut further.", at_least(1),
     )
     distributor: str = option(
         "multiprocessing", "Where shards run: multiprocessing, inprocess, pyspark, ray (more with plugins)."
@@ -111,7 +103,7 @@ class CoreOptions:
     incremental_mode: Literal["incremental", "overwrite", "extend"] = option(
         "incremental", "incremental: skip finished shards; overwrite: start afresh; extend: add shards after the last."
     )
-    max_shard_retry: int = option(1, "Rounds re-running failed shards at the end of the run.", _non_negative)
+    max_shard_retry: int = option(1, "Rounds re-running failed shards at the end of the run.", at_least(0))
     fetchers: list[str] = option(["http"], "Fetchers to enable; each URL goes to the one claiming its scheme.")
     verifiers: list[str] = option(["hash"], "Verifiers run on the raw bytes (hash: compute_hash, verify_hash).")
     processors: Optional[list[str]] = option(

@@ -22,21 +22,18 @@ from typing import Any
 import attrs
 
 from any2ds import (
-    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl, option,
+    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, at_least, hookimpl, option,
 )
 
 MISSING_RAY = "distributor ray needs ray: pip install 'any2ds[ray]'"
 
 
-def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
 
 
 @attrs.frozen
 class RayOptions:
     ray_max_in_flight: int = option(
-        0, "ray distributor: shards submitted at once (bounds memory); 0: twice the cluster's CPUs.", _non_negative
+        0, "ray distributor: shards submitted at once (bounds memory); 0: twice the cluster's CPUs.", at_least(0)
     )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 
 from any2ds import (
-    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl, option,
+    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, at_least, hookimpl, option,
 )
 
 MISSING_PYSPARK = "distributor pyspark needs pyspark: pip install 'any2ds[spark]'"
@@ -49,14 +49,11 @@ _FAILED_TASK = re.compile(r"Task (\d+) in stage \S+ failed \d+ times?")
 _FAILURE_REASON = re.compile(r"most recent failure: (?:Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): )?([^\n]*)")
 
 
-def _positive(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
 @attrs.frozen
 class SparkOptions:
-    subjob_size: int = option(1000, "pyspark distributor: shards per Spark job (two jobs run at once).", _positive)
+    subjob_size: int = option(1000, "pyspark distributor: shards per Spark job (two jobs run at once).", at_least(1))
 
 
 class SparkDistributor(Distributor):

@@ -13,7 +13,6 @@ import functools
 import gzip
 import io
 import json
-import resource
 import tarfile
 import struct
 import subprocess

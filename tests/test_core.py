@@ -5,10 +5,9 @@ from __future__ import annotations
 import inspect
 import types
 
-import attrs
 import pytest
 
-from any2ds import Processor, Writer, hookimpl, hookspecs, option
+from any2ds import Writer, hookimpl, hookspecs
 from any2ds.errors import ConfigError, PluginError
 from any2ds.manager import PluginHost
 from any2ds.types import make_key, shard_name

@@ -18,7 +18,9 @@ import soundfile as sf
 import soxr
 from attrs.validators import optional
 
-from any2ds import ConfigError, FetchResult, Media, Processor, SampleResult, hookimpl, option
+from any2ds import (
+    ConfigError, FetchResult, Media, Processor, SampleResult, at_least, between, greater_than, hookimpl, one_of, option,
+)
 from any2ds_plugins.audio.decode import codec_name, frames_to_read, header_frames, open_audio, read_frames
 from any2ds_plugins.audio.encode import BITRATE_MODES, ENCODERS, encode
 from any2ds_plugins.audio.errors import FAILED_TO_PROCESS, failure
@@ -36,31 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_MAX_SAMPLES = 2**27
 
 
-def _flag(attribute: attrs.Attribute) -> str:
-    return attribute.metadata.get("flat", attribute.name)
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{_flag(attribute)} must be greater than 0, got {value!r}")
 
-
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{_flag(attribute)} must be 0 or more, got {value!r}")
-
-
-def _fraction(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{_flag(attribute)} must be between 0 and 1, got {value!r}")
-
-
-def _one_of(choices: Sequence[Any]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise ValueError(f"{_flag(attribute)} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-    return check
 
 
 @attrs.frozen
@@ -69,34 +49,34 @@ class AudioOptions:
 
     preset: Optional[Preset] = option(
         None, "laion: 48000 Hz, mono, flac (the LAION-audio / CLAP convention). The preset fills the audio "
-        "options left at their defaults; any audio option you set wins.", optional(_one_of(tuple(PRESETS))),
+        "options left at their defaults; any audio option you set wins.", optional(one_of(tuple(PRESETS))),
         flat="audio_preset")
     sample_rate: Optional[int] = option(
-        None, "Output sample rate in Hz, resampled with soxr; default: keep the original.", optional(_positive),
+        None, "Output sample rate in Hz, resampled with soxr; default: keep the original.", optional(greater_than(0)),
         flat="audio_sample_rate")
     channels: Optional[int] = option(
         None, "1: downmix to mono; 2: stereo (mono duplicated, more channels downmixed); default: keep.",
-        optional(_one_of((1, 2))), flat="audio_channels")
+        optional(one_of((1, 2))), flat="audio_channels")
     max_duration: Optional[float] = option(
-        None, "Cut audio to this many seconds; only that much is decoded.", optional(_positive),
+        None, "Cut audio to this many seconds; only that much is decoded.", optional(greater_than(0)),
         flat="audio_max_duration")
     min_duration: float = option(
-        0.0, "Refuse audio shorter than this many seconds ('audio too short').", _non_negative,
+        0.0, "Refuse audio shorter than this many seconds ('audio too short').", at_least(0),
         flat="audio_min_duration")
     encode_format: EncodeFormat = option(
         "flac", "Stored format: flac, wav (16-bit), ogg (Vorbis), opus (in ogg) or mp3; also the extension and "
-        "the parquet column name.", _one_of(tuple(ENCODERS)), flat="audio_encode_format")
+        "the parquet column name.", one_of(tuple(ENCODERS)), flat="audio_encode_format")
     compression_level: Optional[float] = option(
         None, "0-1: flac: 0 fastest, 1 smallest (lossless); ogg, opus, mp3: 0 highest bitrate, 1 lowest "
-        "(below 1 for mp3); not for wav. Default: libsndfile's.", optional(_fraction),
+        "(below 1 for mp3); not for wav. Default: libsndfile's.", optional(between(0, 1)),
         flat="audio_compression_level")
     bitrate_mode: Optional[BitrateMode] = option(
         None, "mp3 only, with audio_compression_level: constant, average or variable.",
-        optional(_one_of(BITRATE_MODES)), flat="audio_bitrate_mode")
+        optional(one_of(BITRATE_MODES)), flat="audio_bitrate_mode")
     max_samples: int = option(
         DEFAULT_MAX_SAMPLES,
         "Decompression-bomb guard: refuse audio that would decode or resample to more samples (frames x channels) "
-        "than this; checked on the header before decoding, and while decoding.", _positive,
+        "than this; checked on the header before decoding, and while decoding.", greater_than(0),
         flat="audio_max_samples")
 
     def __attrs_post_init__(self) -> None:

@@ -23,7 +23,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Optional, get_args
+from typing import Literal, Optional, get_args
 
 import attrs
 import cv2
@@ -32,7 +32,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import ExifTags, Image, ImageOps
 
-from any2ds import FetchResult, Media, ProcessError, Processor, SampleResult, hookimpl, option
+from any2ds import (
+    FetchResult, Media, ProcessError, Processor, SampleResult, at_least, greater_than, hookimpl, one_of, option,
+)
 from any2ds_plugins.image.blur import blur_boxes
 from any2ds_plugins.image.geometry import (
     INTERPOLATION_FLAGS,
@@ -96,61 +98,43 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be greater than 0, got {value!r}")
 
 
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be 0 or more, got {value!r}")
 
 
-def _at_least(lowest: float) -> Any:
-    def check(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-        if not value >= lowest:
-            raise ValueError(f"{attribute.name} must be at least {lowest}, got {value!r}")
-
-    return check
 
 
-def _one_of(choices: Sequence[str]) -> Any:
-    def check(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
-
-    return check
 
 
 @attrs.frozen
 class ImageOptions:
     """Options of the image processor (img2dataset's names and defaults, plus max_image_pixels)."""
 
-    image_size: int = option(256, "Target size in pixels; what it means depends on resize_mode.", _positive)
+    image_size: int = option(256, "Target size in pixels; what it means depends on resize_mode.", greater_than(0))
     resize_mode: ResizeMode = option(
         "border",
         "no: keep the size; keep_ratio: smallest side to image_size; keep_ratio_largest: longest side to "
         "image_size; center_crop: keep_ratio then a centred square crop; border: keep_ratio_largest then "
         "white padding to a square.",
-        _one_of(RESIZE_MODES),
+        one_of(RESIZE_MODES),
     )
     resize_only_if_bigger: bool = option(
         False, "Resize only images whose fitted side is larger than image_size; leave smaller ones untouched."
     )
     upscale_interpolation: Interpolation = option(
         "lanczos", "Interpolation when enlarging: nearest, linear, cubic, area or lanczos.",
-        _one_of(tuple(INTERPOLATION_FLAGS)),
+        one_of(tuple(INTERPOLATION_FLAGS)),
     )
     downscale_interpolation: Interpolation = option(
         "area", "Interpolation when shrinking: nearest, linear, cubic, area or lanczos.",
-        _one_of(tuple(INTERPOLATION_FLAGS)),
+        one_of(tuple(INTERPOLATION_FLAGS)),
     )
     encode_quality: int = option(
         95, "JPEG/WebP quality (0-100; WebP above 100 is lossless); for png the compression level 0-9."
     )
     encode_format: EncodeFormat = option(
         "jpg", "Stored format: jpg, png or webp; also the extension and the parquet column name.",
-        _one_of(ENCODE_FORMATS),
+        one_of(ENCODE_FORMATS),
     )
     skip_reencode: bool = option(
         False, "Keep the original bytes when the image needs no change and is already in encode_format."
@@ -158,16 +142,16 @@ class ImageOptions:
     disable_all_reencoding: bool = option(
         False, "Store the downloaded bytes untouched (no resize, no blur) under their real extension."
     )
-    min_image_size: int = option(0, "Refuse images whose smallest side is below this.", _non_negative)
+    min_image_size: int = option(0, "Refuse images whose smallest side is below this.", at_least(0))
     max_image_area: float = option(float("inf"), "Refuse images with more pixels (width x height) than this.",
-                                   _positive)
+                                   greater_than(0))
     max_aspect_ratio: float = option(float("inf"), "Refuse images whose longest/shortest side ratio exceeds this.",
-                                     _at_least(1))
+                                     at_least(1))
     max_image_pixels: int = option(
         DEFAULT_MAX_IMAGE_PIXELS,
         "Decompression-bomb guard: refuse, before decoding, images (and resize outputs) with more pixels "
         "than this. Pillow itself refuses above 2 x PIL.Image.MAX_IMAGE_PIXELS.",
-        _positive,
+        greater_than(0),
     )
     bbox_col: Optional[str] = option(
         None, "Input column of [x0, y0, x1, y1] boxes (fractions of the image) to blur; saved in the metadata."
@@ -177,13 +161,13 @@ class ImageOptions:
         DEFAULT_MAX_EXIF_BYTES,
         "Largest exif JSON, in bytes: past it the longest values are left out first and the JSON gets "
         '"_truncated": true.',
-        _at_least(MIN_EXIF_BYTES),
+        at_least(MIN_EXIF_BYTES),
     )
     max_exif_value_bytes: int = option(
         DEFAULT_MAX_EXIF_VALUE_BYTES,
         'Longest EXIF value in the exif JSON, in bytes: longer ones are cut, end with "...", and the JSON gets '
         '"_truncated": true.',
-        _at_least(len(json.dumps(ELLIPSIS))),
+        at_least(len(json.dumps(ELLIPSIS))),
     )
 
     def __attrs_post_init__(self) -> None:
