@@ -142,7 +142,7 @@ def test_txt_bom_and_trailing_newline(tmp_path):
 
 def test_registered_through_the_hook():
     host = PluginHost.load([readers], entry_points=False)
-    assert host.registries["reader"].names() == ["csv", "json", "jsonl", "parquet", "tsv", "txt"]
+    assert host.registries["reader"].names() == ["archive", "csv", "json", "jsonl", "parquet", "tsv", "txt"]
 
 
 # --------------------------------------------------------------------------

@@ -16,16 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from any2ds import Reader, hookimpl
+from any2ds_plugins.readers.archive import ArchiveReader
 from any2ds_plugins.readers.csv_tsv import CsvReader, TsvReader
 from any2ds_plugins.readers.json_jsonl import JsonlReader, JsonReader
 from any2ds_plugins.readers.parquet import ParquetReader
 from any2ds_plugins.readers.txt import TxtReader
 
 READERS: tuple[type[Reader], ...] = (TxtReader, CsvReader, TsvReader, JsonReader, JsonlReader, ParquetReader)
+"""The row readers (URL lists)."""
 
 
 @hookimpl
 def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
     """Register the built-in readers."""
-    for reader in READERS:
+    for reader in (*READERS, ArchiveReader):
         register(reader)

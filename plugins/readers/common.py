@@ -15,7 +15,7 @@ import contextlib
 import gzip
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -43,6 +43,12 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, shortened: error messages stay one line."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened for a one-line message."""
+    text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

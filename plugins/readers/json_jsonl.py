@@ -16,18 +16,13 @@ import pyarrow.json as pajson
 from any2ds import ConfigError, InputSource, Reader
 from any2ds_plugins.readers.common import (
     CHUNK_BYTES, DATA_ERRORS, as_text_type, data_error, input_error, line_chunks, one_line, open_text,
-    present_columns, read_input, rebatch,
+    present_columns, read_input, rebatch, short_repr,
 )
 
 SAMPLE_ROWS = 1000
 """JSON objects whose keys and values define a json/jsonl file's columns and types."""
 
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _keys(records: Iterable[dict]) -> list[str]:
@@ -66,7 +61,7 @@ def _infer_schema(source: InputSource, sample: Sequence[tuple[int | None, dict]]
             culprit = bad - 1
             earlier = pa.array(values[:culprit]).type
             raise input_error(source, f"{where(culprit, sample[culprit][0])}: column {name!r} holds "
-                                f"{_short(values[culprit])}, which does not fit the type {earlier} "
+                                f"{short_repr(values[culprit])}, which does not fit the type {earlier} "
                                 "of the rows before it") from exc
         fields.append(pa.field(name, as_text_type(arrow_type)))
     return pa.schema(fields)
@@ -87,7 +82,7 @@ def _misfit(schema: pa.Schema, record: dict) -> str | None:
         try:
             pa.array([value], type=field.type)
         except _CONVERSION_ERRORS:
-            return (f"column {field.name!r} holds {_short(value)}, which does not fit its type {field.type} "
+            return (f"column {field.name!r} holds {short_repr(value)}, which does not fit its type {field.type} "
                     "(inferred from the first rows)")
     return None
 
