@@ -157,16 +157,22 @@ class SampleFlow:
             if error is None:
                 self._to_processing(job, future.result())
                 return None
-            self._live.discard(job)
+            self._finish(job)
             return _failed(job.sample, error)
-        self._live.discard(job)
+        self._finish(job)
         self.budget.release(job.held_bytes)
         error = future.exception()
         return future.result() if error is None else _failed(job.sample, error)
 
+    def _finish(self, job: SampleJob) -> None:
+        """``job`` leaves the flow. Its future's done-callback refers back to it: a finished
+        job keeping its future would be freed, bytes and all, only by the cyclic garbage
+        collector, and such jobs piled up far beyond the byte budget."""
+        self._live.discard(job)
+        job.future = None
+
     def _expire(self) -> Iterator[SampleResult]:
         for job in self.watchdog.overdue(self._live, time.monotonic()):
-            self._live.discard(job)
             if job.stage == FETCHING:
                 self._fetches -= 1
                 self.fetching.abandon(job.future, job.fetcher)
@@ -176,6 +182,7 @@ class SampleFlow:
                 if not job.future.cancel():
                     self.cpu_pool.abandon()
                 status = "failed_to_process"
+            self._finish(job)
             yield failed_result(job.sample, status, f"sample did not finish within sample_timeout="
                                 f"{self.watchdog.timeout:g} s", "Watchdog")
 

@@ -40,10 +40,12 @@ IMG2DATASET_OPTIONS = set(IMG2DATASET_ARGUMENTS)
 ANY2DS_OPTIONS = {
     "processors", "fetchers", "verifiers", "observers", "processing_threads",
     "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after", "max_image_pixels", "routing",
+    "keep_source_keys", "min_offset", "max_offset", "media_extensions", "caption_extension", "max_member_bytes",
 } | {field.metadata["flat"] for field in attrs.fields(AudioOptions)}
 
 OUTPUT_FORMATS = {"files", "webdataset", "parquet", "tfrecord", "dummy"}
-INPUT_FORMATS = {"txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet"}
+INPUT_FORMATS = {"txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet",
+                 "archive"}
 RESIZE_MODES = {"no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"}
 
 # Values that follow img2dataset's own dataset_examples (and DataComp's download script).
@@ -197,6 +199,22 @@ def write_input(path: Path, input_format: str, columns: dict[str, list], order: 
         pytest.fail(f"no input writer for input_format {input_format!r} in this test")
 
 
+def write_archive_input(folder: Path, image_dir: Path, columns: dict[str, list], url_col: str) -> Path:
+    """A folder holding one webdataset tar of the test images, as a finished download stores them:
+    the image, a caption and a json with the url and the other columns."""
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i, image in enumerate(IMAGES):
+            record = {"url" if name == url_col else name: values[i] for name, values in columns.items()}
+            for name, data in [(f"{i:09d}.jpg", (image_dir / image).read_bytes()),
+                               (f"{i:09d}.txt", f"caption {i}".encode()),
+                               (f"{i:09d}.json", json.dumps(record).encode())]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
 def expected_size(w: int, h: int, size: int, mode: str, only_if_bigger: bool) -> tuple[int, int] | None:
     """img2dataset's output geometry for the modes the examples use (None: not checked)."""
     if mode in ("keep_ratio", "keep_ratio_largest"):
@@ -223,8 +241,11 @@ def test_example_downloads_end_to_end(host, http_server, image_dir, image_sizes,
     # The query string marks this test's requests in the shared server's log; the server ignores it.
     urls = [http_server.url(f"/allowed/{image}?example={tag}") for image in IMAGES]
     columns = column_values(name, values, urls)
-    input_file = tmp_path / f"input.{fmt}"
-    write_input(input_file, fmt, columns, TSV_HEADERS.get(name) if fmt == "tsv" else None)
+    if fmt == "archive":
+        input_file = write_archive_input(tmp_path / "input", image_dir, columns, values["url_col"])
+    else:
+        input_file = tmp_path / f"input.{fmt}"
+        write_input(input_file, fmt, columns, TSV_HEADERS.get(name) if fmt == "tsv" else None)
     out = tmp_path / "out"
 
     code = main(["download", "--allow_private_networks", "true", "--config", str(path), "--url_list", str(input_file),

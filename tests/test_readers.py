@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from any2ds_plugins import readers
 from any2ds_plugins.readers import READERS
+from any2ds_plugins.readers.common import CHUNK_BYTES
+from any2ds_plugins.readers.json_jsonl import SAMPLE_ROWS
 
 from any2ds.components import InputSource
 from any2ds.errors import ConfigError
@@ -140,7 +142,7 @@ def test_txt_bom_and_trailing_newline(tmp_path):
 
 def test_registered_through_the_hook():
     host = PluginHost.load([readers], entry_points=False)
-    assert host.registries["reader"].names() == ["csv", "json", "jsonl", "parquet", "tsv", "txt"]
+    assert host.registries["reader"].names() == ["archive", "csv", "json", "jsonl", "parquet", "tsv", "txt"]
 
 
 # --------------------------------------------------------------------------
@@ -257,9 +259,9 @@ def test_rows_longer_than_a_block(tmp_path, fmt, position):
 def test_json_array_streams_across_chunks(tmp_path):
     # Pretty-printed, several MiB, with one element far larger than a read chunk.
     rows = [{"url": f"https://e.com/{i}", "caption": NASTY * (i % 5), "n": i} for i in range(40_000)]
-    rows[12_345]["caption"] = "x" * (3 * readers.CHUNK_BYTES)
+    rows[12_345]["caption"] = "x" * (3 * CHUNK_BYTES)
     path = write_json(tmp_path / "in.json", rows, indent=2)
-    assert path.stat().st_size > 4 * readers.CHUNK_BYTES
+    assert path.stat().st_size > 4 * CHUNK_BYTES
     assert read("json", path, ["url", "caption", "n"], batch_size=5000).to_pylist() == rows
 
 
@@ -275,7 +277,7 @@ def test_json_columns_orientation(tmp_path):
 
 
 def test_json_keys_beyond_the_sample_are_not_columns(tmp_path):
-    rows = [{"url": f"https://e.com/{i}"} for i in range(readers.SAMPLE_ROWS)] + [{"url": "https://late", "late": 1}]
+    rows = [{"url": f"https://e.com/{i}"} for i in range(SAMPLE_ROWS)] + [{"url": "https://late", "late": 1}]
     for fmt in ["jsonl", "json"]:
         path = WRITERS[fmt](tmp_path / f"in.{fmt}", rows)
         assert READER[fmt](None).available_columns(source(path)) == ["url"]
