@@ -12,10 +12,9 @@ from any2ds.components import Reader
 from any2ds.errors import SampleError
 from any2ds.types import KeyFormat, Sample, Shard
 
-# A key names files (<key>.jpg) and tar members: folders may hold dots, the last part none
-# (webdataset cuts a member name at its first dot), and nothing may climb out (..) or start at /.
-_FOLDER = r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*"
-_SAFE_KEY = re.compile(rf"(?:{_FOLDER}/)*[A-Za-z0-9_\-]+")
+# A key names files (<key>.jpg) and tar members in every format: no dot (webdataset cuts a member
+# name at its first dot), no folder (the files writer stores a shard's files in one folder).
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 MAX_KEY_LENGTH = 200
 
 
@@ -50,6 +49,6 @@ class ShardIntake:
 
     def _unsafe(self, sample: Sample) -> Sample:
         """The sample under its generated key, failed: its own key cannot name files."""
-        error = SampleError(f"unsafe sample key (keys are letters, digits, _ and -, in folders joined by /; "
-                            f"at most {MAX_KEY_LENGTH} characters)", error_type="UnsafeKey")
+        error = SampleError(f"unsafe sample key (keys are letters, digits, _ and -; at most {MAX_KEY_LENGTH} "
+                            "characters)", error_type="UnsafeKey")
         return attrs.evolve(sample, key=self.keys.key(sample.shard_id, sample.index), data=None, error=error)

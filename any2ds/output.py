@@ -8,12 +8,14 @@ or redone by the next incremental run, which overwrites any partial files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
 import tempfile
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -65,16 +67,19 @@ class OutputFolder:
         if mode == "overwrite" and self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)
         self.fs.makedirs(self.root, exist_ok=True)
-        if self.fs.exists(self.join(TMP_DIR)):
-            # Leftovers of an interrupted run: never committed, safe to drop.
-            self.fs.rm(self.join(TMP_DIR), recursive=True)
         done = self.done_shards()
+        # A run interrupted after a commit's renames leaves the shard's temporary folder behind.
+        # The temporary files of unfinished shards may be another machine's, at work on other
+        # shards of this folder: each is dropped when its own shard is next written (target()).
+        self._drop_temporary(lambda shard_id: shard_id in done)
         if mode == "extend":
             return set(), (max(done) + 1 if done else 0)
         return done, 0
 
     def target(self, shard_id: int) -> ShardTarget:
-        """A fresh set of temporary paths for shard ``shard_id`` (see :class:`ShardTarget`)."""
+        """A fresh set of temporary paths for shard ``shard_id`` (see :class:`ShardTarget`), the
+        leftovers of earlier attempts at the shard dropped first."""
+        self._drop_temporary(lambda other: other == shard_id)
         return ShardTarget(self, shard_name(shard_id, self.oom_shard_count))
 
     def read_json(self, name: str) -> Any:
@@ -95,9 +100,22 @@ class OutputFolder:
         self.fs.mv(tmp, self.join(name))
 
     def finish(self) -> None:
-        """Drop the temporary folder (img2dataset left it behind on S3)."""
-        if self.fs.exists(self.join(TMP_DIR)):
-            self.fs.rm(self.join(TMP_DIR), recursive=True)
+        """Drop the temporary folder once nothing is left in it (img2dataset left it behind on S3)."""
+        tmp = self.join(TMP_DIR)
+        with contextlib.suppress(OSError):  # not empty: another run's shards are in progress
+            if self.fs.exists(tmp) and not self.fs.ls(tmp, detail=False):
+                self.fs.rmdir(tmp)
+
+    def _drop_temporary(self, drop: Callable[[int], bool]) -> None:
+        """Remove the temporary folders ``<out>/_tmp/<shard>-<id>`` of the shards ``drop`` names."""
+        tmp = self.join(TMP_DIR)
+        if not self.fs.exists(tmp):
+            return
+        self.fs.invalidate_cache(tmp)
+        for path in self.fs.ls(tmp, detail=False):
+            prefix = path.rstrip("/").rsplit("/", 1)[-1].split("-", 1)[0]
+            if prefix.isdigit() and drop(int(prefix)):
+                self.fs.rm(path, recursive=True)
 
 
 class ShardTarget:
