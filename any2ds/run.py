@@ -68,7 +68,7 @@ class Run:
         start = time.time()
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
         task = ShardTask(self.config)
-        totals = _Totals()
+        totals = RunTotals()
         for observer in self.pipeline.observers:
             observer.run_started(self.config)
         try:
@@ -96,7 +96,7 @@ class Run:
         return ShardCutter(samples.reader, self.sources, samples.input_columns(),
                            self.config.core.number_sample_per_shard, skip, first_id)
 
-    def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: _Totals) -> dict[int, Shard]:
+    def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: RunTotals) -> dict[int, Shard]:
         """Run ``shards``; return the ones that failed, by id, for the next round."""
         in_flight: dict[int, Shard] = {}
         failed: dict[int, Shard] = {}
@@ -137,7 +137,9 @@ class Run:
             )
 
 
-class _Totals:
+class RunTotals:
+    """A run's counts over its committed shards, and the summary made of them."""
+
     def __init__(self) -> None:
         self.count = 0
         self.successes = 0

@@ -215,7 +215,7 @@ def read_dataset(output_folder: str | os.PathLike) -> Dataset:
     summary = json.loads(fs.cat_file(summary_path))
     config = summary["config"]
     host = PluginHost.load(local_plugins=config.get("plugins") or ())
-    run_config = OptionSchema(host).parse_kwargs(config)
+    run_config = OptionSchema(host).parse_kwargs(config, needs_url_list=False)
     writer_class = host.component("writer", run_config.core.output_format, "output_format")
     writer = writer_class(run_config.options_for(writer_class))
     rows: list[dict[str, Any]] = []
