@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from pathlib import Path
 
@@ -76,6 +77,23 @@ def image_sizes(image_dir) -> dict[str, tuple[int, int]]:
 def http_server(image_dir):
     with serve_directory(image_dir) as server:
         yield server
+
+
+# --- engines' worker processes --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers_import_tests():
+    """Worker processes that Spark and Ray start inherit this environment: with the repository on
+    their PYTHONPATH they import ``tests`` and this checkout's ``any2ds``."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, *([before] if before else [])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 # --- S3, through a loopback moto server --------------------------------------
