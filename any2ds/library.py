@@ -208,7 +208,8 @@ class Pipeline:
 
     # -- internals -----------------------------------------------------------
 
-    def _results(self, stages: SampleStages, rows: Iterator[Mapping[str, Any]], in_order: bool) -> Iterator[SampleResult]:
+    def _results(self, stages: SampleStages, rows: Iterator[Mapping[str, Any]],
+                 in_order: bool) -> Iterator[SampleResult]:
         intake = stages.pipeline.row_intake()
         per_shard = intake.keys.number_sample_per_shard
 

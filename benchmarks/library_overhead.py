@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="any2ds-library-bench-"))
-    names = [name for name in make_image_corpus(work / "images") if name.endswith(".jpg") and name != "not_an_image.jpg"]
+    corpus = make_image_corpus(work / "images")
+    names = [name for name in corpus if name.endswith(".jpg") and name != "not_an_image.jpg"]
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(work / "images")], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())

@@ -79,6 +79,24 @@ def http_server(image_dir):
         yield server
 
 
+# --- rows for any2ds.Pipeline, and their download() ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def pipeline_rows(http_server):
+    from tests.library_rows import make_rows
+
+    return make_rows(http_server)
+
+
+@pytest.fixture(scope="session")
+def pipeline_rows_downloaded(pipeline_rows, tmp_path_factory):
+    """What download() stores for ``pipeline_rows``: (metadata row, {stream: bytes}) per row."""
+    from tests.library_rows import download_rows
+
+    return download_rows(pipeline_rows, tmp_path_factory.mktemp("download"))
+
+
 # --- engines' worker processes --------------------------------------------------
 
 

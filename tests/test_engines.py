@@ -1,6 +1,6 @@
 """The documented examples of any2ds inside engines (docs/library/*.md), run for real: Ray Data,
 Spark, Hugging Face datasets, pandas and pyarrow loops, each on a local engine over a loopback
-server, every row's result checked against a download() of the same rows.
+server, every row's result checked against a download() of the same pipeline_rows.
 
 Each page shows its example file verbatim (checked here), so what the docs show is what runs.
 """
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from any2ds.testing import read_dataset
-from tests.library_rows import OPTIONS, check_same_as_download, download_rows, make_rows, table_rows
+from tests.library_rows import OPTIONS, check_same_as_download, table_rows
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 pytestmark = pytest.mark.usefixtures("workers_import_tests")
@@ -36,24 +36,14 @@ def example(page: str, name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def rows(http_server):
-    return make_rows(http_server)
-
-
-@pytest.fixture(scope="module")
-def downloaded(rows, tmp_path_factory):
-    return download_rows(rows, tmp_path_factory.mktemp("download"))
-
-
 @pytest.fixture
-def input_parquet(rows, tmp_path) -> str:
+def input_parquet(pipeline_rows, tmp_path) -> str:
     path = tmp_path / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(pipeline_rows), path)
     return str(path)
 
 
-def test_ray_data(input_parquet, downloaded, tmp_path):
+def test_ray_data(input_parquet, pipeline_rows_downloaded, tmp_path):
     ray = pytest.importorskip("ray")
     module = example("library/ray.md", "ray_example")
     ray.init(num_cpus=2, include_dashboard=False)
@@ -61,10 +51,11 @@ def test_ray_data(input_parquet, downloaded, tmp_path):
         module.download_with_ray(input_parquet, str(tmp_path / "results"), OPTIONS)
     finally:
         ray.shutdown()
-    check_same_as_download(table_rows(pq.read_table(tmp_path / "results")), downloaded, compare_keys=False)
+    results = table_rows(pq.read_table(tmp_path / "results"))
+    check_same_as_download(results, pipeline_rows_downloaded, compare_keys=False)
 
 
-def test_spark(input_parquet, downloaded, tmp_path):
+def test_spark(input_parquet, pipeline_rows_downloaded, tmp_path):
     pytest.importorskip("pyspark")
     from pyspark.sql import SparkSession
 
@@ -75,42 +66,43 @@ def test_spark(input_parquet, downloaded, tmp_path):
         module.download_with_spark(spark, input_parquet, str(tmp_path / "results"), OPTIONS)
     finally:
         spark.stop()
-    check_same_as_download(table_rows(pq.read_table(tmp_path / "results")), downloaded, compare_keys=False)
+    results = table_rows(pq.read_table(tmp_path / "results"))
+    check_same_as_download(results, pipeline_rows_downloaded, compare_keys=False)
 
 
-def test_hugging_face_datasets(input_parquet, downloaded, tmp_path):
+def test_hugging_face_datasets(input_parquet, pipeline_rows_downloaded, tmp_path):
     datasets = pytest.importorskip("datasets")
     module = example("library/datasets.md", "datasets_example")
     returned = module.download_with_datasets(input_parquet, str(tmp_path / "results"), OPTIONS)
     saved = datasets.load_from_disk(str(tmp_path / "results"))
     assert returned.num_rows == saved.num_rows
-    check_same_as_download(table_rows(saved.with_format("arrow")[:]), downloaded, compare_keys=False)
+    check_same_as_download(table_rows(saved.with_format("arrow")[:]), pipeline_rows_downloaded, compare_keys=False)
 
 
-def test_pandas_loop(rows, downloaded, tmp_path):
+def test_pandas_loop(pipeline_rows, pipeline_rows_downloaded, tmp_path):
     pd = pytest.importorskip("pandas")
     module = example("library/loops.md", "pandas_example")
     path = tmp_path / "rows.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
+    pd.DataFrame(pipeline_rows).to_csv(path, index=False)
     kept = module.download_with_pandas(str(path), OPTIONS)
-    expected = [(row, media) for row, media in downloaded
+    expected = [(row, media) for row, media in pipeline_rows_downloaded
                 if row["status"] == "success" and row["original_width"] >= 100]
-    assert 0 < len(expected) < len(downloaded)
+    assert 0 < len(expected) < len(pipeline_rows_downloaded)
     got = table_rows(pa.Table.from_pandas(kept, preserve_index=False))
     check_same_as_download(got, expected, compare_keys=False)
 
 
-def test_pyarrow_loop(input_parquet, downloaded, tmp_path):
+def test_pyarrow_loop(input_parquet, pipeline_rows_downloaded, tmp_path):
     module = example("library/loops.md", "pyarrow_example")
     module.download_with_pyarrow(input_parquet, str(tmp_path / "results.parquet"), OPTIONS)
-    assert table_rows(pq.read_table(tmp_path / "results.parquet")) == downloaded  # keys too: one stream
+    assert table_rows(pq.read_table(tmp_path / "results.parquet")) == pipeline_rows_downloaded  # keys too: one stream
 
 
-def test_shards_from_a_pipeline(rows, downloaded, tmp_path):
+def test_shards_from_a_pipeline(pipeline_rows, pipeline_rows_downloaded, tmp_path):
     module = example("library.md", "shards_example")
-    summary = module.landscape_shards(rows, str(tmp_path / "out"), OPTIONS)
+    summary = module.landscape_shards(pipeline_rows, str(tmp_path / "out"), OPTIONS)
     dataset = read_dataset(tmp_path / "out")
-    expected = [(row, media) for row, media in downloaded
+    expected = [(row, media) for row, media in pipeline_rows_downloaded
                 if row["status"] == "success" and row["original_width"] > row["original_height"]]
     assert summary["count"] == len(dataset.rows) == len(expected) > 0
     got = [(row, {"jpg": dataset.samples[row["key"]]["jpg"]}) for row in dataset.rows]
