@@ -16,6 +16,8 @@ from any2ds.errors import Any2dsError
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 from any2ds.options import DOWNLOAD_DESCRIPTION, OptionSchema, read_plugins
 from any2ds.run import Run
+from any2ds.verify import VERIFY_HELP
+from any2ds.verify import main as verify
 
 PLUGINS_HELP = "List installed plugins: distribution, version, registered names, hooks and errors (see --help)."
 
@@ -58,14 +60,14 @@ def _describe_plugin(plugin: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"download": run_download, "plugins": run_plugins}
+COMMANDS = {"download": run_download, "plugins": run_plugins, "verify": verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: any2ds {download,plugins} [options]\n\n"
-              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}",
+        print("usage: any2ds {download,plugins,verify} [options]\n\n"
+              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}\n  verify    {VERIFY_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
