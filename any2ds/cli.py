@@ -68,13 +68,8 @@ COMMANDS = {"download": run_download, "plugins": run_plugins, "report": run_repo
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: any2ds {download,plugins,report,verify} [options]
-
-"
-              f"  download  {DOWNLOAD_DESCRIPTION}
-  plugins   {PLUGINS_HELP}
-  report    {REPORT_HELP}
-"
+        print("usage: any2ds {download,plugins,report,verify} [options]\n\n"
+              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}\n  report    {REPORT_HELP}\n"
               f"  verify    {VERIFY_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
