@@ -29,18 +29,21 @@ from benchmarks.tools import Settings
 
 MEAN_TARGET_DB = 40.0  # issue 14's targets
 MIN_TARGET_DB = 30.0
+WORST_LISTED = 5  # the lowest-PSNR images, named in the report to look at
 
 
 def psnr_report(output_folder: Path, corpus: Path, settings: Settings, processes: int) -> dict:
     """Mean and minimum PSNR (dB) of the webdataset shards in ``output_folder`` against their references."""
     jobs = [(str(corpus / name), data, settings) for name, data in _outputs(output_folder, settings.encode_format)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        values = list(pool.imap_unordered(_psnr_of, jobs, chunksize=16))
+        values = pool.map(_psnr_of, jobs, chunksize=16)
+    worst = sorted(zip(values, (Path(source).name for source, _data, _settings in jobs)))[:WORST_LISTED]
     differing = [value for value in values if math.isfinite(value)]
     mean = float(np.mean(differing)) if differing else math.inf
     lowest = min(values) if values else math.nan
     return {"compared": len(values), "identical": len(values) - len(differing),
             "mean_db_over_differing": mean, "min_db": lowest,
+            "worst": [{"image": name, "db": value} for value, name in worst],
             "targets": {"mean_db": MEAN_TARGET_DB, "min_db": MIN_TARGET_DB},
             "passed": bool(values) and mean >= MEAN_TARGET_DB and lowest >= MIN_TARGET_DB}
 

@@ -146,7 +146,8 @@ def markdown(results: dict) -> str:
                   f"{quality['identical']} identical; PSNR mean over the others "
                   f"{quality['mean_db_over_differing']:.1f} dB, min {quality['min_db']:.1f} dB "
                   f"(targets: mean >= {quality['targets']['mean_db']:.0f}, min >= {quality['targets']['min_db']:.0f}):"
-                  f" **{verdict}**."]
+                  f" **{verdict}**. Lowest: "
+                  + ", ".join(f"{worst['image']} {worst['db']:.1f} dB" for worst in quality["worst"]) + "."]
     scaling = [s for s in results["summaries"] if s["label"] == "scaling"]
     if scaling:
         lines += ["", "Scaling with processes_count (each tool at its best thread count):", "",

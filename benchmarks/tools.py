@@ -122,14 +122,16 @@ def _installed_version(venv: Path) -> str | None:
 
 
 def _source_revision(package_dir: Path) -> str:
-    """The git commit of the checkout any2ds runs from (with ``+changes`` if uncommitted), or 'installed'."""
-    head = subprocess.run(["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"],
+    """The last commit that changed the library's code (any2ds/ and plugins/) in the checkout it runs from,
+    with ``+changes`` if that code has uncommitted changes; 'installed' outside a checkout."""
+    code = [str(package_dir), str(package_dir.parent / "plugins")]
+    last = subprocess.run(["git", "-C", str(package_dir), "log", "-1", "--format=%h", "--", *code],
                           capture_output=True, text=True)
-    if head.returncode != 0:
+    if last.returncode != 0 or not last.stdout.strip():
         return "installed"
-    dirty = subprocess.run(["git", "-C", str(package_dir), "status", "--porcelain", "--", "."],
+    dirty = subprocess.run(["git", "-C", str(package_dir), "status", "--porcelain", "--", *code],
                            capture_output=True, text=True).stdout.strip()
-    return head.stdout.strip() + ("+changes" if dirty else "")
+    return last.stdout.strip() + ("+changes" if dirty else "")
 
 
 def run_tool(tool: Tool, url_list: Path, output_folder: Path, settings: Settings, rows: int, log: Path,
