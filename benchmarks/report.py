@@ -29,6 +29,7 @@ def summarize(runs: Sequence[RunFigures]) -> list[dict]:
     for (label, tool, processes, threads), members in groups.items():
         speeds = [run.images_per_second for run in members]
         cpu = [run.cpu_ms_per_image for run in members if run.cpu_ms_per_image is not None]
+        server_cpu = [1000 * run.server_cpu_seconds / run.successes for run in members if run.successes]
         summaries.append({
             "label": label, "tool": tool, "processes_count": processes, "thread_count": threads,
             "rows": members[0].rows, "runs": len(members),
@@ -39,9 +40,7 @@ def summarize(runs: Sequence[RunFigures]) -> list[dict]:
                                "max": max(run.peak_rss_bytes for run in members)},
             "output_bytes": statistics.median(run.output_bytes for run in members),
             "successes": min(run.successes for run in members),
-            "server_cpu_ms_per_image": statistics.median(
-                1000 * run.server_cpu_seconds / run.successes for run in members if run.successes) if any(
-                run.successes for run in members) else None,
+            "server_cpu_ms_per_image": statistics.median(server_cpu) if server_cpu else None,
         })
     return summaries
 
@@ -130,12 +129,11 @@ def markdown(results: dict) -> str:
     if results.get("ratios"):
         r = results["ratios"]
         lines += ["", "any2ds / img2dataset, each at its best thread count: "
-                  f"images/s **{r['images_per_second']:.2f}x**, CPU per image {_times(r['cpu_per_image'])}, "
+                  f"images/s **{_times(r['images_per_second'])}**, CPU per image {_times(r['cpu_per_image'])}, "
                   f"peak RSS {_times(r['peak_rss'])}, output bytes {_times(r['output_bytes'])}."]
     ceiling = results.get("ceiling")
     if ceiling:
-        share = (f"; any2ds reaches **{best['any2ds']['images_per_second']['median'] / ceiling['images_per_second']:.0%}**"
-                 " of it" if "any2ds" in best else "")
+        share = f"; any2ds reaches **{ceiling['any2ds_share']:.0%}** of it" if ceiling.get("any2ds_share") else ""
         lines += ["", f"Compute ceiling (any2ds's image processor in a tight loop over the same files, "
                   f"{ceiling['processes']} processes): {ceiling['images_per_second']:.0f} images/s, "
                   f"{ceiling['cpu_ms_per_image']:.2f} CPU ms / image{share}."]

@@ -89,6 +89,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.rows < 1 or args.repeats < 1 or not args.threads:
         parser.error("--rows and --repeats must be at least 1 and --threads must name a thread count")
+    for written in (args.json, args.markdown):  # found out now, not after an hour of runs
+        if written is not None and not written.resolve().parent.is_dir():
+            parser.error(f"no folder for {written}")
     return args
 
 
@@ -134,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for repeat in range(args.repeats if args.scaling else 0):
             for processes in args.scaling:
                 for tool in _alternated(tools, repeat):
-                    threads = best[tool.name]["thread_count"] if tool.name in best else settings.thread_count
-                    bench.run(tool, url_list, attrs.evolve(settings, processes_count=processes, thread_count=threads),
+                    bench.run(tool, url_list, attrs.evolve(settings, processes_count=processes,
+                                                           thread_count=_best_threads(best, tool, settings)),
                               args.rows, "scaling")
         if args.memory_rows:
             results["memory"] = _memory_runs(bench, tools, best, names[:args.memory_files], server.base_url, args,
@@ -145,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results["summaries"] = report.summarize(bench.runs)
     results["best"] = report.best_by_tool(results["summaries"])
     results["ratios"] = report.ratios(results["best"])
+    if "ceiling" in results and "any2ds" in results["best"] and results["ceiling"]["images_per_second"]:
+        results["ceiling"]["any2ds_share"] = (results["best"]["any2ds"]["images_per_second"]["median"]
+                                              / results["ceiling"]["images_per_second"])
     text = report.markdown(results)
     print(text)
     if args.markdown:
@@ -179,7 +185,7 @@ def _memory_runs(bench: _Bench, tools: Sequence[Tool], best: dict, files: Sequen
                                      corpus.cycled_rows(files, args.memory_rows, args.memory_missing_share))
     runs = []
     for tool in tools:
-        threads = best[tool.name]["thread_count"] if tool.name in best else settings.thread_count
+        threads = _best_threads(best, tool, settings)
         figures, _ = bench.run(tool, url_list, attrs.evolve(settings, thread_count=threads), args.memory_rows,
                                "memory", keep_timeline=True)
         runs.append({"tool": tool.name, "thread_count": threads, "images_per_second": figures.images_per_second,
@@ -221,6 +227,10 @@ class _Bench:
         if not keep_output:
             shutil.rmtree(output, ignore_errors=True)
         return figures, output
+
+
+def _best_threads(best: dict, tool: Tool, settings: Settings) -> int:
+    return best[tool.name]["thread_count"] if tool.name in best else settings.thread_count
 
 
 def _alternated(tools: Sequence[Tool], repeat: int) -> Sequence[Tool]:
