@@ -29,7 +29,7 @@ from benchmarks.tools import Settings
 
 MEAN_TARGET_DB = 40.0  # issue 14's targets
 MIN_TARGET_DB = 30.0
-WORST_LISTED = 5  # the lowest-PSNR images, named in the report to look at
+WORST_LISTED = 5  # the lowest-PSNR images (of those that differ), named in the report to look at
 
 
 def psnr_report(output_folder: Path, corpus: Path, settings: Settings, processes: int) -> dict:
@@ -37,7 +37,8 @@ def psnr_report(output_folder: Path, corpus: Path, settings: Settings, processes
     jobs = [(str(corpus / name), data, settings) for name, data in _outputs(output_folder, settings.encode_format)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         values = pool.map(_psnr_of, jobs, chunksize=16)
-    worst = sorted(zip(values, (Path(source).name for source, _data, _settings in jobs)))[:WORST_LISTED]
+    named = zip(values, (Path(source).name for source, _data, _settings in jobs))
+    worst = sorted((value, name) for value, name in named if value != math.inf)[:WORST_LISTED]
     differing = [value for value in values if math.isfinite(value)]
     mean = float(np.mean(differing)) if differing else math.inf
     lowest = min(values) if values else math.nan

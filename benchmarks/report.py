@@ -140,12 +140,12 @@ def markdown(results: dict) -> str:
     quality = results.get("psnr")
     if quality:
         verdict = "pass" if quality["passed"] else "FAIL"
+        lowest = ", ".join(f"{worst['image']} {worst['db']:.1f} dB" for worst in quality["worst"])
         lines += ["", f"Quality: any2ds's outputs vs a full-resolution decode, {quality['compared']} images, "
                   f"{quality['identical']} identical; PSNR mean over the others "
                   f"{quality['mean_db_over_differing']:.1f} dB, min {quality['min_db']:.1f} dB "
                   f"(targets: mean >= {quality['targets']['mean_db']:.0f}, min >= {quality['targets']['min_db']:.0f}):"
-                  f" **{verdict}**. Lowest: "
-                  + ", ".join(f"{worst['image']} {worst['db']:.1f} dB" for worst in quality["worst"]) + "."]
+                  f" **{verdict}**." + (f" Lowest: {lowest}." if lowest else "")]
     scaling = [s for s in results["summaries"] if s["label"] == "scaling"]
     if scaling:
         lines += ["", "Scaling with processes_count (each tool at its best thread count):", "",

@@ -37,7 +37,8 @@ def test_one_command_runs_any2ds_measures_the_ceiling_and_checks_psnr(tiny_corpu
     assert figures["ratios"] is None  # only one tool ran
     assert figures["ceiling"]["images"] == ROWS and figures["ceiling"]["failures"] == 0
     assert figures["ceiling"]["any2ds_share"] > 0
-    assert figures["psnr"]["compared"] == ROWS and figures["psnr"]["passed"] and len(figures["psnr"]["worst"]) == 5
+    assert figures["psnr"]["compared"] == ROWS and figures["psnr"]["passed"]
+    assert all(worst["db"] is not None for worst in figures["psnr"]["worst"])  # only images that differ
     assert figures["corpus"]["images"] == ROWS
     printed = capsys.readouterr().out
     assert "| any2ds 0.1.0" in printed and "Compute ceiling" in printed and "**pass**" in printed
