@@ -162,7 +162,7 @@ def url_rows(names: Sequence[str], rows: int, duplicates: int = 1, seed: int = 0
 
 
 def cycled_rows(names: Sequence[str], rows: int, missing_share: float = 0.0) -> list[str]:
-    """``rows`` paths cycling over a handful of ``names`` (a long run served from few files); a
+    """``rows`` paths cycling over ``names`` (a long run served from a fixed set of files); a
     ``missing_share`` of them point at files that do not exist (404), spread evenly."""
     paths = []
     every = round(1 / missing_share) if missing_share > 0 else 0

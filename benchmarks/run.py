@@ -62,9 +62,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scaling", type=_numbers, default=[], metavar="1,2,4",
                         help="also run each tool at its best thread count with these processes_count values")
     parser.add_argument("--memory-rows", type=int, default=0, metavar="1000000",
-                        help="also run each tool once over this many rows served from --memory-files files and "
+                        help="also run each tool once over this many rows cycling over the main run's images and "
                              "record its memory over time (long: about an hour per tool for 1,000,000 rows)")
-    parser.add_argument("--memory-files", type=int, default=8, help="files the memory run cycles over (default 8)")
+    parser.add_argument("--memory-files", type=int, metavar="N",
+                        help="cycle the memory run over the first N images instead (a handful of small files "
+                             "changes what a sample weighs, so its peak is no longer comparable)")
     parser.add_argument("--memory-missing-share", type=float, default=0.0,
                         help="share of the memory run's rows pointing at missing files, answered 404 (default 0)")
     parser.add_argument("--duplicates", type=int, default=1,
@@ -112,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     corpus_dir = args.corpus_dir or corpus.default_cache_dir(args.seed)
     distinct = -(-args.rows // args.duplicates)
     _say(f"corpus: {distinct} images in {corpus_dir} (made once, then reused)")
-    names = corpus.ensure_corpus(corpus_dir, max(distinct, args.memory_files if args.memory_rows else 0), args.seed)
+    memory_files = args.memory_files or distinct
+    names = corpus.ensure_corpus(corpus_dir, max(distinct, memory_files if args.memory_rows else 0), args.seed)
     results: dict = {
         "command": command, "machine": report.machine_description(), "rows": args.rows,
         "duplicates": args.duplicates, "repeats": args.repeats, "thread_counts": args.threads,
@@ -141,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                            thread_count=_best_threads(best, tool, settings)),
                               args.rows, "scaling")
         if args.memory_rows:
-            results["memory"] = _memory_runs(bench, tools, best, names[:args.memory_files], server.base_url, args,
+            results["memory"] = _memory_runs(bench, tools, best, names[:memory_files], server.base_url, args,
                                              settings)
     results["load_average_at_end"] = list(os.getloadavg())  # other work on the machine skews the figures
     results["runs"] = [_run_record(run) for run in bench.runs]
@@ -266,7 +269,7 @@ def _work_dir(chosen: Path | None) -> Iterator[Path]:
         chosen.mkdir(parents=True, exist_ok=True)
         yield chosen
         return
-    with tempfile.TemporaryDirectory(prefix="any2ds-bench-") as temporary:
+    with tempfile.TemporaryDirectory(prefix="any2ds-bench-", ignore_cleanup_errors=True) as temporary:
         yield Path(temporary)
 
 

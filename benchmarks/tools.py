@@ -154,7 +154,11 @@ def run_tool(tool: Tool, url_list: Path, output_folder: Path, settings: Settings
         start = time.perf_counter()
         process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        peak, timeline = _watch(process, start, limit, keep_timeline)
+        try:
+            peak, timeline = _watch(process, start, limit, keep_timeline)
+        except BaseException:  # Ctrl-C: the tool runs in its own session, so it must be stopped here
+            _stop(process)
+            raise
         seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -175,8 +179,7 @@ def _watch(process: subprocess.Popen, start: float, limit: float,
         now = time.perf_counter() - start
         if now > limit:
             print(f"benchmark: run over {limit:.0f} s, stopping it", file=sys.stderr)
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _stop(process)
             break
         rss = tree_rss_bytes(root)
         peak = max(peak, rss)
@@ -184,6 +187,15 @@ def _watch(process: subprocess.Popen, start: float, limit: float,
             timeline.append((round(now, 2), rss))
         time.sleep(SAMPLE_SECONDS)
     return peak, timeline
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Kill the tool's whole session (its workers included) and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def tree_rss_bytes(root: psutil.Process) -> int:

@@ -24,13 +24,17 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def test_one_command_runs_any2ds_measures_the_ceiling_and_checks_psnr(tiny_corpus, tmp_path, capsys):
+def test_one_command_runs_any2ds_measures_the_ceiling_memory_and_psnr(tiny_corpus, tmp_path, capsys):
     out = tmp_path / "figures.json"
     main(["--tools", "any2ds", "--rows", str(ROWS), "--repeats", "1", "--threads", "4", "--processes", "1",
-          "--corpus-dir", str(tiny_corpus), "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+          "--corpus-dir", str(tiny_corpus), "--work-dir", str(tmp_path / "work"), "--json", str(out),
+          "--memory-rows", str(2 * ROWS), "--memory-files", "3"])
 
     figures = json.loads(out.read_text())
-    (run,) = figures["runs"]
+    run, memory_run = figures["runs"]
+    assert (memory_run["label"], memory_run["successes"], memory_run["rows"]) == ("memory", 2 * ROWS, 2 * ROWS)
+    (memory,) = figures["memory"]["runs"]
+    assert memory["peak_rss_bytes"] > 0 and len(memory["rss_at_fractions"]) == len(figures["memory"]["fractions"])
     assert (run["tool"], run["exit_code"], run["successes"], run["thread_count"]) == ("any2ds", 0, ROWS, 4)
     assert run["cpu_seconds"] > 0 and run["peak_rss_bytes"] > 50_000_000 and run["output_bytes"] > 0
     assert figures["best"]["any2ds"]["thread_count"] == 4
