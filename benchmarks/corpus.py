@@ -148,8 +148,8 @@ def _exif(orientation: int, rng: np.random.Generator) -> Image.Exif:
 
 
 def url_rows(names: Sequence[str], rows: int, duplicates: int = 1, seed: int = 0) -> list[str]:
-    """``rows`` paths over ``names``: each listed ``duplicates`` times (as MS-COCO lists each image once per
-    caption), in a seeded shuffle when duplicated; a query string makes every row's URL distinct."""
+    """``rows`` paths over ``names``: each listed ``duplicates`` times under the same URL (as MS-COCO lists
+    each image once per caption), in a seeded shuffle when duplicated."""
     if duplicates < 1:
         raise ValueError(f"duplicates must be at least 1, got {duplicates}")
     distinct = -(-rows // duplicates)
