@@ -159,7 +159,7 @@ def markdown(results: dict) -> str:
         lines += ["", f"Memory over a long run ({memory['rows']:,} rows cycling over {memory['files']} files, "
                   f"{memory['missing_share']:.0%} missing):", "",
                   "| tool | threads | images/s | peak RSS, tree (MB) | peak of the main run (MB) "
-                  f"| RSS at {' / '.join(f'{share:.0%}' for share in memory['fractions'])} of the run (MB) |",
+                  f"| peak RSS by {' / '.join(f'{share:.0%}' for share in memory['fractions'])} of the run (MB) |",
                   "|---|---|---|---|---|---|"]
         for run in memory["runs"]:
             main_peak = best[run["tool"]]["peak_rss_bytes"]["median"] if run["tool"] in best else None

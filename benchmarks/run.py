@@ -199,12 +199,10 @@ def _memory_runs(bench: _Bench, tools: Sequence[Tool], best: dict, files: Sequen
 
 
 def _rss_at(figures: RunFigures, fractions: Sequence[float]) -> list[int]:
-    """The tree's RSS at each fraction of the run's duration (the last sample before it)."""
-    values = []
-    for fraction in fractions:
-        before = [rss for seconds, rss in figures.rss_timeline if seconds <= figures.seconds * fraction]
-        values.append(before[-1] if before else 0)
-    return values
+    """The tree's peak RSS up to each fraction of the run's duration: flat if memory stays bounded,
+    rising if it grows with the rows done (the peak, not the last sample, which may fall in the shutdown)."""
+    return [max((rss for seconds, rss in figures.rss_timeline if seconds <= figures.seconds * fraction), default=0)
+            for fraction in fractions]
 
 
 class _Bench:
