@@ -28,7 +28,6 @@ from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 from any2ds.metadata import MetadataLayout
 from any2ds.options import OptionSchema, plugin_list
-from any2ds.ordering import InputOrder
 from any2ds.pipeline import SamplePipeline
 from any2ds.sharding import check_columns
 from any2ds.sink import ShardSink
@@ -38,9 +37,6 @@ from any2ds.worker import SampleStages
 # download()'s options that mean nothing to a pipeline: it is given its rows, runs in its caller's
 # process and reports to its caller.
 RUN_ONLY_OPTIONS = ("url_list", "input_format", "distributor", "processes_count", "observers", "max_shard_retry")
-# In input order, a result may complete this many samples per fetch slot (thread_count) after the
-# earliest one not yet given out before the flow stops starting samples.
-ORDER_WINDOW_PER_FETCH = 4
 # Rows of Arrow input turned into Python values at a time.
 ROWS_PER_SLICE = 1024
 
@@ -220,11 +216,7 @@ class Pipeline:
                                     f"not {type(row).__name__}")
                 yield intake.sample(row, *divmod(position, per_shard))
 
-        flow = stages.flow()
-        if not in_order:
-            return flow.results(samples())
-        window = ORDER_WINDOW_PER_FETCH * self.config.core.thread_count
-        return InputOrder(flow, window, lambda sample: sample.shard_id * per_shard + sample.index).results(samples())
+        return stages.flow(ordered=in_order).results(samples())
 
     def _batches(self, stages: SampleStages, batches: Iterator[Batch]) -> Iterator[pa.RecordBatch]:
         first = next(batches, None)

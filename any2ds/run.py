@@ -17,7 +17,7 @@ from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
-from any2ds.pipeline import RunPipeline
+from any2ds.pipeline import RunPipeline, SamplePipeline
 from any2ds.components import SampleReader
 from any2ds.sharding import ShardCutter, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
@@ -77,11 +77,8 @@ class Run:
                 if not failed:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
-            self.pipeline.samples.writer.finalize(self.output)
-            summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
-            summary["manifest"] = self.output.manifest()
-            self.output.write_json(SUMMARY_FILE, summary)
-            self.output.finish()
+            summary = finish_output(self.pipeline.samples, self.output, totals, start, skipped=len(skip),
+                                    failed=failed)
             for observer in self.pipeline.observers:
                 observer.run_completed(summary)
         finally:
@@ -136,6 +133,18 @@ class Run:
                 + "; resuming would shift rows between shards. Use the same options, "
                 "incremental_mode=overwrite, or another output_folder."
             )
+
+
+def finish_output(pipeline: SamplePipeline, output: OutputFolder, totals: RunTotals, start: float, skipped: int,
+                  failed: Mapping[int, Shard]) -> dict[str, Any]:
+    """A run's last writes, once its shards are committed: the writer's ``finalize``, then the run
+    summary (with the manifest of every committed shard); returns the summary."""
+    pipeline.writer.finalize(output)
+    summary = totals.summary(start, time.time(), skipped=skipped, failed=failed, config=pipeline.config)
+    summary["manifest"] = output.manifest()
+    output.write_json(SUMMARY_FILE, summary)
+    output.finish()
+    return summary
 
 
 class RunTotals:

@@ -14,7 +14,7 @@ from any2ds.errors import ConfigError
 from any2ds.metadata import MetadataLayout
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import SamplePipeline
-from any2ds.run import RunTotals
+from any2ds.run import RunTotals, finish_output
 from any2ds.sharding import check_columns
 from any2ds.types import KeyFormat, SampleResult
 from any2ds.worker import ShardWrite
@@ -100,11 +100,7 @@ class ShardSink:
                 self._drop()
                 raise
             self._closed = True
-            self._pipeline.writer.finalize(self.output)
-            end = time.time()
-            self.summary = self._totals.summary(self._start, end, skipped=0, failed={}, config=self._pipeline.config)
-            self.output.write_json(SUMMARY_FILE, self.summary)
-            self.output.finish()
+            self.summary = finish_output(self._pipeline, self.output, self._totals, self._start, skipped=0, failed={})
             return self.summary
 
     def __enter__(self) -> ShardSink:

@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 import attrs
@@ -88,14 +88,11 @@ class SampleFlow:
         self._ready: dict[int, tuple[SampleResult, int]] = {}  # by sequence number: (result, held bytes)
         self._next_out = 0
 
-    def results(self, samples: Iterator[Sample], admit: Callable[[], bool] | None = None) -> Iterator[SampleResult]:
-        """Every sample's result, as each completes. ``admit``, when given, is asked before each
-        new sample starts: False holds the input back until a live sample has finished (it must
-        become True again once the live samples are done, or the flow waits for ever)."""
+    def results(self, samples: Iterator[Sample]) -> Iterator[SampleResult]:
         more = True
         try:
             while more or self._live:
-                while more and self._fetches < self.fetch_limit and not self.budget.full and (admit is None or admit()):
+                while more and self._fetches < self.fetch_limit and not self.budget.full:
                     sample = next(samples, None)
                     if sample is None:
                         more = False
@@ -273,9 +270,9 @@ class SampleStages:
         host = PluginHost.load(local_plugins=config.core.plugins or ())
         return cls(SamplePipeline.build(host, config, read_input))
 
-    def flow(self) -> SampleFlow:
+    def flow(self, ordered: bool = True) -> SampleFlow:
         """A flow for one batch of samples (its own byte budget and watchdog; shared pools)."""
-        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core)
+        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, ordered)
 
     def close(self) -> None:
         self.fetching.close()

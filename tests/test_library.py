@@ -12,13 +12,12 @@ import time
 import pyarrow as pa
 import pytest
 
-from any2ds import ConfigError, Pipeline, Sample
-from any2ds.ordering import InputOrder
+from any2ds import ConfigError, Pipeline
 from any2ds.testing import read_dataset, send_bytes
+from any2ds.verify import verify_output
 from tests.library_rows import (
     OPTIONS, check_same_as_download, result_rows, table_rows,
 )
-from tests.test_executor import BytesFetcher, Recorder, flow, samples
 
 
 @pytest.fixture(scope="module")
@@ -106,44 +105,6 @@ def test_options_are_checked_at_construction(options, message):
         Pipeline(**options)
 
 
-# -- in input order, with bounded memory ------------------------------------------------------
-
-
-def test_in_order_starts_no_sample_beyond_the_window():
-    """The head sample hangs: at most ``window`` samples start, then all come out in order."""
-    hold = threading.Event()
-    fetcher = BytesFetcher(hold=hold)
-    batch = samples(30)
-    batch[0] = Sample(batch[0].key, 0, 0, "http://example.com/hang")
-    order = InputOrder(flow(fetcher, [Recorder()], threads=4), window=6, position=lambda s: s.index)
-    out = []
-    consumer = threading.Thread(target=lambda: out.extend(order.results(iter(batch))))
-    consumer.start()
-    time.sleep(0.5)
-    assert fetcher.calls == 6 and not out
-    hold.set()
-    consumer.join(30)
-    assert [r.sample.index for r in out] == list(range(30)) and all(r.ok for r in out)
-
-
-def test_in_order_waiting_results_count_in_the_byte_budget():
-    hold = threading.Event()
-    fetcher = BytesFetcher(size=30, hold=hold)
-    batch = samples(40)
-    batch[0] = Sample(batch[0].key, 0, 0, "http://example.com/hang")
-    sample_flow = flow(fetcher, [Recorder()], threads=2, budget=100)
-    order = InputOrder(sample_flow, window=1000, position=lambda s: s.index)
-    out = []
-    consumer = threading.Thread(target=lambda: out.extend(order.results(iter(batch))))
-    consumer.start()
-    time.sleep(0.5)
-    # ceil(100 / 30) = 4 waiting results fill the budget; the 2 fetch threads had at most 2 more going.
-    assert fetcher.calls <= 1 + 4 + 2, f"{fetcher.calls} fetches started with the budget full"
-    hold.set()
-    consumer.join(30)
-    assert [r.sample.index for r in out] == list(range(40)) and sample_flow.budget.held == 0
-
-
 # -- sharing: threads, processes, copies --------------------------------------------------------
 
 
@@ -223,6 +184,8 @@ def test_filtered_results_written_as_a_runs_shards(pipeline_rows, pipeline_rows_
     stats = json.loads((out / "00000_stats.json").read_text())
     assert stats["count"] == 4 and stats["successes"] == 4
     assert not (out / "_tmp").exists()
+    verification = verify_output(str(out))  # the shards' sha256 and the summary's manifest, as a run's
+    assert verification.ok and verification.files == 2 * dataset.summary["shards_done"], verification.problems
 
 
 def test_a_sink_refuses_a_folder_with_shards_unless_told(pipeline_rows, tmp_path):
