@@ -110,18 +110,18 @@ class FetchStage:
 
     def start(self, fetcher: Fetcher, sample: Sample, on_start: Callable[[], None]) -> Future[FetchResult]:
         if is_async(fetcher):
-            with self._lock:
-                if self._loop is None:
-                    self._loop = EventLoopThread()
+            if self._loop is None:
+                with self._lock:
+                    self._loop = self._loop or EventLoopThread()
 
             async def fetch() -> FetchResult:
                 on_start()
                 return await fetcher.fetch_async(sample)
 
             return self._loop.submit(fetch())
-        with self._lock:
-            if self._pool is None:
-                self._pool = ReplaceablePool(self._threads, "any2ds-fetch")
+        if self._pool is None:
+            with self._lock:
+                self._pool = self._pool or ReplaceablePool(self._threads, "any2ds-fetch")
 
         def fetch_blocking() -> FetchResult:
             on_start()

@@ -18,7 +18,7 @@ import os
 import pickle
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +50,7 @@ class _ProcessStages:
         self.lock = threading.Lock()
         self.entries: dict[str, list[Any]] = {}  # config id -> [SampleStages, users]
 
-    def acquire(self, config_id: str, build: Any) -> SampleStages:
+    def acquire(self, config_id: str, build: Callable[[], SampleStages]) -> SampleStages:
         entry = self.entries.get(config_id)
         if entry is None:
             entry = self.entries[config_id] = [build(), 0]
