@@ -205,10 +205,13 @@ def test_concurrent_threads_and_dead_thread_sessions_are_closed(http_server):
     url = add_route(http_server, "threads", lambda r: send_bytes(r, BODY))
     fetcher = make_fetcher()
     results: list[bytes] = []
+    all_started = threading.Barrier(16)  # no thread ends (and has its session pruned) before all have one
 
     def work():
         for i in range(5):
             results.append(fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=url)).body)
+            if i == 0:
+                all_started.wait()
 
     threads = [threading.Thread(target=work) for _ in range(16)]
     for thread in threads:

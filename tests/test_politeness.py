@@ -85,8 +85,8 @@ class HostServer:
         self.shards_seen: set[str] = set()
         self.retry_after = retry_after
         self.robots_fetches = 0
-        self.requests: list[tuple[str, float, float]] = []  # path, arrival, answer sent
-        self.connections: list[list[float]] = []  # [opened, last answer sent]
+        self.requests: list[tuple[str, float, float]] = []  # path, arrival, answer
+        self.connections: list[list[float]] = []  # [opened, last answer]
         self.throttled_at: float | None = None
         self._lock = threading.Lock()
         self._httpd = _Server((self.address, 0), _Handler)
@@ -121,14 +121,16 @@ class HostServer:
             status, body = 200, b"polite" * 20
             if throttle:
                 status, headers = 429, {"Retry-After": str(self.retry_after)}
-        send_bytes(request, body, "text/plain", status=status, headers=headers)
-        sent = time.monotonic()
+        # Taken before the answer goes out: the client cannot have it, close and give its slot to
+        # another request before this instant, however late this thread runs afterwards.
+        answered = time.monotonic()
         with self._lock:
             if request.path != "/robots.txt":
-                self.requests.append((request.path, arrived, sent))
+                self.requests.append((request.path, arrived, answered))
             if status == 429:
-                self.throttled_at = sent
-        request.opened[1] = sent
+                self.throttled_at = answered
+        request.opened[1] = answered
+        send_bytes(request, body, "text/plain", status=status, headers=headers)
 
     def paths(self) -> list[str]:
         return [path for path, _, _ in self.requests]
@@ -195,12 +197,12 @@ def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_
 
     everyone = [crowded, rules, no_robots, failing_robots, throttling]
     for server in everyone:
-        assert most_at_once([(arrived, sent) for _, arrived, sent in server.requests]) <= cap
+        assert most_at_once([(arrived, answered) for _, arrived, answered in server.requests]) <= cap
         # A connection is open from its first byte to its last answer: a kept-alive connection idling
         # while its client waits for another host would show here as one more open connection.
         assert most_at_once([(opened, last) for opened, last in server.connections]) <= cap
         assert server.robots_fetches == 1
-    assert most_at_once([(arrived, sent) for _, arrived, sent in crowded.requests]) == cap  # the cap was reached
+    assert most_at_once([(arrived, answered) for _, arrived, answered in crowded.requests]) == cap  # the cap was reached
 
     def outcome(server: HostServer, prefix: str) -> set[tuple[str, str | None]]:
         return {(row["status"], row["error_type"]) for url, row in rows.items()

@@ -42,7 +42,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Lock file regions: connection slots, one byte per robots.txt origin (robots_txt), table buckets.
@@ -63,13 +63,16 @@ OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLK")
 
 def host_key(url: str) -> str:
     """``host:port`` of an http(s) URL, lower-cased, with the scheme's default port when none is given."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    return authority(urlsplit(url))
+
+
+def authority(parts: SplitResult) -> str:
+    """``host:port`` of a split URL (see ``host_key``)."""
     try:
         port = parts.port
     except ValueError:  # an invalid port: the request itself will fail
         port = None
-    return f"{host}:{port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)}"
+    return f"{(parts.hostname or '').lower()}:{port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)}"
 
 
 def key_hash(key: str) -> int:

@@ -37,7 +37,7 @@ import attrs
 from protego import Protego
 
 from any2ds import FetchError
-from any2ds_plugins.http.hosts import DEFAULT_PORTS, HOST_HASH_BITS, ROBOTS_REGION, SharedLocks, key_hash
+from any2ds_plugins.http.hosts import HOST_HASH_BITS, ROBOTS_REGION, SharedLocks, authority, key_hash
 
 ROBOTS_TXT_REFUSAL = "RobotsTxtRefusal"  # the error type of every row robots.txt refuses
 ROBOTS_MAX_BYTES = 500 * 1024
@@ -102,8 +102,7 @@ class Verdict:
 def site_of(url: str) -> str:
     """``scheme://host:port`` of a URL, robots.txt's scope."""
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return f"{scheme}://{(parts.hostname or '').lower()}:{parts.port or DEFAULT_PORTS.get(scheme, 0)}"
+    return f"{parts.scheme.lower()}://{authority(parts)}"
 
 
 class RobotsTxt:
