@@ -21,8 +21,8 @@ count against the same limits. The sharing is done by the kernel:
   bucket; a table entry whose time has passed holds no information, so the
   table stays small (4 MiB, sparse) however many hosts a run meets.
 
-OFD locks are Linux's (3.15+). Where they are missing the slots and the
-table are shared by the threads of one process only (``shared_by_processes``).
+OFD locks are Linux's (3.15+). Where they are missing, the slots and the
+table are shared by the threads of one process only (``OFD_LOCKS`` false).
 """
 
 from __future__ import annotations
