@@ -159,9 +159,17 @@ class SparkDistributor(Distributor):
                    .config("spark.driver.memory", _driver_memory())
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false"))
-        if "PYSPARK_PYTHON" not in os.environ:  # local workers run this interpreter, not whatever python3 is
-            builder = builder.config("spark.pyspark.python", sys.executable)
-        self._own_session = builder.getOrCreate()
+        if "PYSPARK_PYTHON" in os.environ:
+            self._own_session = builder.getOrCreate()
+            return self._own_session.sparkContext
+        # Local workers must run this interpreter (a virtualenv's plugins), not whatever python3 is
+        # on PATH. pyspark reads the workers' Python from PYSPARK_PYTHON when the context starts;
+        # its spark.pyspark.python setting is read by spark-submit only.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        try:
+            self._own_session = builder.getOrCreate()
+        finally:
+            del os.environ["PYSPARK_PYTHON"]
         return self._own_session.sparkContext
 
 
