@@ -1,6 +1,6 @@
 """What per-host politeness costs per request: the shared table alone, then whole fetches on loopback.
 
-    python tests/benchmarks/politeness_overhead.py
+    python -m benchmarks.politeness
 
 1. ``HostTurn.go`` + ``leave`` on one thread, no contention: a slot (OFD lock and unlock) and a
    table look-up (a bucket lock, a read), for a cap only, then a cap and a rate.
