@@ -275,6 +275,18 @@ class Distributor(Component):
         """
         raise NotImplementedError
 
+    def probe_workers(self, probe: Callable[[], Any], config: RunConfig) -> Any:
+        """Run ``probe`` once where shards run, before any shard, and return what it returns.
+
+        The core's probe (picklable, fast) checks that the workers can load the run's
+        plugins at the versions the main process has. A distributor whose workers are
+        processes started here, from this interpreter, returns None: nothing to check
+        (the default). One running shards on an engine (Spark, Ray) runs ``probe`` as one
+        small task there, and raises ConfigError, within a bounded time, when that task
+        cannot run at all (a worker without any2ds cannot even load it): saying why and where.
+        """
+        return None
+
 
 class Observer(Component):
     """Watches a run from the main process: progress, logging, experiment trackers."""

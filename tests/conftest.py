@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 from PIL import Image
 
 from any2ds.testing import serve_directory
+from tests.venvs import Venv
+
+REPO = Path(__file__).resolve().parent.parent
 
 # (name, width, height): varied shapes for the resize-geometry tests.
 JPEG_SIZES = [("123_456.jpg", 123, 456), ("456_123.jpg", 456, 123), ("300_500.jpg", 300, 500),
@@ -78,6 +82,18 @@ def http_server(image_dir):
         yield server
 
 
+# --- a virtual environment as a user makes one ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def installed_venv(tmp_path_factory) -> Venv:
+    """A venv in which any2ds (with its own ``bin/any2ds``) and the example third-party plugin
+    (docs/examples/any2ds-thumbnail) are pip-installed: a driver with a plugin workers may lack."""
+    root = tmp_path_factory.mktemp("installed")
+    example = shutil.copytree(REPO / "docs" / "examples" / "any2ds-thumbnail", root / "any2ds-thumbnail")
+    return Venv.with_any2ds(root / "venv", example)
+
+
 # --- S3, through a loopback moto server --------------------------------------
 
 
@@ -104,3 +120,4 @@ def s3_bucket(s3_endpoint, monkeypatch):
     fs = fsspec.filesystem("s3")
     fs.mkdir(bucket)
     return fs, bucket
+
