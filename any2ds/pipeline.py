@@ -25,7 +25,9 @@ from any2ds.processing import PROCESSOR_FIELD
 
 def _build(host: PluginHost, config: RunConfig, kind: str, name: str, option: str) -> Component:
     cls = host.component(kind, name, option)
-    return cls(config.options_for(cls))
+    component = cls(config.options_for(cls))
+    component.storage = config.core.storage()
+    return component
 
 
 def _names(values: Sequence[str], option: str) -> list[str]:

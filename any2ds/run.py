@@ -57,9 +57,9 @@ class Run:
     def __init__(self, host: PluginHost, config: RunConfig) -> None:
         self.host = host
         self.config = config
-        check_output_url(config.core.output_folder)
+        check_output_url(config.core.output_folder, config.core.storage())
         self.pipeline = RunPipeline.build(host, config)
-        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.sources = self.pipeline.samples.reader.input_files(config.core.url_list, config.core.input_format)
         try:
             check_workers(self.pipeline.distributor, host, config)

@@ -231,7 +231,7 @@ class ShardRunner:
         core = config.core
         self.config = config
         self.pipeline = SamplePipeline.build(PluginHost.load(local_plugins=core.plugins or ()), config)
-        self.output = OutputFolder(core.output_folder, core.oom_shard_count)
+        self.output = OutputFolder(core.output_folder, core.oom_shard_count, core.storage())
         pipeline = self.pipeline
         self.intake = ShardIntake(pipeline.reader, KeyFormat(core.number_sample_per_shard, core.oom_shard_count),
                                   core.url_col, core.caption_col if pipeline.has_caption else None,

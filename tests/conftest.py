@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -121,3 +122,16 @@ def s3_bucket(s3_endpoint, monkeypatch):
     fs.mkdir(bucket)
     return fs, bucket
 
+
+@pytest.fixture
+def s3_storage(s3_endpoint, monkeypatch):
+    """A fresh bucket on the loopback server, reached only through ``storage_options`` (no AWS_* or
+    FSSPEC_* variable, no fsspec config): ``(storage_options, fs, bucket)``."""
+    for name in [n for n in os.environ if n.startswith(("AWS_", "FSSPEC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    options = {"s3": {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}}
+    fs = fsspec.filesystem("s3", **options["s3"])
+    bucket = f"any2ds-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return options, fs, bucket
