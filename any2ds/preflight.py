@@ -32,7 +32,7 @@ BUILTIN = "any2ds (built-in)"
 @attrs.frozen
 class WorkerEnvironment:
     """What one process can run: any2ds's version and, for every component the run uses
-    (``processor 'thumbnail'``), the distribution that provides it (``any2ds-thumbnail 0.1.0``);
+    (``processor 'blur'``), the distribution that provides it (``any2ds-blur 1.2.0``);
     or why the components could not be built there (``error``)."""
 
     host: str
