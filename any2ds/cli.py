@@ -1,4 +1,5 @@
-"""The ``any2ds`` command line: ``any2ds download`` (img2dataset's flags) and ``any2ds plugins``.
+"""The ``any2ds`` command line: ``any2ds download`` (img2dataset's flags), ``any2ds plugins`` and
+``any2ds report``.
 
 Options are parsed by :mod:`any2ds.options`; this module only dispatches commands
 and turns startup errors into one line and exit code 2.
@@ -15,7 +16,10 @@ from typing import Any
 from any2ds.errors import Any2dsError
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 from any2ds.options import DOWNLOAD_DESCRIPTION, OptionSchema, read_plugins
+from any2ds.report import REPORT_HELP, run_report
 from any2ds.run import Run
+from any2ds.verify import VERIFY_HELP
+from any2ds.verify import main as verify
 
 PLUGINS_HELP = "List installed plugins: distribution, version, registered names, hooks and errors (see --help)."
 
@@ -58,14 +62,15 @@ def _describe_plugin(plugin: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"download": run_download, "plugins": run_plugins}
+COMMANDS = {"download": run_download, "plugins": run_plugins, "report": run_report, "verify": verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: any2ds {download,plugins} [options]\n\n"
-              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}",
+        print("usage: any2ds {download,plugins,report,verify} [options]\n\n"
+              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}\n  report    {REPORT_HELP}\n"
+              f"  verify    {VERIFY_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:

@@ -9,6 +9,7 @@ or redone by the next incremental run, which overwrites any partial files.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -16,7 +17,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -50,19 +51,31 @@ class OutputFolder:
 
     def done_shards(self) -> set[int]:
         """Shard ids whose stats file exists (committed shards)."""
-        if not self.fs.exists(self.root):
-            return set()
-        self.fs.invalidate_cache(self.root)
-        done = set()
-        for path in self.fs.ls(self.root, detail=False):
-            match = _STATS_NAME.match(path.rstrip("/").rsplit("/", 1)[-1])
-            if match:
-                done.add(int(match.group(1)))
-        return done
+        return {int(name) for name in self.done_shard_names()}
 
     def done_shard_names(self) -> list[str]:
-        """The file stems (``00042``) of the committed shards, in shard order."""
-        return [shard_name(shard_id, self.oom_shard_count) for shard_id in sorted(self.done_shards())]
+        """The file stems (``00042``) of the committed shards (those with a stats file), in shard order."""
+        if not self.fs.exists(self.root):
+            return []
+        self.fs.invalidate_cache(self.root)
+        names = [match.group(1) for path in self.fs.ls(self.root, detail=False)
+                 if (match := _STATS_NAME.match(path.rstrip("/").rsplit("/", 1)[-1]))]
+        return sorted(names, key=int)
+
+    def shard_stats(self) -> dict[str, dict[str, Any]]:
+        """The ``_stats.json`` of every committed shard, by shard file stem (read concurrently
+        on object stores)."""
+        names = self.done_shard_names()
+        paths = [self.join(name + STATS_SUFFIX) for name in names]
+        contents = self.fs.cat(paths) if paths else {}
+        by_file = {posixpath.basename(path): data for path, data in contents.items()}
+        return {name: json.loads(by_file[name + STATS_SUFFIX]) for name in names}
+
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """Every committed shard's files in brief: their count and one sha256 over their names and
+        sha256s (``shard_digest``); ``any2ds verify`` checks a copy against it."""
+        return {name: {"files": len(stats.get("files", {})), "sha256": shard_digest(stats.get("files", {}))}
+                for name, stats in self.shard_stats().items()}
 
     def prepare(self, mode: str) -> tuple[set[int], int]:
         """Apply the incremental mode; return (shard ids to skip, id of the first new shard)."""
@@ -157,10 +170,21 @@ class ShardTarget:
         return local
 
     def commit(self, stats: dict[str, Any]) -> None:
-        """Move every file into place, then write the stats file: the shard is done."""
+        """Move every file into place, then write the stats file: the shard is done.
+
+        The stats file gains ``files``: the sha256 of every file of the shard, by its name in
+        the output folder, so that a copy of the dataset can be checked (``any2ds verify``).
+        """
+        hashes = {}
         for suffix, local in self._uploads.items():
+            with open(local, "rb") as f:
+                hashes[self.shard_name + suffix] = file_sha256(f)
             self.fs.put(local, self.path(suffix))
             os.remove(local)
+        for suffix, tmp in self._paths.items():
+            if suffix not in self._uploads and self.fs.exists(tmp):
+                hashes.update(self._hashes(self.shard_name + suffix, tmp))
+        stats = {**stats, "files": dict(sorted(hashes.items()))}
         for suffix, tmp in self._paths.items():
             final = self.folder.join(self.shard_name + suffix)
             if self.fs.exists(final):  # a partial file from an interrupted run
@@ -179,6 +203,17 @@ class ShardTarget:
         self.fs.mv(stats_tmp, self.folder.join(self.shard_name + STATS_SUFFIX))
         self.abort()
 
+    def _hashes(self, name: str, tmp: str) -> dict[str, str]:
+        """sha256 of the file at ``tmp``, or of every file under it (a folder), by final name."""
+        if not self.fs.isdir(tmp):
+            with self.fs.open(tmp, "rb") as f:
+                return {name: file_sha256(f)}
+        hashes = {}
+        for path in self.fs.find(tmp):
+            with self.fs.open(path, "rb") as f:
+                hashes[f"{name}/{posixpath.relpath(path, tmp)}"] = file_sha256(f)
+        return hashes
+
     def abort(self) -> None:
         """Remove every temporary file of the shard."""
         for local in self._uploads.values():
@@ -186,6 +221,20 @@ class ShardTarget:
                 os.remove(local)
         if self.fs.exists(self._tmp_dir):
             self.fs.rm(self._tmp_dir, recursive=True)
+
+
+def shard_digest(files: dict[str, str]) -> str:
+    """One sha256 over a shard's ``{file name: sha256}``: the lines ``<sha256>  <name>``, sorted."""
+    lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def file_sha256(f: BinaryIO) -> str:
+    """The hex sha256 of an open binary file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    while block := f.read(2**20):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

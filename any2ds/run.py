@@ -85,6 +85,7 @@ class Run:
                 failed = self._run_round(list(failed.values()), task, totals)
             self.pipeline.samples.writer.finalize(self.output)
             summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
+            summary["manifest"] = self.output.manifest()
             self.output.write_json(SUMMARY_FILE, summary)
             self.output.finish()
             for observer in self.pipeline.observers:

@@ -42,10 +42,6 @@ class KeyFormat:
         """The key of row ``index`` of shard ``shard_id``."""
         return make_key(shard_id, index, self.number_sample_per_shard, self.oom_shard_count)
 
-    def fits(self, index: int) -> bool:
-        """Whether row ``index`` has a key of its own (keys of larger indexes collide with the next shard's)."""
-        return 0 <= index < max(1, 10 ** key_digits(self.number_sample_per_shard))
-
 
 @attrs.frozen
 class InputSource:

@@ -45,9 +45,11 @@ FETCHING, PROCESSING = "fetching", "processing"
 
 @attrs.define(eq=False)
 class SampleJob:
-    """A sample on its way: its stage, the future running it, when that began, the bytes it holds."""
+    """A sample on its way: its place in the shard, its stage, the future running it, when that
+    began, the bytes it holds."""
 
     sample: Sample
+    seq: int
     stage: str = FETCHING
     future: Future | None = None
     fetcher: Fetcher | None = None
@@ -60,19 +62,30 @@ class SampleJob:
 
 
 class SampleFlow:
-    """Moves one shard's samples through fetch and processing; yields results as they complete."""
+    """Moves one shard's samples through fetch and processing and yields their results: in the
+    samples' order when ``ordered`` (a shard's files are then the same from run to run), else as
+    they complete.
+
+    In order, a result waits for those before it; the fetched bytes it holds stay counted in the
+    byte budget until it leaves, so a slow sample at the head holds back at most
+    ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
+    """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
-                 core: CoreOptions) -> None:
+                 core: CoreOptions, ordered: bool = True) -> None:
         self.fetching = fetching
         self.processing = processing
         self.cpu_pool = cpu_pool
+        self.ordered = ordered
         self.fetch_limit = core.thread_count
         self.budget = ByteBudget(core.max_bytes_in_flight)
         self.watchdog = Watchdog(core.sample_timeout)
         self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
         self._live: set[SampleJob] = set()
         self._fetches = 0
+        self._admitted = 0  # the sequence number of the next sample
+        self._ready: dict[int, tuple[SampleResult, int]] = {}  # by sequence number: (result, held bytes)
+        self._next_out = 0
 
     def results(self, samples: Iterator[Sample]) -> Iterator[SampleResult]:
         more = True
@@ -82,32 +95,53 @@ class SampleFlow:
                     sample = next(samples, None)
                     if sample is None:
                         more = False
-                    elif (failure := self._start(sample)) is not None:
-                        yield failure
-                if not self._live:
-                    continue
-                yield from self._handle_events()
-                yield from self._expire()
+                    else:
+                        self._start(sample)
+                        yield from self._leaving()
+                if self._live:
+                    self._handle_events()
+                    self._expire()
+                yield from self._leaving()
         finally:
             for job in self._live:  # the shard stopped early (its writer or reader failed)
                 job.future.cancel()
 
-    def _start(self, sample: Sample) -> SampleResult | None:
-        """Start a sample's first stage; a sample that cannot start is returned as failed."""
+    def _leaving(self) -> Iterator[SampleResult]:
+        """The results that may leave now: the next ones in order, or every finished one."""
+        while self._ready:
+            seq = self._next_out if self.ordered else next(iter(self._ready))
+            if seq not in self._ready:
+                return
+            result, held = self._ready.pop(seq)
+            self.budget.release(held)
+            self._next_out += 1
+            yield result
+
+    def _done(self, job_or_seq: SampleJob | int, result: SampleResult) -> None:
+        if isinstance(job_or_seq, SampleJob):
+            self._finish(job_or_seq)
+            self._ready[job_or_seq.seq] = (result, job_or_seq.held_bytes)
+        else:
+            self._ready[job_or_seq] = (result, 0)
+
+    def _start(self, sample: Sample) -> None:
+        """Start a sample's first stage; a sample that cannot start is done at once, failed."""
+        seq, self._admitted = self._admitted, self._admitted + 1
         if sample.error is not None:
-            return _failed(sample, sample.error)
-        job = SampleJob(sample)
+            self._done(seq, _failed(sample, sample.error))
+            return
+        job = SampleJob(sample, seq)
         if sample.data is not None:
             self._to_processing(job, _inline(sample))
         else:
             try:
                 job.fetcher = self.fetching.fetcher_for(sample.url)
             except SampleError as error:
-                return _failed(sample, error)
+                self._done(seq, _failed(sample, error))
+                return
             self._fetches += 1
             self._run(job, self.fetching.start(job.fetcher, sample, job.mark_started))
         self._live.add(job)
-        return None
 
     def _run(self, job: SampleJob, future: Future) -> None:
         job.future = future
@@ -124,7 +158,7 @@ class SampleFlow:
 
         self._run(job, self.cpu_pool.submit(process))
 
-    def _handle_events(self) -> Iterator[SampleResult]:
+    def _handle_events(self) -> None:
         """Wait for the next finished stage (at most until the watchdog's next deadline), then
         take every stage that finished meanwhile."""
         try:
@@ -133,36 +167,32 @@ class SampleFlow:
             return
         while True:
             if job in self._live and job.future.done():
-                result = self._advance(job)
-                if result is not None:
-                    yield result
+                self._advance(job)
             try:
                 job = self._events.get_nowait()
             except queue.Empty:
                 return
 
-    def _advance(self, job: SampleJob) -> SampleResult | None:
-        """A stage of ``job`` ended: start the next one, or return the sample's result."""
+    def _advance(self, job: SampleJob) -> None:
+        """A stage of ``job`` ended: start the next one, or record the sample's result."""
         future = job.future
         if future.cancelled():  # its pool was renewed before the stage began: start it again
             if job.stage == FETCHING:
                 self._run(job, self.fetching.start(job.fetcher, job.sample, job.mark_started))
             else:
+                self.budget.release(job.held_bytes)  # counted again by the restart
                 self._to_processing(job, job.fetched)
-                self.budget.release(job.held_bytes)  # counted twice by the restart
-            return None
+            return
+        error = future.exception()
         if job.stage == FETCHING:
             self._fetches -= 1
-            error = future.exception()
             if error is None:
                 self._to_processing(job, future.result())
-                return None
-            self._finish(job)
-            return _failed(job.sample, error)
-        self._finish(job)
-        self.budget.release(job.held_bytes)
-        error = future.exception()
-        return future.result() if error is None else _failed(job.sample, error)
+            else:
+                self._done(job, _failed(job.sample, error))
+            return
+        job.fetched = None  # the result holds what it keeps of the body
+        self._done(job, future.result() if error is None else _failed(job.sample, error))
 
     def _finish(self, job: SampleJob) -> None:
         """``job`` leaves the flow. Its future's done-callback refers back to it: a finished
@@ -171,20 +201,18 @@ class SampleFlow:
         self._live.discard(job)
         job.future = None
 
-    def _expire(self) -> Iterator[SampleResult]:
+    def _expire(self) -> None:
         for job in self.watchdog.overdue(self._live, time.monotonic()):
             if job.stage == FETCHING:
                 self._fetches -= 1
                 self.fetching.abandon(job.future, job.fetcher)
                 status = "failed_to_download"
             else:
-                self.budget.release(job.held_bytes)
                 if not job.future.cancel():
                     self.cpu_pool.abandon()
                 status = "failed_to_process"
-            self._finish(job)
-            yield failed_result(job.sample, status, f"sample did not finish within sample_timeout="
-                                f"{self.watchdog.timeout:g} s", "Watchdog")
+            self._done(job, failed_result(job.sample, status, f"sample did not finish within sample_timeout="
+                                          f"{self.watchdog.timeout:g} s", "Watchdog"))
 
 
 def _inline(sample: Sample) -> FetchResult:

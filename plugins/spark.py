@@ -186,8 +186,17 @@ class SparkDistributor(Distributor):
                    .config("spark.driver.memory", _driver_memory())
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false"))
-        with _workers_run_this_python():
+        if "PYSPARK_PYTHON" in os.environ:
             self._own_session = builder.getOrCreate()
+            return self._own_session.sparkContext
+        # Local workers must run this interpreter (a virtualenv's plugins), not whatever python3 is
+        # on PATH. pyspark reads the workers' Python from PYSPARK_PYTHON when the context starts;
+        # its spark.pyspark.python setting is read by spark-submit only.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        try:
+            self._own_session = builder.getOrCreate()
+        finally:
+            del os.environ["PYSPARK_PYTHON"]
         return self._own_session.sparkContext
 
 
@@ -320,21 +329,6 @@ class _OutcomeList:
     def addInPlace(self, value1: list[Any], value2: list[Any]) -> list[Any]:  # Spark's name
         value1.extend(value2)
         return value1
-
-
-@contextlib.contextmanager
-def _workers_run_this_python() -> Iterator[None]:
-    """Our local Spark's Python workers run this interpreter, not whatever ``python3`` is on PATH
-    (an unactivated virtual environment's any2ds would be missing there). pyspark reads
-    PYSPARK_PYTHON when the SparkContext starts; a user's own setting is kept."""
-    if "PYSPARK_PYTHON" in os.environ:
-        yield
-        return
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    try:
-        yield
-    finally:
-        os.environ.pop("PYSPARK_PYTHON", None)
 
 
 def _java_available() -> bool:

@@ -429,3 +429,50 @@ def test_temporary_files_of_other_runs_shards_survive_a_start(tmp_path):
     target.abort()
     folder.finish()
     assert (out / "_tmp" / "00003-bbbb").exists()  # not empty: kept
+
+
+# -- key order -------------------------------------------------------------------------------------
+
+
+class ShuffledFetcher(BytesFetcher):
+    """Later samples finish first: sample i sleeps (n - i) x 20 ms."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(size=10)
+        self.n = n
+
+    def fetch(self, sample):
+        time.sleep((self.n - sample.index) * 0.02)
+        return super().fetch(sample)
+
+
+def test_results_leave_in_the_samples_order():
+    batch = samples(12) + [Sample(KEYS.key(0, 12), 0, 12, None)]  # a sample failed at once, last
+    ordered = [r.sample.index for r in flow(ShuffledFetcher(12), [Recorder()], threads=12).results(iter(batch))]
+    assert ordered == list(range(13))
+    unordered_flow = flow(ShuffledFetcher(12), [Recorder()], threads=12)
+    unordered_flow.ordered = False
+    unordered = [r.sample.index for r in unordered_flow.results(iter(batch))]
+    assert sorted(unordered) == list(range(13)) and unordered != list(range(13))
+
+
+def test_results_waiting_for_their_turn_stay_within_the_budget():
+    """A slow first sample: the others finish and wait, their bytes counted, so fetching stops."""
+    gate = threading.Event()
+
+    class SlowFirst(BytesFetcher):
+        def fetch(self, sample):
+            if sample.index == 0:
+                gate.wait(30)
+            return super().fetch(sample)
+
+    fetcher = SlowFirst(size=30)
+    sample_flow = flow(fetcher, [Recorder()], threads=2, budget=100)
+    out: list[SampleResult] = []
+    consumer = threading.Thread(target=lambda: out.extend(sample_flow.results(iter(samples(40)))))
+    consumer.start()
+    time.sleep(1.0)
+    assert not out and fetcher.calls <= 1 + 4 + 1, f"{fetcher.calls} fetches behind a stuck first sample"
+    gate.set()
+    consumer.join(30)
+    assert [r.sample.index for r in out] == list(range(40)) and sample_flow.budget.held == 0

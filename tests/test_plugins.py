@@ -156,3 +156,19 @@ def test_inprocess_distributor_turns_a_raising_shard_into_a_failure():
 
     outcomes = list(InProcessDistributor(NoOptions()).run(shards, task, config=None))
     assert outcomes == [0, ShardFailure(1, "OSError: disk full"), 2]
+
+
+def test_options_class_from_the_docs_parses_and_validates_at_startup(tmp_path, capsys):
+    """The guide's Options example, as a one-off plugin: a typed flag, and a validator's complaint
+    as the one-line startup error the guide quotes (renamed: the example package may be installed)."""
+    plugin = tmp_path / "options_example.py"
+    example = docs_example("import attrs\n").replace('name = "thumbnail"', 'name = "options_example"')
+    plugin.write_text(f"from any2ds import hookimpl\n{example}\n\n"
+                      "@hookimpl\ndef any2ds_register_processors(register):\n    register(Thumbnail)\n")
+    base = ["download", "--url_list", str(tmp_path / "urls.txt"), "--output_folder", str(tmp_path / "out"),
+            "--plugins", str(plugin), "--processors", "[image, options_example]"]
+    assert main([*base, "--options_example.quality", "0"]) == 2
+    assert capsys.readouterr().err == "any2ds: error: processor 'options_example': 'quality' must be >= 1: 0\n"
+    assert main([*base, "--options_example.size", "large"]) == 2
+    assert "options_example.size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -141,3 +141,27 @@ def test_an_async_fetcher_keeps_a_shard_in_flight_on_one_thread(tmp_path):
     assert rows["missing/y"]["error_type"] == "HTTPError"
     assert len(AsyncHTTP.threads) == 1, "every fetch ran on the worker's one event loop thread"
     assert AsyncHTTP.peak >= 30, f"only {AsyncHTTP.peak} fetches were in flight at once"
+
+
+def test_an_archive_of_mixed_media_is_routed_by_type(tmp_path):
+    """Samples read from an archive (bytes, no fetch) go through the same routing."""
+    import tarfile
+
+    archive = tmp_path / "mixed.tar"
+    members = {name: entry for name, entry in MIXED.items() if not name.endswith(".txt")}  # .txt: the caption
+    with tarfile.open(archive, "w") as tar:
+        for index, (name, (data, _processor)) in enumerate(members.items()):
+            for member, content in ((f"{index:05d}.{name.rsplit('.', 1)[1]}", data),
+                                    (f"{index:05d}.txt", f"caption of {name}".encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    download_in_process(url_list=str(archive), input_format="archive", output_folder=str(tmp_path / "out"),
+                        routing="by_type", output_format="parquet", image_size=32, audio_sample_rate=16000,
+                        archive={"media_extensions": ["jpg", "png", "wav", "flac", "ogg", "pdf", "npy"]})
+    dataset = read_dataset(tmp_path / "out")
+    by_caption = {row["caption"]: row for row in dataset.rows}
+    for name, (_data, processor) in members.items():
+        row = by_caption[f"caption of {name}"]
+        assert (row["status"], row["processor"]) == ("success", processor), name
+        assert STREAM[processor] in dataset.samples[row["key"]]

@@ -3,6 +3,7 @@ read back with the libraries users read it with (webdataset, pyarrow, tensorflow
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -130,7 +131,12 @@ def check_metadata_parquet(path: Path, results: list[SampleResult]) -> None:
 
 
 def check_stats(root: Path, count: int) -> None:
-    assert json.loads((root / f"{SHARD}_stats.json").read_text()) == {"count": count}
+    """The stats the commit was given, plus the sha256 of every file the shard committed."""
+    stats = json.loads((root / f"{SHARD}_stats.json").read_text())
+    files = stats.pop("files")
+    assert stats == {"count": count}
+    for name, digest in files.items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
 
 
 def check_files(root: Path) -> None:

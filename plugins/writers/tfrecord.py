@@ -116,7 +116,8 @@ class TFRecordShardWriter(MetadataShardWriter):
         if self.layout.has_caption:
             features["txt"] = to_feature(tf, caption_text(record))
         example = tf.train.Example(features=tf.train.Features(feature=features))
-        self._writer.write(example.SerializeToString())
+        # deterministic: a map field (the features) is otherwise serialised in a per-process order.
+        self._writer.write(example.SerializeToString(deterministic=True))
 
     def close_container(self) -> None:
         self._writer.close()

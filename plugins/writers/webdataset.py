@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +12,12 @@ import fsspec
 
 from any2ds import SampleFilesWriter
 
-# Members as webdataset's TarWriter (img2dataset's writer) makes them: ustar, read-only, owned by "bigdata".
+# Members as webdataset's TarWriter (img2dataset's writer) makes them: ustar, read-only, owned by "bigdata";
+# but with a fixed time, so that a shard's tar is the same bytes from run to run (SOURCE_DATE_EPOCH,
+# the reproducible-builds convention, when set; else 0).
 MEMBER_MODE = 0o444
 MEMBER_OWNER = "bigdata"
+MEMBER_MTIME = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
 
 class WebDatasetWriter(SampleFilesWriter):
@@ -31,7 +34,7 @@ class WebDatasetWriter(SampleFilesWriter):
 
     def add_file(self, container: tuple[Any, tarfile.TarFile], name: str, data: bytes) -> None:
         member = tarfile.TarInfo(name)
-        member.size, member.mtime, member.mode = len(data), time.time(), MEMBER_MODE
+        member.size, member.mtime, member.mode = len(data), MEMBER_MTIME, MEMBER_MODE
         member.uname = member.gname = MEMBER_OWNER
         container[1].addfile(member, io.BytesIO(data))
 
