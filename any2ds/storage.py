@@ -15,7 +15,10 @@ from typing import Any
 
 import attrs
 import fsspec
+import yaml
 from fsspec.core import split_protocol
+
+from any2ds.errors import ConfigError
 
 # Option names whose values are secrets: replaced in run_summary.json and experiment trackers.
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -65,6 +68,21 @@ def check_storage_options(_instance: Any, _attribute: Any, value: Any) -> None:
                 f"name, e.g. {{\"s3\": {{\"endpoint_url\": \"http://127.0.0.1:9000\"}}}}")
         if not isinstance(options, Mapping):
             raise ValueError(f"storage_options: the options of {protocol!r} must be a mapping, not {options!r}")
+
+
+def storage_argument(text: str) -> Storage:
+    """The ``--storage_options`` of the commands that read an output folder (report, verify): JSON
+    or YAML, checked as the download option is."""
+    try:
+        options = yaml.safe_load(text)
+        check_storage_options(None, None, options)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"--storage_options: {exc}") from exc
+    return Storage(options)
+
+
+STORAGE_ARGUMENT_HELP = ("fsspec options by protocol, as for download, in JSON or YAML: "
+                         "'{s3: {endpoint_url: \"http://minio:9000\", profile: minio}}'.")
 
 
 def redacted(storage_options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -64,6 +64,16 @@ class NodeProcess:
         self.kill()
 
 
+@contextlib.contextmanager
+def running(cluster: SparkStandalone | RayCluster) -> Iterator[Any]:
+    """``cluster`` started for the block and stopped after it, also when it fails to start."""
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from any2ds.testing import read_dataset, send_bytes, serve_directory
-from tests.clusters import STARTUP_SECONDS, RayCluster, SparkStandalone
+from tests.clusters import STARTUP_SECONDS, RayCluster, SparkStandalone, running
 from tests.conftest import JPEG_SIZES
 from tests.test_distributors import ROWS, ROWS_PER_SHARD, check_output, download, startup_error, user_environment
 
@@ -65,12 +65,8 @@ def spark_cluster(tmp_path_factory):
     pytest.importorskip("pyspark")
     if shutil.which("java") is None:
         pytest.skip("a Spark standalone cluster needs java on PATH")
-    cluster = SparkStandalone(tmp_path_factory.mktemp("spark"))
-    try:
-        cluster.start()
+    with running(SparkStandalone(tmp_path_factory.mktemp("spark"))) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 class TestSparkStandalone:
@@ -143,12 +139,8 @@ class TestSparkStandalone:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     pytest.importorskip("ray")
-    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
-    try:
-        cluster.start()
+    with running(RayCluster(tmp_path_factory.mktemp("ray"))) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 class TestRayCluster:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import any2ds
+from any2ds.cli import main
 from any2ds.storage import REDACTED, Storage
 from any2ds.testing import read_dataset
 from tests.conftest import JPEG_SIZES
@@ -29,9 +30,10 @@ def url_rows(http_server, count: int) -> pa.Table:
     return pa.table({"url": urls, "caption": [f"caption {i}" for i in range(count)]})
 
 
-def test_input_list_and_output_on_s3(s3_storage, http_server, tmp_path):
+def test_input_list_and_output_on_s3(s3_storage, http_server, tmp_path, capsys):
     """A parquet URL list read from S3 and a webdataset written to S3 by two worker processes;
-    the secrets never reach run_summary.json."""
+    the secrets never reach run_summary.json; ``any2ds report`` and ``any2ds verify`` read it
+    with the same options."""
     options, fs, bucket = s3_storage
     with fs.open(f"{bucket}/lists/urls.parquet", "wb") as f:
         pq.write_table(url_rows(http_server, 12), f)
@@ -49,6 +51,12 @@ def test_input_list_and_output_on_s3(s3_storage, http_server, tmp_path):
         ["00000.tar", "00001.tar", "00002.tar"]
     written = json.loads(fs.cat_file(f"{bucket}/dataset/_any2ds/run_summary.json"))["config"]["storage_options"]
     assert written == {"s3": {**options["s3"], "key": REDACTED, "secret": REDACTED}}
+    capsys.readouterr()
+    assert main(["report", out, "--json", "--storage_options", json.dumps(options)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards"]["done"] == 3 and report["samples"]["successes"] == 12
+    assert main(["verify", out, "--storage_options", json.dumps(options)]) == 0
+    assert capsys.readouterr().out.strip().endswith("files checked: all match")
 
 
 def test_archives_on_s3_through_the_command_line(s3_storage, tmp_path):
