@@ -35,6 +35,9 @@ from any2ds.writers import (
     MetadataShardWriter, SampleFilesWriter, caption_text, read_metadata, sample_files, split_file_name,
 )
 
+from any2ds.library import Pipeline
+from any2ds.sink import ShardSink
+
 __version__ = "0.1.0"
 
 
@@ -52,7 +55,7 @@ def download(*args, **kwargs):
 
 __all__ = [
     # running
-    "download",
+    "download", "Pipeline", "ShardSink",
     # the contract: hooks and base classes
     "HOOKSPEC_VERSION", "hookimpl", "Component", "Reader", "SampleReader", "Fetcher", "Verifier", "Processor",
     "Writer", "ShardWriter", "SampleFilesWriter", "MetadataShardWriter", "Distributor", "ShardFunction", "Observer",

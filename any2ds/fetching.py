@@ -29,30 +29,38 @@ def is_async(fetcher: Fetcher) -> bool:
 
 
 class ReplaceablePool:
-    """A thread pool whose threads may be abandoned to a stuck task, renewed when half are lost."""
+    """A thread pool whose threads may be abandoned to a stuck task, renewed when half are lost.
+
+    Thread-safe: the flows of several threads (any2ds.Pipeline calls) may share one.
+    """
 
     def __init__(self, threads: int, name: str) -> None:
         self.threads = threads
         self.name = name
         self.abandoned = 0
+        self._lock = threading.Lock()  # no task may be submitted to a pool being replaced
         self._pool = self._new()
 
     def _new(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        return self._pool.submit(fn)
+        with self._lock:
+            return self._pool.submit(fn)
 
     def abandon(self) -> None:
         """One thread is lost to a task that will not end; renew the pool at half of them lost."""
-        self.abandoned += 1
-        if self.abandoned >= max(1, self.threads // 2):
+        with self._lock:
+            self.abandoned += 1
+            if self.abandoned < max(1, self.threads // 2):
+                return
             old, self._pool, self.abandoned = self._pool, self._new(), 0
-            old.shutdown(wait=False, cancel_futures=True)  # stuck threads are left to end on their own
+        old.shutdown(wait=False, cancel_futures=True)  # stuck threads are left to end on their own
 
     def close(self) -> None:
         # Not waiting: a thread the watchdog abandoned may never return.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class EventLoopThread:
@@ -88,6 +96,7 @@ class FetchStage:
         self._threads = threads
         self._pool: ReplaceablePool | None = None
         self._loop: EventLoopThread | None = None
+        self._lock = threading.Lock()  # flows of several threads may start the first fetch at once
 
     def fetcher_for(self, url: str | None) -> Fetcher:
         if url is None or not str(url).strip():
@@ -102,7 +111,8 @@ class FetchStage:
     def start(self, fetcher: Fetcher, sample: Sample, on_start: Callable[[], None]) -> Future[FetchResult]:
         if is_async(fetcher):
             if self._loop is None:
-                self._loop = EventLoopThread()
+                with self._lock:
+                    self._loop = self._loop or EventLoopThread()
 
             async def fetch() -> FetchResult:
                 on_start()
@@ -110,7 +120,8 @@ class FetchStage:
 
             return self._loop.submit(fetch())
         if self._pool is None:
-            self._pool = ReplaceablePool(self._threads, "any2ds-fetch")
+            with self._lock:
+                self._pool = self._pool or ReplaceablePool(self._threads, "any2ds-fetch")
 
         def fetch_blocking() -> FetchResult:
             on_start()

@@ -4,7 +4,8 @@ streamed by the run's SampleReader, each with a key that is safe as a file name.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -24,31 +25,42 @@ def is_safe_key(key: str) -> bool:
 
 
 @attrs.frozen
-class ShardIntake:
-    """Turns a shard into samples: ``rows`` through the URL and caption columns, ``work``
-    through ``reader.samples``. ``caption_col`` is None when the run saves no caption."""
+class RowIntake:
+    """Turns an input row into a sample: the URL and caption from their columns (``caption_col`` is
+    None when the run saves no caption), ``columns`` into ``Sample.columns``, the key from ``keys``."""
 
-    reader: Reader
     keys: KeyFormat
     url_col: str
     caption_col: str | None
     columns: Sequence[str]
 
+    def sample(self, row: Mapping[str, Any], shard_id: int, index: int) -> Sample:
+        """Row ``index`` of shard ``shard_id``; a column missing from ``row`` is None."""
+        caption = row.get(self.caption_col) if self.caption_col else None
+        columns = {name: row.get(name) for name in self.columns if name not in (self.url_col, self.caption_col)}
+        return Sample(key=self.keys.key(shard_id, index), shard_id=shard_id, index=index, url=row.get(self.url_col),
+                      caption=None if caption is None else str(caption), columns=columns)
+
+
+@attrs.frozen
+class ShardIntake:
+    """Turns a shard into samples: ``rows`` through ``row_intake``, ``work`` through ``reader.samples``."""
+
+    reader: Reader
+    rows: RowIntake
+
     def samples(self, shard: Shard) -> Iterator[Sample]:
-        source = self._from_rows(shard) if shard.rows is not None else self.reader.samples(shard, self.keys,
-                                                                                              self.columns)
+        source = self._from_rows(shard) if shard.rows is not None else self.reader.samples(shard, self.rows.keys,
+                                                                                              self.rows.columns)
         for sample in source:
             yield sample if is_safe_key(sample.key) else self._unsafe(sample)
 
     def _from_rows(self, shard: Shard) -> Iterator[Sample]:
         for index, row in enumerate(shard.rows.to_pylist()):
-            url = row.pop(self.url_col)
-            caption = row.pop(self.caption_col) if self.caption_col else None
-            yield Sample(key=self.keys.key(shard.shard_id, index), shard_id=shard.shard_id, index=index, url=url,
-                         caption=None if caption is None else str(caption), columns=row)
+            yield self.rows.sample(row, shard.shard_id, index)
 
     def _unsafe(self, sample: Sample) -> Sample:
         """The sample under its generated key, failed: its own key cannot name files."""
         error = SampleError(f"unsafe sample key (keys are letters, digits, _ and -; at most {MAX_KEY_LENGTH} "
                             "characters)", error_type="UnsafeKey")
-        return attrs.evolve(sample, key=self.keys.key(sample.shard_id, sample.index), data=None, error=error)
+        return attrs.evolve(sample, key=self.rows.keys.key(sample.shard_id, sample.index), data=None, error=error)

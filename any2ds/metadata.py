@@ -15,6 +15,8 @@ import attrs
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from any2ds.errors import ConfigError
+
 if TYPE_CHECKING:
     from any2ds.output import ShardTarget
     from any2ds.types import SampleResult
@@ -82,6 +84,28 @@ class MetadataLayout:
         values.update((name, result.metadata.get(name)) for name in self.plugin_fields)
         return bound_values({name: values[name] for name in self.schema.names}, self.max_field_bytes,
                             self.max_record_bytes)
+
+
+    def table_schema(self) -> pa.Schema:
+        """The metadata columns followed by one binary column per media stream: a parquet shard's
+        columns, and what :meth:`any2ds.Pipeline.process_batch` returns."""
+        clash = [stream for stream in self.media_streams if stream in self.schema.names]
+        if clash:
+            raise ConfigError(f"media stream(s) {clash} have the name of a metadata column "
+                              "(a table has one column per name)")
+        schema = self.schema
+        for stream in self.media_streams:
+            schema = schema.append(pa.field(stream, pa.binary()))
+        return schema
+
+    def table_row(self, result: SampleResult) -> dict[str, Any]:
+        """The sample's :meth:`record` plus its bytes under each media stream (None for a
+        stream it lacks, and for every stream of a failure): a row of :meth:`table_schema`."""
+        row = self.record(result)
+        for stream in self.media_streams:
+            media = result.media.get(stream) if result.ok else None
+            row[stream] = None if media is None else media.data
+        return row
 
 
 def bound_values(values: dict[str, Any], max_field_bytes: int, max_total_bytes: int) -> dict[str, Any]:

@@ -153,14 +153,15 @@ class OptionSchema:
             raise ConfigError(_one_line(exc)) from exc
         return self.run_config(namespace)
 
-    def parse_kwargs(self, kwargs: Mapping[str, Any]) -> RunConfig:
-        """``any2ds.download(**kwargs)``, type-checked exactly as the flags are."""
+    def parse_kwargs(self, kwargs: Mapping[str, Any], needs_url_list: bool = True) -> RunConfig:
+        """``any2ds.download(**kwargs)``, type-checked exactly as the flags are; ``needs_url_list``
+        is False for what reads no input list (``any2ds.Pipeline``, reading an output back)."""
         self.reject_unknown(_names(kwargs, set(self.namespaces.values())))
         try:
             namespace = self.parser().parse_object(self.nest(kwargs))
         except Exception as exc:
             raise ConfigError(_one_line(exc)) from exc
-        return self.run_config(namespace)
+        return self.run_config(namespace, needs_url_list)
 
     def nest(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` (YAML or keyword arguments) with every component option moved into its
@@ -205,11 +206,11 @@ class OptionSchema:
                 values[spec.flat or spec.key] = section.get(spec.field.name, field_default(spec.field))
         return values
 
-    def run_config(self, namespace: Namespace) -> RunConfig:
+    def run_config(self, namespace: Namespace, needs_url_list: bool = True) -> RunConfig:
         """Validate the core options and gather each component's values under its namespace."""
         values = namespace.as_dict()
         core_values = {name: values[name] for name in CORE_OPTION_NAMES if name in values}
-        if core_values.get("url_list") in (None, ""):
+        if needs_url_list and core_values.get("url_list") in (None, ""):
             raise ConfigError("url_list is required: a file, a folder of input files, or an fsspec URL")
         try:
             core = CoreOptions(**core_values)

@@ -18,9 +18,11 @@ from any2ds.components import (
 from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
 from any2ds.inputs import split_input_format
+from any2ds.intake import RowIntake
 from any2ds.manager import PluginHost
 from any2ds.metadata import CORE_FIELDS, MetadataLayout
 from any2ds.processing import PROCESSOR_FIELD
+from any2ds.types import KeyFormat
 
 
 def _build(host: PluginHost, config: RunConfig, kind: str, name: str, option: str) -> Component:
@@ -39,19 +41,24 @@ def _names(values: Sequence[str], option: str) -> list[str]:
 
 @attrs.define
 class SamplePipeline:
-    """What a worker needs per shard and per sample: reader, fetchers, verifiers, processors, writer."""
+    """What a worker needs per shard and per sample: reader, fetchers, verifiers, processors, writer.
+
+    ``reader`` is None for rows handed over by a caller (:class:`any2ds.Pipeline`), which
+    are read like a format with named columns.
+    """
 
     config: RunConfig
-    reader: Reader
+    reader: Reader | None
     fetchers: dict[str, Fetcher]
     verifiers: list[Verifier]
     processors: list[Processor]
     writer: Writer
 
     @classmethod
-    def build(cls, host: PluginHost, config: RunConfig) -> SamplePipeline:
+    def build(cls, host: PluginHost, config: RunConfig, read_input: bool = True) -> SamplePipeline:
         core = config.core
-        reader = _build(host, config, "reader", split_input_format(core.input_format)[0], "input_format")
+        reader = (_build(host, config, "reader", split_input_format(core.input_format)[0], "input_format")
+                  if read_input else None)
         fetchers: dict[str, Fetcher] = {}
         for name in _names(core.fetchers, "fetchers"):
             fetcher = _build(host, config, "fetcher", name, "fetchers")
@@ -68,7 +75,13 @@ class SamplePipeline:
 
     @property
     def components(self) -> list[Component]:
-        return [self.reader, *dict.fromkeys(self.fetchers.values()), *self.verifiers, *self.processors, self.writer]
+        reader = [self.reader] if self.reader is not None else []
+        return [*reader, *dict.fromkeys(self.fetchers.values()), *self.verifiers, *self.processors, self.writer]
+
+    @property
+    def named_columns(self) -> bool:
+        """Whether input rows have named columns (not a txt file's bare URLs)."""
+        return self.reader is None or self.reader.named_columns
 
     @property
     def has_caption(self) -> bool:
@@ -76,7 +89,7 @@ class SamplePipeline:
         is set, and only from formats with named columns (img2dataset reads a txt file's URLs only)."""
         if isinstance(self.reader, SampleReader):
             return self.reader.captioned()
-        return self.config.core.caption_col is not None and self.reader.named_columns
+        return self.config.core.caption_col is not None and self.named_columns
 
     def plugin_fields(self) -> list[pa.Field]:
         """Every metadata field components fill, the leading ones first."""
@@ -95,7 +108,7 @@ class SamplePipeline:
 
     def saved_columns(self) -> list[str]:
         """Input columns copied to the metadata, in img2dataset's order."""
-        if not self.reader.named_columns:
+        if not self.named_columns:
             return []
         core = self.config.core
         kept = [c for comp in self.components for c in comp.kept_columns()]
@@ -103,7 +116,7 @@ class SamplePipeline:
 
     def sample_columns(self) -> list[str]:
         """The input columns samples carry in ``Sample.columns`` (url and caption excluded)."""
-        if not self.reader.named_columns:
+        if not self.named_columns:
             return []
         needed = [c for comp in self.components for c in comp.read_columns()]
         return list(dict.fromkeys([*self.saved_columns(), *needed]))
@@ -113,6 +126,12 @@ class SamplePipeline:
         core = self.config.core
         caption = [core.caption_col] if self.has_caption else []
         return list(dict.fromkeys([core.url_col, *caption, *self.sample_columns()]))
+
+    def row_intake(self) -> RowIntake:
+        """How this run turns an input row into a sample."""
+        core = self.config.core
+        return RowIntake(KeyFormat(core.number_sample_per_shard, core.oom_shard_count), core.url_col,
+                         core.caption_col if self.has_caption else None, tuple(self.sample_columns()))
 
     def layout(self, input_schema: pa.Schema) -> MetadataLayout:
         core = self.config.core

@@ -17,7 +17,7 @@ from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
 from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
-from any2ds.pipeline import RunPipeline
+from any2ds.pipeline import RunPipeline, SamplePipeline
 from any2ds.preflight import check_workers
 from any2ds.components import SampleReader
 from any2ds.sharding import ShardCutter, planned_shards
@@ -74,7 +74,7 @@ class Run:
         start = time.time()
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
         task = ShardTask(self.config)
-        totals = _Totals()
+        totals = RunTotals()
         for observer in self.pipeline.observers:
             observer.run_started(self.config)
         try:
@@ -83,11 +83,8 @@ class Run:
                 if not failed:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
-            self.pipeline.samples.writer.finalize(self.output)
-            summary = totals.summary(start, time.time(), skipped=len(skip), failed=failed, config=self.config)
-            summary["manifest"] = self.output.manifest()
-            self.output.write_json(SUMMARY_FILE, summary)
-            self.output.finish()
+            summary = finish_output(self.pipeline.samples, self.output, totals, start, skipped=len(skip),
+                                    failed=failed)
             for observer in self.pipeline.observers:
                 observer.run_completed(summary)
         finally:
@@ -103,7 +100,7 @@ class Run:
         return ShardCutter(samples.reader, self.sources, samples.input_columns(),
                            self.config.core.number_sample_per_shard, skip, first_id)
 
-    def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: _Totals) -> dict[int, Shard]:
+    def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: RunTotals) -> dict[int, Shard]:
         """Run ``shards``; return the ones that failed, by id, for the next round."""
         in_flight: dict[int, Shard] = {}
         failed: dict[int, Shard] = {}
@@ -144,7 +141,21 @@ class Run:
             )
 
 
-class _Totals:
+def finish_output(pipeline: SamplePipeline, output: OutputFolder, totals: RunTotals, start: float, skipped: int,
+                  failed: Mapping[int, Shard]) -> dict[str, Any]:
+    """A run's last writes, once its shards are committed: the writer's ``finalize``, then the run
+    summary (with the manifest of every committed shard); returns the summary."""
+    pipeline.writer.finalize(output)
+    summary = totals.summary(start, time.time(), skipped=skipped, failed=failed, config=pipeline.config)
+    summary["manifest"] = output.manifest()
+    output.write_json(SUMMARY_FILE, summary)
+    output.finish()
+    return summary
+
+
+class RunTotals:
+    """A run's counts over its committed shards, and the summary made of them."""
+
     def __init__(self) -> None:
         self.count = 0
         self.successes = 0

@@ -64,15 +64,19 @@ class ShardCutter:
 
     def _check_columns(self, source: InputSource) -> None:
         available = self.reader.available_columns(source)
-        if not available:  # None: no column names (txt); []: an empty file, zero rows
-            return
-        missing = [c for c in self.columns if c not in available]
-        if missing:
-            raise ConfigError(
-                f"input file {source.path}: column(s) {', '.join(map(repr, missing))} not found; "
-                f"its columns are: {', '.join(map(repr, available))} (check url_col, caption_col, "
-                f"save_additional_columns and the options naming input columns)"
-            )
+        if available:  # None: no column names (txt); []: an empty file, zero rows
+            check_columns(f"input file {source.path}", self.columns, available)
+
+
+def check_columns(where: str, columns: Sequence[str], available: Sequence[str]) -> None:
+    """A ConfigError naming the ``columns`` missing from ``available``, the columns ``where`` has."""
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ConfigError(
+            f"{where}: column(s) {', '.join(map(repr, missing))} not found; its columns are: "
+            f"{', '.join(map(repr, available))} (check url_col, caption_col, save_additional_columns "
+            "and the options naming input columns)"
+        )
 
 
 def planned_shards(reader: SampleReader, sources: Sequence[InputSource], columns: Sequence[str],

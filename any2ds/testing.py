@@ -125,6 +125,12 @@ def send_bytes(request: BaseHTTPRequestHandler, body: bytes, content_type: str =
     request.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    # Connections waiting to be accepted: socketserver's 5 drops the SYNs of a few dozen clients
+    # connecting at once (each then waits a second to try again), where real servers queue them.
+    request_queue_size = 128
+
+
 class LocalHTTPServer:
     """A real HTTP server on 127.0.0.1, on a free port, in a background thread.
 
@@ -139,7 +145,7 @@ class LocalHTTPServer:
         self.routes: dict[str, Handler] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
+        self._httpd = _Server(("127.0.0.1", 0), _RequestHandler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self.port = self._httpd.server_address[1]
@@ -218,7 +224,7 @@ def read_dataset(output_folder: str | os.PathLike,
     summary = json.loads(fs.cat_file(summary_path))
     config = summary["config"]
     host = PluginHost.load(local_plugins=config.get("plugins") or ())
-    run_config = OptionSchema(host).parse_kwargs(config)
+    run_config = OptionSchema(host).parse_kwargs(config, needs_url_list=False)
     writer_class = host.component("writer", run_config.core.output_format, "output_format")
     writer = writer_class(run_config.options_for(writer_class))
     writer.storage = storage

@@ -34,10 +34,11 @@ from any2ds.fetching import FetchStage, ReplaceablePool
 from any2ds.intake import ShardIntake
 from any2ds.limits import ByteBudget
 from any2ds.manager import PluginHost
-from any2ds.output import OutputFolder
+from any2ds.metadata import MetadataLayout
+from any2ds.output import OutputFolder, ShardTarget
 from any2ds.pipeline import SamplePipeline
 from any2ds.processing import ProcessingStage, failed_result
-from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardStats
+from any2ds.types import FetchResult, Sample, SampleResult, Shard, ShardStats
 from any2ds.watchdog import Watchdog
 
 FETCHING, PROCESSING = "fetching", "processing"
@@ -252,48 +253,92 @@ class StatsTally:
                           reported_statuses=self.reported_statuses)
 
 
-class ShardRunner:
-    """Runs shards for one process: plugins, pools and output built once, reused per shard."""
+class SampleStages:
+    """A process's machinery that moves samples: the plugins, the fetch stage, the processing
+    stage and its threads, built once and shared by every flow (shard, or Pipeline call)."""
 
-    def __init__(self, config: RunConfig) -> None:
-        core = config.core
-        self.config = config
-        self.pipeline = SamplePipeline.build(PluginHost.load(local_plugins=core.plugins or ()), config)
-        self.output = OutputFolder(core.output_folder, core.oom_shard_count, core.storage())
-        pipeline = self.pipeline
-        self.intake = ShardIntake(pipeline.reader, KeyFormat(core.number_sample_per_shard, core.oom_shard_count),
-                                  core.url_col, core.caption_col if pipeline.has_caption else None,
-                                  pipeline.sample_columns())
+    def __init__(self, pipeline: SamplePipeline) -> None:
+        core = pipeline.config.core
+        self.pipeline = pipeline
         self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
         self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
         self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
 
-    def run(self, shard: Shard) -> ShardStats:
-        """Fetch, process and write every sample of ``shard``, then commit it atomically."""
-        tally = StatsTally(self.pipeline.reported_statuses())
-        layout = self.pipeline.layout(shard.column_schema)
-        target = self.output.target(shard.shard_id)
-        writer = None
-        try:
-            writer = self.pipeline.writer.open_shard(target, layout)
-            flow = SampleFlow(self.fetching, self.processing, self.cpu_pool, self.config.core)
-            for result in flow.results(self.intake.samples(shard)):
-                writer.write(result)
-                tally.add(result)
-            writer.close()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            target.abort()
-            raise
-        stats = tally.stats(shard.shard_id)
-        target.commit(stats.to_json())
-        return stats
+    @classmethod
+    def load(cls, config: RunConfig, read_input: bool = True) -> SampleStages:
+        """Stages whose plugins are built from ``config`` in this process (a worker's)."""
+        host = PluginHost.load(local_plugins=config.core.plugins or ())
+        return cls(SamplePipeline.build(host, config, read_input))
+
+    def flow(self, ordered: bool = True) -> SampleFlow:
+        """A flow for one batch of samples (its own byte budget and watchdog; shared pools)."""
+        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, ordered)
 
     def close(self) -> None:
         self.fetching.close()
         self.cpu_pool.close()
         self.pipeline.close()
+
+
+class ShardWrite:
+    """One shard being written: its writer, its target's temporary files and its stats, until
+    :meth:`commit` or :meth:`abort`. Used by one thread at a time."""
+
+    def __init__(self, pipeline: SamplePipeline, target: ShardTarget, layout: MetadataLayout) -> None:
+        self.target = target
+        self.tally = StatsTally(pipeline.reported_statuses())
+        try:
+            self.writer = pipeline.writer.open_shard(target, layout)
+        except BaseException:
+            target.abort()
+            raise
+
+    def write(self, result: SampleResult) -> None:
+        self.writer.write(result)
+        self.tally.add(result)
+
+    def commit(self, shard_id: int) -> ShardStats:
+        """Finish the writer's files, rename them into place and write the stats file, last."""
+        try:
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        stats = self.tally.stats(shard_id)
+        self.target.commit(stats.to_json())
+        return stats
+
+    def abort(self) -> None:
+        """Drop every file of the shard."""
+        try:
+            self.writer.abort()
+        finally:
+            self.target.abort()
+
+
+class ShardRunner:
+    """Runs shards for one process: plugins, pools and output built once, reused per shard."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.stages = SampleStages.load(config)
+        self.pipeline = self.stages.pipeline
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
+        self.intake = ShardIntake(self.pipeline.reader, self.pipeline.row_intake())
+
+    def run(self, shard: Shard) -> ShardStats:
+        """Fetch, process and write every sample of ``shard``, then commit it atomically."""
+        layout = self.pipeline.layout(shard.column_schema)
+        shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
+        try:
+            for result in self.stages.flow().results(self.intake.samples(shard)):
+                shard_write.write(result)
+        except BaseException:
+            shard_write.abort()
+            raise
+        return shard_write.commit(shard.shard_id)
+
+    def close(self) -> None:
+        self.stages.close()
 
 
 _RUNNERS: dict[str, ShardRunner] = {}

@@ -95,6 +95,41 @@ def installed_venv(tmp_path_factory) -> Venv:
     return Venv.with_any2ds(root / "venv", example)
 
 
+# --- rows for any2ds.Pipeline, and their download() ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def pipeline_rows(http_server):
+    from tests.library_rows import make_rows
+
+    return make_rows(http_server)
+
+
+@pytest.fixture(scope="session")
+def pipeline_rows_downloaded(pipeline_rows, tmp_path_factory):
+    """What download() stores for ``pipeline_rows``: (metadata row, {stream: bytes}) per row."""
+    from tests.library_rows import download_rows
+
+    return download_rows(pipeline_rows, tmp_path_factory.mktemp("download"))
+
+
+# --- engines' worker processes --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers_import_tests():
+    """Worker processes that Spark and Ray start inherit this environment: with the repository on
+    their PYTHONPATH they import ``tests`` and this checkout's ``any2ds``."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, *([before] if before else [])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
 # --- S3, through a loopback moto server --------------------------------------
 
 

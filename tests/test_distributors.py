@@ -26,7 +26,6 @@ from any2ds.config import CoreOptions, RunConfig
 from any2ds.types import Shard, ShardFailure, ShardStats
 from tests.conftest import JPEG_SIZES
 
-REPO = Path(__file__).resolve().parent.parent
 ROWS = 23  # 5 shards of 5 rows, the last one short
 ROWS_PER_SHARD = 5
 
@@ -62,16 +61,8 @@ class FlakyTask:
         return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def workers_import_tests():
-    """Spark's and Ray's workers inherit this environment and can then import tests.test_distributors."""
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([before] if before else [])])
-    yield
-    if before is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = before
+# Spark's and Ray's worker processes import this module (FlakyTask).
+pytestmark = pytest.mark.usefixtures("workers_import_tests")
 
 
 @pytest.fixture

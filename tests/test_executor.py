@@ -24,7 +24,7 @@ from any2ds import (
 from any2ds.config import CoreOptions, RunConfig
 from any2ds.errors import clean_message, status_key
 from any2ds.fetching import FetchStage, ReplaceablePool
-from any2ds.intake import ShardIntake, is_safe_key
+from any2ds.intake import RowIntake, ShardIntake, is_safe_key
 from any2ds.limits import ByteBudget
 from any2ds.manager import PluginHost
 from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, bound_values
@@ -309,7 +309,7 @@ def test_intake_turns_rows_into_samples_and_refuses_unsafe_keys():
             yield Sample("fine", shard.shard_id, 1, data=b"y")
 
     rows = pa.table({"url": ["http://a", "http://b"], "text": ["one", None], "extra": [1, 2]})
-    intake = ShardIntake(Source(None), KeyFormat(10, 5), "url", "text", ["extra"])
+    intake = ShardIntake(Source(None), RowIntake(KeyFormat(10, 5), "url", "text", ["extra"]))
     from_rows = list(intake.samples(Shard(3, rows=rows)))
     assert [(s.key, s.url, s.caption, dict(s.columns)) for s in from_rows] == [
         ("000030", "http://a", "one", {"extra": 1}), ("000031", "http://b", None, {"extra": 2})]

@@ -108,7 +108,8 @@ def test_registers_as_http_fetcher():
     names = [f.name for f in options_fields(HttpFetcher.Options)]
     assert names == ["timeout", "retries", "user_agent_token", "disallowed_header_directives",
                      "ignore_ssl_certificate", "max_body_bytes", "max_redirects", "retry_backoff", "max_retry_after",
-                     "allow_private_networks", "allow_link_local"]
+                     "allow_private_networks", "allow_link_local", "max_connections_per_host",
+                     "max_requests_per_second_per_host", "respect_robots_txt"]
 
 
 @pytest.mark.parametrize("module", ["addresses", "deadline"])
@@ -190,7 +191,7 @@ def test_keeps_connections_alive_per_thread(http_server):
         send_bytes(request, BODY)
 
     url = add_route(http_server, "keepalive", handler)
-    fetcher = make_fetcher()
+    fetcher = make_fetcher(max_connections_per_host=0)  # under a cap a connection lives for one request
     try:
         for i in range(20):
             assert fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=url)).body == BODY
@@ -204,10 +205,13 @@ def test_concurrent_threads_and_dead_thread_sessions_are_closed(http_server):
     url = add_route(http_server, "threads", lambda r: send_bytes(r, BODY))
     fetcher = make_fetcher()
     results: list[bytes] = []
+    all_started = threading.Barrier(16)  # no thread ends (and has its session pruned) before all have one
 
     def work():
         for i in range(5):
             results.append(fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=url)).body)
+            if i == 0:
+                all_started.wait()
 
     threads = [threading.Thread(target=work) for _ in range(16)]
     for thread in threads:
@@ -449,11 +453,11 @@ def test_redirect_chain_within_limit(http_server):
             send_bytes(request, b"", status=302, headers={"Location": str(hop - 1)})
 
     url = add_route(http_server, "chain", handler)
-    result = fetch(url + "3", max_redirects=3)
+    result = fetch(url + "3", max_redirects=3, max_connections_per_host=0)
     assert result.body == BODY
     assert result.url == http_server.url("/test_http/chain/0")
     assert result.content_type == "image/png"
-    assert len(seen.ports) == 1  # redirects reuse the kept-alive connection
+    assert len(seen.ports) == 1  # redirects reuse the kept-alive connection (kept when there is no cap per host)
     assert fetch_error(url + "3", max_redirects=2).message == "Exceeded 2 redirects."
 
 
@@ -772,7 +776,7 @@ def test_ignore_ssl_certificate(https_url, recwarn):
 
 def test_tls_connections_are_kept_alive(https_url):
     """The check for bytes past a response's end sees TLS records, not just bytes: none is mistaken for them."""
-    fetcher = make_fetcher(ignore_ssl_certificate=True)
+    fetcher = make_fetcher(ignore_ssl_certificate=True, max_connections_per_host=0)  # no cap: kept alive
     try:
         results = [fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=https_url)) for i in range(5)]
     finally:

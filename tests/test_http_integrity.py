@@ -57,7 +57,8 @@ def fetcher_options(cls, **wanted):
 def fetcher(request):
     """One fetcher for the module: its thread's connections live on from test to test."""
     cls = request.param
-    fetcher = cls(fetcher_options(cls, timeout=5.0, allow_private_networks=True))
+    # No cap on connections per host: under one, a connection carries one request and none is reused.
+    fetcher = cls(fetcher_options(cls, timeout=5.0, allow_private_networks=True, max_connections_per_host=0))
     yield fetcher
     fetcher.close()
 
@@ -125,7 +126,7 @@ def test_a_run_stores_each_url_its_own_bytes(tmp_path, server, cls):
     url_list.write_text("".join(server.url(path) + "\n" for path, _ in rows))
     download_in_process(url_list=str(url_list), output_folder=str(tmp_path / "out"), thread_count=1,
                         fetchers=[cls.name], processors=["file"], file_extension="bin", timeout=5.0, retries=0,
-                        allow_private_networks=True)
+                        allow_private_networks=True, **{f"{cls.name}.max_connections_per_host": 0})
     dataset = read_dataset(tmp_path / "out")
     assert [row["url"] for row in dataset.rows] == [server.url(path) for path, _ in rows]
     assert set(server.targets_on_reused_connections()) & {path for path, _ in rows}  # the run met keep-alive

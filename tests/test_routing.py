@@ -125,7 +125,7 @@ def test_an_async_fetcher_keeps_a_shard_in_flight_on_one_thread(tmp_path):
             send_bytes(request, b"slow body " + request.path.encode(), "text/plain")
 
         def hang(request):
-            time.sleep(8)
+            time.sleep(30)
 
         server.route("/slow/", slow)
         server.route("/hang/", hang)
@@ -133,7 +133,7 @@ def test_an_async_fetcher_keeps_a_shard_in_flight_on_one_thread(tmp_path):
         (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
         AsyncHTTP.threads, AsyncHTTP.peak = set(), 0
         download_in_process(AsyncPlugin(), url_list=str(tmp_path / "urls.txt"), output_folder=str(tmp_path / "out"),
-                            fetchers=["asynchttp"], processors=["file"], thread_count=40, sample_timeout=3)
+                            fetchers=["asynchttp"], processors=["file"], thread_count=40, sample_timeout=10)
     rows = {row["url"].rsplit("/", 2)[1] + "/" + row["url"].rsplit("/", 1)[1]: row
             for row in read_dataset(tmp_path / "out").rows}
     assert all(rows[f"slow/{i}"]["status"] == "success" for i in range(30))

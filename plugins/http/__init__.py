@@ -3,12 +3,15 @@
 - ``addresses``: which IP addresses requests may reach, and resolution within a deadline;
 - ``deadline``: the total deadline of an attempt and the reaper thread enforcing it;
 - ``robots``: img2dataset's User-Agent and X-Robots-Tag rules;
+- ``hosts``: limits per host shared by the machine's processes: connection slots, pacing, back-off;
+- ``robots_txt``: robots.txt, fetched once per site per machine and matched with protego;
 - ``retry``: retryable statuses, Retry-After and backoff;
 - ``framing``: http.client responses matched strictly to their request on a kept-alive connection;
 - ``transport``: requests sessions whose connections obey the attempt's policy and deadline;
 - ``fetcher``: the ``HttpFetcher`` component tying them together.
 
-``addresses`` and ``deadline`` do not depend on requests, so other fetchers can reuse them.
+``addresses``, ``deadline``, ``hosts`` and ``robots_txt`` do not depend on requests, so other
+fetchers can reuse them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ enforces ``timeout`` as a *total* deadline per attempt (a server trickling
 bytes is cut off), caps body size and redirects, and retries only transient
 failures, with backoff and ``Retry-After``. The user agent, the X-Robots-Tag
 rules and the error messages stay img2dataset's so that metadata and
-statistics remain comparable.
+statistics remain comparable. Unlike img2dataset, it is polite per host
+(``hosts``, ``robots_txt``; docs/politeness.md): a cap on connections and an
+optional request rate per host, shared by every process of the machine,
+back-off for everyone after a 429 or 503, and optionally robots.txt.
 """
 
 from __future__ import annotations
@@ -22,20 +25,27 @@ import requests
 import urllib3
 from attrs import validators as v
 
-from any2ds import FetchError, Fetcher, FetchResult, Sample, option
-from any2ds_plugins.http.addresses import AddressPolicy
+from any2ds import FetchError, Fetcher, FetchResult, Sample, at_least, between, option
+from any2ds_plugins.http.addresses import AddressPolicy, BlockedAddress
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt, DeadlineReaper
-from any2ds_plugins.http.retry import retry_delay, status_error
+from any2ds_plugins.http.hosts import (
+    MAX_CONNECTIONS_PER_HOST, HostLimits, HostTurn, host_key, shared_table, state_directory,
+)
+from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
+from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer, RobotsTxt
 from any2ds_plugins.http.transport import as_fetch_error, guarded_session, is_stale_connection
 
 _CHUNK = 64 * 1024
 # Error and redirect bodies up to this size are read so their connection can be reused.
 _DRAIN_LIMIT = 64 * 1024
+# Under a cap per host, a connection is a slot: it carries one request, and both ends close it after.
+_ONE_REQUEST_PER_CONNECTION = {"Connection": "close"}
 
 
 class HttpFetcher(Fetcher):
-    """GETs http(s) URLs with ``requests``: one keep-alive session per thread.
+    """GETs http(s) URLs with ``requests``: one session per thread, its connections kept alive when
+    there is no cap per host (under one, a connection carries one request: docs/politeness.md).
 
     ``timeout`` bounds each attempt as a whole: DNS resolution, connecting,
     every redirect hop, the headers and the body share one deadline (socket
@@ -83,6 +93,15 @@ class HttpFetcher(Fetcher):
                    "(not link-local: see allow_link_local).")
         allow_link_local: bool = option(
             False, "Allow requests to link-local addresses and cloud metadata endpoints (169.254.169.254...).")
+        max_connections_per_host: int = option(
+            32, "Connections open at once to one host (name and port), counted over every process of this "
+                "machine; 0: no cap.", between(0, MAX_CONNECTIONS_PER_HOST))
+        max_requests_per_second_per_host: float = option(
+            0.0, "Requests started per second to one host, over every process of this machine; 0: no limit.",
+            at_least(0))
+        respect_robots_txt: bool = option(
+            False, "Fetch each site's robots.txt (once per machine) and refuse the URLs it disallows for "
+                   "user_agent_token (error type RobotsTxtRefusal).")
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
@@ -96,6 +115,12 @@ class HttpFetcher(Fetcher):
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
         self._reaper = DeadlineReaper(REAPER_GRACE)
+        directory = state_directory()
+        table = shared_table(directory)
+        self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
+        self.keep_alive = not options.max_connections_per_host  # see _ONE_REQUEST_PER_CONNECTION
+        self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
+                           if options.respect_robots_txt else None)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, requests.Session] = {}
@@ -143,9 +168,19 @@ class HttpFetcher(Fetcher):
             number += 1
 
     def _attempt(self, url: str, number: int) -> FetchResult:
-        """One attempt: request, follow redirects, check, read the body; all before one deadline."""
+        """One attempt: robots.txt, the host's turn, then the request and its redirects and body, all
+        before one deadline (which starts once the host's turn has come)."""
         session = self._session()
+        with HostTurn(self.hosts) as turn:
+            return self._get(session, turn, url, number)
+
+    def _get(self, session: requests.Session, turn: HostTurn, url: str, number: int, *,
+             robots_txt: bool = True) -> FetchResult:
+        """GET ``url`` following redirects, each hop checked against robots.txt (unless ``robots_txt``
+        is false: for robots.txt itself, whose body is cut at ``ROBOTS_MAX_BYTES``)."""
         session.cookies.clear()  # cookies live for one attempt's redirect chain, not the thread
+        self._check_robots_txt(url, turn, robots_txt)
+        turn.go(url)
         attempt = Attempt(self.options.timeout, self.policy)
         current = CURRENT_ATTEMPT.set(attempt)
         response: requests.Response | None = None
@@ -160,12 +195,19 @@ class HttpFetcher(Fetcher):
                 url = self._redirect_target(session, response)
                 self._discard(response, attempt)
                 redirects += 1
+                self._check_robots_txt(url, turn, robots_txt)
+                turn.go(url)
                 response = self._request(session, url, attempt)
-            self._check(response, attempt)
-            body = self._read_body(response, attempt, self.options.max_body_bytes)
+            self._check(response, attempt, number, x_robots_tag=robots_txt)
+            if robots_txt:
+                body = self._read_body(response, attempt, self.options.max_body_bytes)
+            else:
+                body = self._read_body(response, attempt, min(ROBOTS_MAX_BYTES, self.options.max_body_bytes),
+                                       cut=True)
             if attempt.expired:  # the reaper cut the body short
                 raise attempt.deadline_error()
-            response.raw.release_conn()
+            if self.keep_alive and response.raw.isclosed():  # read to its end: the connection can serve again
+                response.raw.release_conn()
             return FetchResult(body=body, url=response.url, content_type=response.headers.get("Content-Type"),
                                headers=dict(response.headers), attempts=number)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -177,6 +219,32 @@ class HttpFetcher(Fetcher):
             CURRENT_ATTEMPT.reset(current)
             if response is not None:
                 response.close()  # closes the connection unless it was released above
+
+    def _check_robots_txt(self, url: str, turn: HostTurn, applies: bool) -> None:
+        """Refuse ``url`` if robots.txt disallows it. The thread leaves its host first: fetching a
+        robots.txt takes a turn of its own, and a thread holds one host's turn at a time."""
+        if self.robots_txt is None or not applies:
+            return
+        turn.leave()
+        refusal = self.robots_txt.refusal(url, self._fetch_robots_txt)
+        if refusal is not None:
+            raise refusal
+
+    def _fetch_robots_txt(self, url: str) -> RobotsAnswer:
+        """One attempt at a robots.txt, under the same address policy, deadline and host limits."""
+        session = self._session()
+        try:
+            with HostTurn(self.hosts) as turn:
+                result = self._get(session, turn, url, 1, robots_txt=False)
+        except BlockedAddress:
+            raise  # the row fails for its address, not for robots.txt
+        except HTTPStatusError as error:
+            return RobotsAnswer(error.http_status)
+        except FetchError as error:
+            if error.error_type in ("TooManyRedirects", "UnsupportedRedirect"):
+                return RobotsAnswer(404)  # no robots.txt to be found: RFC 9309 treats it as unavailable
+            return RobotsAnswer(None, problem=error.error_type)
+        return RobotsAnswer(200, result.body)
 
     def _request(self, session: requests.Session, url: str, attempt: Attempt) -> requests.Response:
         """Send a GET and read the headers, with connect and read timeouts bounded by the deadline.
@@ -195,7 +263,8 @@ class HttpFetcher(Fetcher):
         remaining = attempt.remaining()
         # verify per request: a session-level False loses to REQUESTS_CA_BUNDLE in the environment.
         return session.get(url, stream=True, allow_redirects=False, timeout=(remaining, remaining),
-                           verify=not self.options.ignore_ssl_certificate)
+                           verify=not self.options.ignore_ssl_certificate,
+                           headers=None if self.keep_alive else _ONE_REQUEST_PER_CONNECTION)
 
     def _redirect_target(self, session: requests.Session, response: requests.Response) -> str:
         """The absolute URL a redirect points to; only http(s) targets are followed."""
@@ -205,12 +274,21 @@ class HttpFetcher(Fetcher):
             raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="UnsupportedRedirect")
         return target
 
-    def _check(self, response: requests.Response, attempt: Attempt) -> None:
-        """Refuse error statuses, X-Robots-Tag refusals and oversized bodies before reading the body."""
+    def _check(self, response: requests.Response, attempt: Attempt, number: int, *, x_robots_tag: bool) -> None:
+        """Refuse error statuses, X-Robots-Tag refusals and oversized bodies before reading the body.
+
+        A 429, a 503 or any error with ``Retry-After`` slows the host down for everyone: no request
+        to it starts before the delay a retry would wait.
+        """
         if response.status_code >= 400:
             error = status_error(response.status_code, response.reason, response.headers.get("Retry-After"))
+            if error.slows_host:
+                delay = retry_delay(error, number, self.options.retry_backoff, self.options.max_retry_after)
+                self.hosts.slow_down(host_key(response.url), delay)
             self._discard(response, attempt)
             raise error
+        if not x_robots_tag:
+            return
         if self.disallowed and robots_refused(response.raw.headers.getlist("X-Robots-Tag"), self.token,
                                               self.disallowed):
             raise FetchError("Use of image disallowed by X-Robots-Tag directive", retryable=False,
@@ -219,8 +297,9 @@ class HttpFetcher(Fetcher):
         if length is not None and length > self.options.max_body_bytes:
             raise self._too_large()
 
-    def _read_body(self, response: requests.Response, attempt: Attempt, limit: int) -> bytes:
-        """The decoded body, at most ``limit`` bytes, read before ``deadline``.
+    def _read_body(self, response: requests.Response, attempt: Attempt, limit: int, *, cut: bool = False) -> bytes:
+        """The decoded body, at most ``limit`` bytes (more fails, or with ``cut`` is left unread), read
+        before ``deadline``.
 
         ``read1`` returns as soon as any bytes arrive, so the deadline is
         checked however slowly the server sends; the socket timeout is cut
@@ -244,13 +323,17 @@ class HttpFetcher(Fetcher):
                 return b"".join(chunks)
             size += len(chunk)
             if size > limit:
+                if cut:
+                    chunks.append(chunk[:limit - size])
+                    return b"".join(chunks)
                 raise self._too_large()
             chunks.append(chunk)
 
     def _discard(self, response: requests.Response, attempt: Attempt) -> None:
-        """Drop a redirect's or error's body, keeping the connection when the body is small."""
+        """Drop a redirect's or error's body, keeping the connection (if connections are kept alive)
+        when the body is small."""
         length = _content_length(response)
-        if length is None or length > _DRAIN_LIMIT:
+        if not self.keep_alive or length is None or length > _DRAIN_LIMIT:
             response.close()
             return
         try:

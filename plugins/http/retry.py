@@ -14,14 +14,22 @@ from http import HTTPStatus
 from any2ds import FetchError
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Statuses saying the server is overloaded: the host is slowed down for every request (hosts.py).
+OVERLOAD_STATUSES = frozenset({429, 503})
 
 
 class HTTPStatusError(FetchError):
-    """An HTTP error status; carries the server's ``Retry-After`` delay in seconds, if any."""
+    """An HTTP error status; carries the HTTP status and the server's ``Retry-After`` delay in seconds, if any."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(self, message: str, *, http_status: int, retry_after: float | None = None, **kwargs) -> None:
         super().__init__(message, **kwargs)
+        self.http_status = http_status
         self.retry_after = retry_after
+
+    @property
+    def slows_host(self) -> bool:
+        """Whether the answer asks every client to slow down: a 429, a 503, or a ``Retry-After``."""
+        return self.http_status in OVERLOAD_STATUSES or self.retry_after is not None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -50,7 +58,7 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> HT
         except ValueError:
             reason = ""
     return HTTPStatusError(f"HTTP Error {status}: {reason}", retryable=status in RETRYABLE_STATUSES,
-                           error_type="HTTPError", retry_after=parse_retry_after(retry_after))
+                           error_type="HTTPError", http_status=status, retry_after=parse_retry_after(retry_after))
 
 
 def retry_delay(error: FetchError, failed_attempts: int, backoff: float, longest: float) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from any2ds import ConfigError, MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
+from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
 
 # A row group is written once either limit is reached, so a shard's media is
 # never all in memory (img2dataset used 100-row groups).
@@ -17,36 +17,21 @@ ROW_GROUP_ROWS = 256
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 
-def parquet_schema(layout: MetadataLayout) -> pa.Schema:
-    """The metadata columns followed by one binary column per media stream."""
-    clash = [stream for stream in layout.media_streams if stream in layout.schema.names]
-    if clash:
-        raise ConfigError(f"media stream(s) {clash} have the name of a metadata column "
-                          "(a table has one column per name)")
-    schema = layout.schema
-    for stream in layout.media_streams:
-        schema = schema.append(pa.field(stream, pa.binary()))
-    return schema
-
-
 class RowGroups:
-    """A shard's rows (metadata columns, then one binary column per media stream, null for
-    failures), buffered until a row group is full: ``ROW_GROUP_ROWS`` rows or
-    ``ROW_GROUP_BYTES`` of media. Shared by the writers that store media in columns."""
+    """A shard's rows (:meth:`MetadataLayout.table_row`: metadata columns, then one binary column
+    per media stream, null for failures), buffered until a row group is full: ``ROW_GROUP_ROWS``
+    rows or ``ROW_GROUP_BYTES`` of media. Shared by the writers that store media in columns."""
 
     def __init__(self, layout: MetadataLayout) -> None:
         self.layout = layout
-        self.schema = parquet_schema(layout)
+        self.schema = layout.table_schema()
         self._rows: list[dict[str, Any]] = []
         self._media_bytes = 0
 
     def add(self, result: SampleResult) -> bool:
         """Buffer one row; True when the row group is full and should be taken."""
-        row = self.layout.record(result)
-        for stream in self.layout.media_streams:
-            media = result.media.get(stream) if result.ok else None
-            row[stream] = None if media is None else media.data
-            self._media_bytes += 0 if media is None else len(media.data)
+        row = self.layout.table_row(result)
+        self._media_bytes += sum(len(row[stream] or b"") for stream in self.layout.media_streams)
         self._rows.append(row)
         return len(self._rows) >= ROW_GROUP_ROWS or self._media_bytes >= ROW_GROUP_BYTES
 

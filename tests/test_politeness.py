@@ -1,0 +1,391 @@
+"""Politeness per host, end to end and across processes: what loopback servers, one per host name, saw.
+
+Each host is a server on its own loopback address (127.x.y.z: every such address is loopback on
+Linux, no DNS needed). The addresses are drawn at random for each test session, so the
+machine-wide robots.txt cache of an earlier session never answers for these servers. Nothing
+here measures the run's duration: the assertions are on the times the servers recorded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from any2ds.testing import read_dataset, send_bytes
+from any2ds.types import Sample
+from any2ds_plugins.http import hosts
+from any2ds_plugins.http.fetcher import HttpFetcher
+from any2ds_plugins.http.hosts import HostLimits, HostTable, shared_table, state_directory
+from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, ROBOTS_TXT_REFUSAL
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.0/8 is all loopback on Linux")
+
+_NETWORK = f"127.{random.randrange(1, 255)}.{random.randrange(0, 255)}"
+_next_address = iter(range(1, 255))
+
+
+def loopback_address() -> str:
+    return f"{_NETWORK}.{next(_next_address)}"
+
+
+def most_at_once(windows: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` windows open at one instant (an end before a start at a tie)."""
+    events = sorted([(start, 1) for start, _ in windows] + [(end, -1) for _, end in windows])
+    highest = current = 0
+    for _, step in events:
+        current += step
+        highest = max(highest, current)
+    return highest
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        self.opened = self.server.owner.connection_opened()  # type: ignore[attr-defined]
+
+    def do_GET(self):
+        self.server.owner.answer(self)  # type: ignore[attr-defined]
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # 512 threads may connect at once
+
+
+class HostServer:
+    """One host: an HTTP server on its own loopback address, recording every connection and request.
+
+    ``robots``: the (status, body) of /robots.txt. ``delay``: seconds each other answer takes.
+    ``throttle``: answer with 429 and ``Retry-After: retry_after`` the first request arriving once
+    requests of both shards (paths /s0/..., /s1/...) have arrived, i.e. once both processes are at it.
+    """
+
+    def __init__(self, robots: tuple[int, bytes] = (404, b""), delay: float = 0.0, throttle: bool = False,
+                 retry_after: int = 2) -> None:
+        self.address = loopback_address()
+        self.robots = robots
+        self.delay = delay
+        self.throttle = throttle
+        self.shards_seen: set[str] = set()
+        self.retry_after = retry_after
+        self.robots_fetches = 0
+        self.requests: list[tuple[str, float, float]] = []  # path, arrival, answer
+        self.connections: list[list[float]] = []  # [opened, last answer]
+        self.throttled_at: float | None = None
+        self._lock = threading.Lock()
+        self._httpd = _Server((self.address, 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.address}:{self.port}{path}"
+
+    def connection_opened(self) -> list[float]:
+        record = [time.monotonic(), time.monotonic()]
+        with self._lock:
+            self.connections.append(record)
+        return record
+
+    def answer(self, request: _Handler) -> None:
+        arrived = time.monotonic()
+        headers = {}
+        if request.path == "/robots.txt":
+            with self._lock:
+                self.robots_fetches += 1
+            status, body = self.robots
+        else:
+            with self._lock:
+                throttle = self.throttle and self.throttled_at is None and len(self.shards_seen) == 2
+                if throttle:
+                    self.throttled_at = float("inf")  # this request answers 429; no other one will
+                self.shards_seen.add(request.path.split("/")[1])
+            time.sleep(self.delay)
+            status, body = 200, b"polite" * 20
+            if throttle:
+                status, headers = 429, {"Retry-After": str(self.retry_after)}
+        # Taken before the answer goes out: the client cannot have it, close and give its slot to
+        # another request before this instant, however late this thread runs afterwards.
+        answered = time.monotonic()
+        with self._lock:
+            if request.path != "/robots.txt":
+                self.requests.append((request.path, arrived, answered))
+            if status == 429:
+                self.throttled_at = answered
+        request.opened[1] = answered
+        send_bytes(request, body, "text/plain", status=status, headers=headers)
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.requests]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def servers():
+    started: list[HostServer] = []
+
+    def start(**kwargs) -> HostServer:
+        server = HostServer(**kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def run_cli(tmp_path: Path, urls: list[str], shard_size: int, *flags: str) -> dict[str, dict]:
+    """``any2ds download`` in a subprocess with 2 worker processes and the default 256 threads each;
+    returns the metadata rows by URL."""
+    table = pa.table({"url": urls})
+    pq.write_table(table, tmp_path / "urls.parquet")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env["NO_PROXY"] = env["no_proxy"] = "*"
+    command = [sys.executable, "-m", "any2ds", "download", "--url_list", str(tmp_path / "urls.parquet"),
+               "--input_format", "parquet", "--output_folder", str(tmp_path / "out"), "--output_format", "parquet",
+               "--processors", "[]", "--processes_count", "2", "--number_sample_per_shard", str(shard_size),
+               "--allow_private_networks", "true", "--retries", "0", "--observers", "[]", *flags]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    dataset = read_dataset(tmp_path / "out")
+    return {row["url"]: row for row in dataset.rows}
+
+
+def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_path, servers):
+    """Connections per host stay under the cap over both processes; robots.txt is fetched once per host and
+    its refusals are rows of their own type; a 429 holds back every process's requests to its host."""
+    cap = 4
+    crowded = servers(delay=0.03)
+    rules = servers(robots=(200, b"User-agent: *\nDisallow: /\n\n"
+                                 b"User-agent: politebot\nDisallow: /private\nDisallow: /nobot\n"))
+    no_robots = servers(robots=(404, b""))
+    failing_robots = servers(robots=(503, b""))
+    throttling = servers(delay=0.05, throttle=True, retry_after=2)
+    shards = []
+    for shard in range(2):
+        urls = ([crowded.url(f"/s{shard}/{i}") for i in range(200)]
+                + [throttling.url(f"/s{shard}/{i}") for i in range(150)]
+                + [rules.url(f"/ok/s{shard}/{i}") for i in range(10)]
+                + [rules.url(f"/private/s{shard}/{i}") for i in range(5)]
+                + [rules.url(f"/nobot/s{shard}/{i}") for i in range(5)]
+                + [no_robots.url(f"/s{shard}/{i}") for i in range(5)]
+                + [failing_robots.url(f"/s{shard}/{i}") for i in range(5)])
+        random.Random(shard).shuffle(urls)
+        shards.append(urls)
+    rows = run_cli(tmp_path, shards[0] + shards[1], len(shards[0]), "--http.max_connections_per_host", str(cap),
+                   "--respect_robots_txt", "true", "--user_agent_token", "politebot")
+
+    everyone = [crowded, rules, no_robots, failing_robots, throttling]
+    for server in everyone:
+        assert most_at_once([(arrived, answered) for _, arrived, answered in server.requests]) <= cap
+        # A connection is open from its first byte to its last answer: a kept-alive connection idling
+        # while its client waits for another host would show here as one more open connection.
+        assert most_at_once([(opened, last) for opened, last in server.connections]) <= cap
+        assert server.robots_fetches == 1
+    assert most_at_once([(arrived, answered) for _, arrived, answered in crowded.requests]) == cap  # the cap was reached
+
+    def outcome(server: HostServer, prefix: str) -> set[tuple[str, str | None]]:
+        return {(row["status"], row["error_type"]) for url, row in rows.items()
+                if url.startswith(server.url(prefix))}
+
+    assert outcome(rules, "/ok/") == {("success", None)}
+    assert outcome(rules, "/private/") == outcome(rules, "/nobot/") == {("failed_to_download", ROBOTS_TXT_REFUSAL)}
+    assert not [path for path in rules.paths() if not path.startswith("/ok/")]  # refused URLs were never sent
+    assert {rows[url]["error_message"] for url in rows if url.startswith(rules.url("/private/"))} == {
+        "disallowed by robots.txt"}
+    assert outcome(no_robots, "/") == {("success", None)}
+    assert outcome(failing_robots, "/") == {("failed_to_download", ROBOTS_TXT_REFUSAL)}
+    assert failing_robots.requests == []
+    assert outcome(crowded, "/") == {("success", None)}
+
+    # The 429: at most the requests already holding a connection slot when it came (cap - 1) reach
+    # the host during its Retry-After; the next ones, from both shards (both processes), wait.
+    throttled = throttling.throttled_at
+    assert throttled is not None and throttled != float("inf")
+    during = [path for path, arrived, _ in throttling.requests if throttled < arrived < throttled + 2]
+    after = [path for path, arrived, _ in throttling.requests if arrived >= throttled + 2]
+    before = [path for path, arrived, _ in throttling.requests if arrived < throttled]
+    assert len(during) <= cap - 1
+    assert {path.split("/")[1] for path in before} == {path.split("/")[1] for path in after} == {"s0", "s1"}
+    assert len(after) > 100
+
+
+def test_request_rate_per_host_is_shared_by_two_processes(tmp_path, servers):
+    rate = 8.0
+    first, second = servers(), servers()
+    urls = [server.url(f"/s{shard}/{i}") for shard in range(2) for server in (first, second) for i in range(12)]
+    rows = run_cli(tmp_path, urls, 24, "--http.max_requests_per_second_per_host", str(rate))
+    assert {row["status"] for row in rows.values()} == {"success"}
+    # Starts are spaced 1/rate apart; an arrival lags its start by a connection's set-up, which a busy
+    # machine may stretch: SCHEDULING_SLACK allows for that in every window of WINDOW arrivals.
+    window, slack = 5, 0.25
+    for server in (first, second):
+        arrivals = sorted(arrived for _, arrived, _ in server.requests)
+        assert len(arrivals) == 24
+        for i in range(len(arrivals) - window + 1):
+            assert arrivals[i + window - 1] - arrivals[i] >= (window - 1) / rate - slack
+        assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) / rate - slack
+
+
+# -- the shared table itself, across processes ----------------------------------------------------
+
+
+def _hold_slots_in_a_loop(key: str, cap: int, threads: int, rounds: int, holding, most) -> None:
+    table = shared_table(state_directory())
+
+    def work():
+        for _ in range(rounds):
+            slot = table.acquire_slot(key, cap)
+            with holding.get_lock():
+                holding.value += 1
+                most.value = max(most.value, holding.value)
+            time.sleep(0.002)
+            with holding.get_lock():
+                holding.value -= 1
+            table.release_slot(slot)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_connection_slots_are_shared_by_processes_and_threads():
+    context = multiprocessing.get_context("spawn")
+    holding, most = context.Value("i", 0), context.Value("i", 0)
+    key = f"slots-{random.random()}:80"
+    processes = [context.Process(target=_hold_slots_in_a_loop, args=(key, 3, 16, 20, holding, most))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    assert most.value == 3
+
+
+def _hold_every_slot_then_wait(key: str, cap: int, ready) -> None:
+    table = shared_table(state_directory())
+    for _ in range(cap):
+        table.acquire_slot(key, cap)
+    table.push_back(key, time.time() + 30)
+    ready.set()
+    time.sleep(300)
+
+
+def test_a_killed_process_leaks_no_slot_and_its_back_off_stays():
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    key = f"killed-{random.random()}:80"
+    holder = context.Process(target=_hold_every_slot_then_wait, args=(key, 2, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        table = shared_table(state_directory())
+        limits = HostLimits(table, 2, 0)
+        assert table.reserve_start(key, 0) > time.time() + 20  # the back-off it set holds for everyone
+        base = hosts.SLOT_REGION + hosts.key_hash(key) % (1 << hosts.HOST_HASH_BITS) * hosts.MAX_CONNECTIONS_PER_HOST
+        assert [table.locks.try_lock(base + i) for i in range(2)] == [None, None]
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    got: list = []
+    taker = threading.Thread(target=lambda: got.extend(table.acquire_slot(key, 2) for _ in range(2)), daemon=True)
+    taker.start()
+    taker.join(10)
+    assert len(got) == 2  # both slots of the killed process came back at once
+    for slot in got:
+        limits.leave(slot)
+
+
+def test_without_ofd_locks_the_cap_holds_among_threads(monkeypatch, tmp_path):
+    monkeypatch.setattr(hosts, "OFD_LOCKS", False)
+    table = HostTable(tmp_path)
+    holding, most, lock = [0], [0], threading.Lock()
+
+    def work():
+        for _ in range(20):
+            slot = table.acquire_slot("fallback:80", 3)
+            with lock:
+                holding[0] += 1
+                most[0] = max(most[0], holding[0])
+            time.sleep(0.002)
+            with lock:
+                holding[0] -= 1
+            table.release_slot(slot)
+
+    workers = [threading.Thread(target=work) for _ in range(12)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert most[0] == 3
+    table.push_back("fallback:80", time.time() + 30)
+    assert table.reserve_start("fallback:80", 0) > time.time() + 20
+
+
+# -- robots.txt through one fetcher ------------------------------------------------------------------
+
+
+def fetch_all(urls: list[str], threads: int = 32, **options) -> dict[str, object]:
+    fetcher = HttpFetcher(HttpFetcher.Options(allow_private_networks=True, respect_robots_txt=True, timeout=5.0,
+                                              **options))
+    outcomes: dict[str, object] = {}
+
+    def work(i: int) -> None:
+        for url in urls[i::threads]:
+            try:
+                outcomes[url] = fetcher.fetch(Sample(key="k", shard_id=0, index=0, url=url))
+            except Exception as error:  # noqa: BLE001  (recorded and asserted on)
+                outcomes[url] = error
+    try:
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        fetcher.close()
+    return outcomes
+
+
+def test_robots_txt_without_token_applies_the_star_group_and_is_fetched_once(servers):
+    server = servers(robots=(200, b"User-agent: *\nDisallow: /private\nAllow: /private/open\n"))
+    urls = [server.url(f"/private/{i}") for i in range(20)] + [server.url(f"/private/open/{i}") for i in range(20)]
+    outcomes = fetch_all(urls)
+    assert server.robots_fetches == 1
+    refused = {url for url, outcome in outcomes.items() if getattr(outcome, "error_type", None) == ROBOTS_TXT_REFUSAL}
+    assert refused == set(urls[:20])  # the longest match wins: /private/open is allowed
+    assert sorted(server.paths()) == sorted(f"/private/open/{i}" for i in range(20))
+
+
+def test_unreachable_robots_txt_disallows_and_a_huge_one_is_read_in_part(servers):
+    silent = servers()
+    silent.close()  # nothing listens there any more: connection refused
+    huge = servers(robots=(200, b"User-agent: *\n" + b"Disallow: /a\n" * (ROBOTS_MAX_BYTES // 12) + b"Disallow: /b\n"))
+    outcomes = fetch_all([silent.url("/x"), huge.url("/a"), huge.url("/b")], threads=1)
+    assert outcomes[silent.url("/x")].error_type == ROBOTS_TXT_REFUSAL
+    assert "robots.txt unreachable (ConnectionError)" in outcomes[silent.url("/x")].message
+    assert outcomes[huge.url("/a")].error_type == ROBOTS_TXT_REFUSAL
+    assert outcomes[huge.url("/b")].body  # its rule lies past the first 500 KiB, which alone are read
