@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from any2ds.config import NoOptions, option  # noqa: F401  (option: until every plugin imports from any2ds)
 from any2ds.inputs import find_input_files
+from any2ds.storage import Storage
 from any2ds.types import InputSource
 
 if TYPE_CHECKING:
@@ -28,11 +29,17 @@ if TYPE_CHECKING:
 
 
 class Component:
-    """What every named component has in common."""
+    """What every named component has in common.
+
+    ``storage`` builds filesystems with the run's ``storage_options`` (the core sets it when
+    it builds the component): open any file through ``self.storage.url_to_fs(url)``, never
+    ``fsspec`` directly, so that endpoints and credentials given for the run apply.
+    """
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    storage: Storage = Storage()
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -79,7 +86,7 @@ class Reader(Component):
     def input_files(self, url_list: str, input_format: str) -> list[InputSource]:
         """The input files ``url_list`` names, in order: the file itself, or the sorted
         ``*.<input_format>`` files of a folder. Raises ConfigError when there are none."""
-        return find_input_files(url_list, input_format)
+        return find_input_files(url_list, input_format, self.storage)
 
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         """Yield batches of at most about ``batch_size`` rows holding ``columns``.
@@ -274,6 +281,18 @@ class Distributor(Component):
         streams from the input.
         """
         raise NotImplementedError
+
+    def probe_workers(self, probe: Callable[[], Any], config: RunConfig) -> Any:
+        """Run ``probe`` once where shards run, before any shard, and return what it returns.
+
+        The core's probe (picklable, fast) checks that the workers can load the run's
+        plugins at the versions the main process has. A distributor whose workers are
+        processes started here, from this interpreter, returns None: nothing to check
+        (the default). One running shards on an engine (Spark, Ray) runs ``probe`` as one
+        small task there, and raises ConfigError, within a bounded time, when that task
+        cannot run at all (a worker without any2ds cannot even load it): saying why and where.
+        """
+        return None
 
 
 class Observer(Component):

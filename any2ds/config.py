@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import attrs
 
 from any2ds.errors import ConfigError
+from any2ds.storage import Storage, check_storage_options, redacted
 from any2ds.validators import at_least, greater_than
 
 # What attrs validators and Options constructors raise for a bad value.
@@ -97,6 +98,11 @@ class CoreOptions:
     max_metadata_bytes: int = option(
         1024 * 1024, "Largest sum of one sample's metadata values; the longest are cut further.", at_least(1),
     )
+    storage_options: dict[str, Any] = option(
+        attrs.Factory(dict), "fsspec options by protocol for input and output files (endpoint, credentials profile, "
+                             "anonymous access): {s3: {endpoint_url: 'http://minio:9000', profile: minio}}; "
+                             "on the command line as JSON or YAML.", check_storage_options,
+    )
     distributor: str = option(
         "multiprocessing", "Where shards run: multiprocessing, inprocess, pyspark, ray (more with plugins)."
     )
@@ -127,6 +133,10 @@ class CoreOptions:
         if self.processing_threads is not None:
             return max(1, self.processing_threads)
         return max(1, (os.cpu_count() or 1) // self.processes_count)
+
+    def storage(self) -> Storage:
+        """Builds the filesystems of the run's files with ``storage_options``."""
+        return Storage(self.storage_options)
 
     def processor_names(self) -> list[str]:
         """The processors the run uses (``processors``, or the routing's default)."""
@@ -165,5 +175,6 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as given to the run: core options flat, component options by namespace
-        (for run_summary.json and experiment trackers)."""
-        return {**attrs.asdict(self.core), **{ns: dict(values) for ns, values in self.component_values.items()}}
+        (for run_summary.json and experiment trackers); secrets in storage_options are redacted."""
+        core = {**attrs.asdict(self.core), "storage_options": redacted(self.core.storage_options)}
+        return {**core, **{ns: dict(values) for ns, values in self.component_values.items()}}

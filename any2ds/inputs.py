@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import fsspec
-
 from any2ds.errors import ConfigError
+from any2ds.storage import Storage
 from any2ds.types import InputSource
 
 
@@ -15,11 +14,11 @@ def split_input_format(input_format: str) -> tuple[str, str | None]:
     return input_format, None
 
 
-def find_input_files(url_list: str, input_format: str) -> list[InputSource]:
+def find_input_files(url_list: str, input_format: str, storage: Storage) -> list[InputSource]:
     """The input files: ``url_list`` itself, or the sorted ``*.<input_format>`` files of a folder."""
     _reader, compression = split_input_format(input_format)
     try:
-        fs, path = fsspec.core.url_to_fs(url_list)
+        fs, path = storage.url_to_fs(url_list)
     except (ImportError, ValueError) as exc:
         raise ConfigError(f"url_list {url_list!r}: {exc}") from exc
     try:

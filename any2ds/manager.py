@@ -119,6 +119,10 @@ class Registry:
             )
         return entry.cls
 
+    def registration(self, name: str) -> Registration:
+        """The registration of ``name``; KeyError if there is none."""
+        return self._entries[name]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -263,6 +267,11 @@ class PluginHost:
     def component(self, kind: str, name: str, option: str) -> type[Component]:
         """The class registered as ``name`` in the ``kind`` registry; ``option`` is for errors."""
         return self.registries[kind].get(name, option)
+
+    def provider(self, cls: type[Component]) -> PluginRecord:
+        """The plugin that registered ``cls`` (its distribution and version say what to install)."""
+        registration = self.registries[cls.kind].registration(cls.name)
+        return self._registered[registration.plugin]
 
     def component_classes(self) -> list[Registration]:
         """Every registered class of every kind."""

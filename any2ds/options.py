@@ -145,7 +145,7 @@ class OptionSchema:
             if arg == "--config":
                 content = yaml.safe_load(argv[i + 1])
                 if isinstance(content, Mapping):
-                    self.reject_unknown(_names(content, self.known_names()))
+                    self.reject_unknown(_names(content, set(self.namespaces.values())))
                     argv[i + 1] = yaml.safe_dump(self.nest(content))
         try:
             namespace = self.parser().parse_args(argv)
@@ -156,7 +156,7 @@ class OptionSchema:
     def parse_kwargs(self, kwargs: Mapping[str, Any], needs_url_list: bool = True) -> RunConfig:
         """``any2ds.download(**kwargs)``, type-checked exactly as the flags are; ``needs_url_list``
         is False for what reads no input list (``any2ds.Pipeline``, reading an output back)."""
-        self.reject_unknown(_names(kwargs, self.known_names()))
+        self.reject_unknown(_names(kwargs, set(self.namespaces.values())))
         try:
             namespace = self.parser().parse_object(self.nest(kwargs))
         except Exception as exc:
@@ -220,11 +220,12 @@ class OptionSchema:
         return RunConfig(core=core, component_values=component_values, namespaces=dict(self.namespaces))
 
 
-def _names(values: Mapping[str, Any], known: set[str]) -> list[str]:
-    """The option names ``values`` gives, a namespace's section giving ``<namespace>.<option>``."""
+def _names(values: Mapping[str, Any], namespaces: set[str]) -> list[str]:
+    """The option names ``values`` gives, a namespace's section giving ``<namespace>.<option>``
+    (a mapping given to a core option, storage_options, is that option's value)."""
     names = []
     for name, value in values.items():
-        if isinstance(value, Mapping) and name in known and "." not in name:
+        if isinstance(value, Mapping) and name in namespaces:
             names += [f"{name}.{key}" for key in value]
         else:
             names.append(name)

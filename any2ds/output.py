@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import fsspec
 
 from any2ds.errors import ConfigError
+from any2ds.storage import Storage
 from any2ds.types import shard_name
 
 TMP_DIR = "_tmp"
@@ -34,10 +35,11 @@ _STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
 
 
 class OutputFolder:
-    """The run's output location on any fsspec filesystem: ``fs`` and ``root`` (a path on it)."""
+    """The run's output location on any fsspec filesystem: ``fs`` and ``root`` (a path on it),
+    the filesystem built with ``storage``'s options (the run's ``storage_options``)."""
 
-    def __init__(self, url: str, oom_shard_count: int) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+    def __init__(self, url: str, oom_shard_count: int, storage: Storage = Storage()) -> None:
+        self.fs, self.root = storage.url_to_fs(url)
         if _is_local(self.fs):
             self.root = os.path.abspath(self.root)
         self.root = self.root.rstrip("/")
@@ -240,9 +242,9 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def check_output_url(url: str) -> None:
+def check_output_url(url: str, storage: Storage) -> None:
     """Fail early, and clearly, on an output URL fsspec cannot handle."""
     try:
-        fsspec.core.url_to_fs(url)
+        storage.url_to_fs(url)
     except (ImportError, ValueError) as exc:
         raise ConfigError(f"output_folder {url!r}: {exc}") from exc

@@ -27,7 +27,9 @@ from any2ds.types import KeyFormat
 
 def _build(host: PluginHost, config: RunConfig, kind: str, name: str, option: str) -> Component:
     cls = host.component(kind, name, option)
-    return cls(config.options_for(cls))
+    component = cls(config.options_for(cls))
+    component.storage = config.core.storage()
+    return component
 
 
 def _names(values: Sequence[str], option: str) -> list[str]:

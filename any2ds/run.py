@@ -18,6 +18,7 @@ from any2ds.manager import PluginHost
 from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline, SamplePipeline
+from any2ds.preflight import check_workers
 from any2ds.components import SampleReader
 from any2ds.sharding import ShardCutter, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
@@ -56,10 +57,15 @@ class Run:
     def __init__(self, host: PluginHost, config: RunConfig) -> None:
         self.host = host
         self.config = config
-        check_output_url(config.core.output_folder)
+        check_output_url(config.core.output_folder, config.core.storage())
         self.pipeline = RunPipeline.build(host, config)
-        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.sources = self.pipeline.samples.reader.input_files(config.core.url_list, config.core.input_format)
+        try:
+            check_workers(self.pipeline.distributor, host, config)
+        except BaseException:
+            self.pipeline.close()  # the distributor may have started an engine for the preflight
+            raise
 
     def execute(self) -> dict[str, Any]:
         core = self.config.core

@@ -44,14 +44,14 @@ class ShardSink:
 
     def __init__(self, pipeline: SamplePipeline, output_folder: str, input_schema: pa.Schema | None = None) -> None:
         core = pipeline.config.core
-        check_output_url(output_folder)
+        check_output_url(output_folder, core.storage())
         if input_schema is not None:
             check_columns("ShardSink input_schema", pipeline.saved_columns(), input_schema.names)
         self._pipeline = pipeline
         self._keys = KeyFormat(core.number_sample_per_shard, core.oom_shard_count)
         self._input_schema = input_schema
         self._layout: MetadataLayout | None = None
-        self.output = OutputFolder(output_folder, core.oom_shard_count)
+        self.output = OutputFolder(output_folder, core.oom_shard_count, core.storage())
         done, self._shard_id = self.output.prepare(core.incremental_mode)
         if done:
             raise ConfigError(f"output_folder {output_folder!r} has shards already; a ShardSink cannot resume "

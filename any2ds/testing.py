@@ -27,14 +27,13 @@ import json
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import attrs
-import fsspec
 import pyarrow as pa
 
 from any2ds.components import Writer
@@ -43,6 +42,7 @@ from any2ds.metadata import MetadataLayout, to_json
 from any2ds.options import OptionSchema
 from any2ds.output import SUMMARY_FILE, TMP_DIR, OutputFolder
 from any2ds.run import download
+from any2ds.storage import Storage
 from any2ds.types import Media, Sample, SampleResult
 
 __all__ = ["Dataset", "LocalHTTPServer", "check_writer", "download_in_process", "read_dataset", "registered_plugin",
@@ -211,10 +211,13 @@ class Dataset:
     summary: dict[str, Any]
 
 
-def read_dataset(output_folder: str | os.PathLike) -> Dataset:
-    """Read an output folder (a local path or any fsspec URL) back with the writer that made it,
-    rebuilt from the run summary's config (plugins registered in this process included)."""
-    fs, root = fsspec.core.url_to_fs(str(output_folder))
+def read_dataset(output_folder: str | os.PathLike,
+                 storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> Dataset:
+    """Read an output folder (a local path or any fsspec URL, reached with ``storage_options`` as a
+    run is) back with the writer that made it, rebuilt from the run summary's config (plugins
+    registered in this process included)."""
+    storage = Storage(storage_options or {})
+    fs, root = storage.url_to_fs(str(output_folder))
     summary_path = posixpath.join(root, SUMMARY_FILE)
     if not fs.exists(summary_path):
         raise ValueError(f"{output_folder}: no {SUMMARY_FILE}, so not an any2ds output folder")
@@ -224,9 +227,10 @@ def read_dataset(output_folder: str | os.PathLike) -> Dataset:
     run_config = OptionSchema(host).parse_kwargs(config, needs_url_list=False)
     writer_class = host.component("writer", run_config.core.output_format, "output_format")
     writer = writer_class(run_config.options_for(writer_class))
+    writer.storage = storage
     rows: list[dict[str, Any]] = []
     samples: dict[str, dict[str, bytes]] = {}
-    for row, files in writer.read_output(OutputFolder(str(output_folder), run_config.core.oom_shard_count)):
+    for row, files in writer.read_output(OutputFolder(str(output_folder), run_config.core.oom_shard_count, storage)):
         rows.append(row)
         if files:
             samples[row["key"]] = files

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import attrs
 
 from any2ds.output import SUMMARY_FILE, OutputFolder, file_sha256, shard_digest
+from any2ds.storage import STORAGE_ARGUMENT_HELP, Storage, storage_argument
 
 VERIFY_HELP = "Check every file of a finished output (or a copy of it) against the sha256 the run recorded."
 
@@ -31,9 +32,10 @@ class Verification:
         return not self.problems
 
 
-def verify_output(url: str) -> Verification:
-    """Recompute the sha256 of every file the shards' stats list and compare with the records."""
-    output = OutputFolder(url, oom_shard_count=1)
+def verify_output(url: str, storage: Storage = Storage()) -> Verification:
+    """Recompute the sha256 of every file the shards' stats list and compare with the records
+    (the folder reached with ``storage``'s options)."""
+    output = OutputFolder(url, oom_shard_count=1, storage=storage)
     summary = output.read_json(SUMMARY_FILE) or {}
     manifest = summary.get("manifest", {})
     problems = []
@@ -66,8 +68,9 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="any2ds verify", description=VERIFY_HELP)
     parser.add_argument("output", help="The output folder: a local path or any fsspec URL.")
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    parser.add_argument("--storage_options", default="{}", help=STORAGE_ARGUMENT_HELP)
     args = parser.parse_args(list(argv))
-    result = verify_output(args.output)
+    result = verify_output(args.output, storage_argument(args.storage_options))
     if args.json:
         print(json.dumps({"files": result.files, "problems": result.problems}, indent=2))
     else:

@@ -322,7 +322,7 @@ class ShardRunner:
     def __init__(self, config: RunConfig) -> None:
         self.stages = SampleStages.load(config)
         self.pipeline = self.stages.pipeline
-        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
+        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.intake = ShardIntake(self.pipeline.reader, self.pipeline.row_intake())
 
     def run(self, shard: Shard) -> ShardStats:

@@ -9,14 +9,17 @@ retries instead of dropping the shards.
 It uses the Ray cluster this process is already connected to, or the one
 ``RAY_ADDRESS`` names, else starts a local one with ``processes_count`` CPUs
 (shut down at the end of the run). Every node of a cluster needs any2ds and
-its plugins installed.
+its plugins installed, for the python that ran ``ray start`` there: before the
+first shard, one task checks that a worker can load them at this machine's
+versions, and the run stops at once with one line if it cannot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -26,6 +29,10 @@ from any2ds import (
 )
 
 MISSING_RAY = "distributor ray needs ray: pip install 'any2ds[ray]'"
+# Seconds the preflight task may wait for a worker (a cluster may be scaling up).
+PREFLIGHT_SECONDS = 300
+# Where a task failed, in Ray's message: "(pid=1234, ip=10.0.0.5)".
+_WORKER_ADDRESS = re.compile(r"\bip=([^,)\s]+)")
 
 
 
@@ -69,6 +76,25 @@ class RayDistributor(Distributor):
                 with contextlib.suppress(Exception):  # already finished, or Ray is gone
                     ray.cancel(ref, force=True)
 
+    def probe_workers(self, probe: Callable[[], Any], config: RunConfig) -> Any:
+        """One Ray task runs ``probe`` (connecting to, or starting, Ray first); a task that fails
+        or waits PREFLIGHT_SECONDS for a worker is a ConfigError."""
+        ray = _import_ray()
+        self._connect(ray, config)
+        ref = ray.remote(max_retries=0)(_call).remote(probe)
+        try:
+            return ray.get(ref, timeout=PREFLIGHT_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise ConfigError(f"distributor ray: no Ray worker ran the preflight task within {PREFLIGHT_SECONDS} s; "
+                              "does the cluster have free CPUs?") from None
+        except Exception as exc:  # noqa: BLE001 - the workers could not even load the task
+            where = _WORKER_ADDRESS.search(str(exc))
+            raise ConfigError(f"distributor ray: the Ray workers ({f'ip {where.group(1)}, ' if where else ''}"
+                              f"cluster {ray.get_runtime_context().gcs_address}) cannot run any2ds: {_describe(exc)}. "
+                              "Install any2ds and the run's plugins on every node, for the python that runs "
+                              "`ray start` there") from exc
+
     def close(self) -> None:
         if self._started_ray:
             self._started_ray = False
@@ -103,6 +129,11 @@ def _describe(exc: BaseException) -> str:
     error = cause if isinstance(cause, BaseException) else exc
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _call(probe: Callable[[], Any]) -> Any:
+    """Runs in a Ray worker."""
+    return probe()
 
 
 def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats | ShardFailure:

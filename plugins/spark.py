@@ -14,7 +14,11 @@ unlike img2dataset there is no barrier per job:
 The input is read lazily, ``subjob_size`` shards at a time. pyspark is
 imported only when this distributor is selected; the active SparkSession is
 used if there is one (a cluster), else a ``local[processes_count]`` one is
-started and stopped at the end of the run.
+started and stopped at the end of the run; its Python workers run this
+interpreter (``PYSPARK_PYTHON``, unless set, is set for that session).
+Before the first shard, one task checks that an executor's Python can load
+any2ds and the run's plugins at this machine's versions: if not, the run stops
+at once with one line saying what is missing where.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import shutil
 import sys
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import attrs
@@ -44,6 +49,8 @@ MISSING_PYSPARK = "distributor pyspark needs pyspark: pip install 'any2ds[spark]
 JOBS_IN_FLIGHT = 2
 # Seconds between looks at the outcomes of running tasks.
 POLL_SECONDS = 0.5
+# Seconds the preflight task may wait for an executor (a cluster may be scaling up).
+PREFLIGHT_SECONDS = 300
 # Spark's message when a task failure aborted a job names the task, i.e. the partition.
 _FAILED_TASK = re.compile(r"Task (\d+) in stage \S+ failed \d+ times?")
 _FAILURE_REASON = re.compile(r"most recent failure: (?:Lost task \S+ in stage \S+ \([^)]*\) \([^)]*\): )?([^\n]*)")
@@ -130,6 +137,26 @@ class SparkDistributor(Distributor):
                 with contextlib.suppress(Exception):  # the context may already be gone
                     sc.cancelJobGroup(group)
             submitter.shutdown(wait=False, cancel_futures=True)
+
+    def probe_workers(self, probe: Callable[[], Any], config: RunConfig) -> Any:
+        """One single-partition Spark job runs ``probe`` on an executor (starting our local Spark
+        if there is no session); a job that fails or waits PREFLIGHT_SECONDS is a ConfigError."""
+        sc = self._spark_context(config)
+        group = f"any2ds-preflight-{uuid.uuid4().hex[:12]}"
+        runner = ThreadPoolExecutor(1, thread_name_prefix="any2ds-spark-preflight")
+        try:
+            return runner.submit(_run_probe, sc, group, probe).result(timeout=PREFLIGHT_SECONDS)
+        except FutureTimeout:
+            sc.cancelJobGroup(group)
+            raise ConfigError(f"distributor pyspark: no executor of {sc.master} ran the preflight task within "
+                              f"{PREFLIGHT_SECONDS} s; does the cluster have free executors?") from None
+        except Exception as exc:  # noqa: BLE001 - the executors could not even load the task
+            _partition, why = _failed_task(exc)
+            raise ConfigError(f"distributor pyspark: the executors (python {sc.pythonExec}, master {sc.master}) "
+                              f"cannot run any2ds: {why}. Install any2ds and the run's plugins for that python on "
+                              "every executor, or set PYSPARK_PYTHON to an interpreter that has them") from exc
+        finally:
+            runner.shutdown(wait=False)
 
     def close(self) -> None:
         if self._own_session is not None:
@@ -266,6 +293,16 @@ def _run_job(sc: Any, group: str, batch: list[Shard], run_partition: Any) -> lis
     """One Spark job, one partition (task) per shard; runs on a submitter thread."""
     sc.setJobGroup(group, f"any2ds: {len(batch)} shards from shard {batch[0].shard_id}", interruptOnCancel=True)
     return sc.parallelize(batch, len(batch)).mapPartitions(run_partition).collect()
+
+
+def _run_probe(sc: Any, group: str, probe: Callable[[], Any]) -> Any:
+    sc.setJobGroup(group, "any2ds: preflight", interruptOnCancel=True)
+    return sc.parallelize([probe], 1).map(_call).collect()[0]
+
+
+def _call(probe: Callable[[], Any]) -> Any:
+    """Runs in the Spark executor's Python worker."""
+    return probe()
 
 
 def _run_partition(task: ShardFunction, outcomes: Any, shards: Iterable[Shard]) -> Iterator[ShardStats | ShardFailure]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pytest
 from PIL import Image
 
 from any2ds.testing import serve_directory
+from tests.venvs import Venv
+
+REPO = Path(__file__).resolve().parent.parent
 
 # (name, width, height): varied shapes for the resize-geometry tests.
 JPEG_SIZES = [("123_456.jpg", 123, 456), ("456_123.jpg", 456, 123), ("300_500.jpg", 300, 500),
@@ -79,6 +83,18 @@ def http_server(image_dir):
         yield server
 
 
+# --- a virtual environment as a user makes one ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def installed_venv(tmp_path_factory) -> Venv:
+    """A venv in which any2ds (with its own ``bin/any2ds``) and the example third-party plugin
+    (docs/examples/any2ds-thumbnail) are pip-installed: a driver with a plugin workers may lack."""
+    root = tmp_path_factory.mktemp("installed")
+    example = shutil.copytree(REPO / "docs" / "examples" / "any2ds-thumbnail", root / "any2ds-thumbnail")
+    return Venv.with_any2ds(root / "venv", example)
+
+
 # --- rows for any2ds.Pipeline, and their download() ---------------------------------
 
 
@@ -140,3 +156,17 @@ def s3_bucket(s3_endpoint, monkeypatch):
     fs = fsspec.filesystem("s3")
     fs.mkdir(bucket)
     return fs, bucket
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint, monkeypatch):
+    """A fresh bucket on the loopback server, reached only through ``storage_options`` (no AWS_* or
+    FSSPEC_* variable, no fsspec config): ``(storage_options, fs, bucket)``."""
+    for name in [n for n in os.environ if n.startswith(("AWS_", "FSSPEC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    options = {"s3": {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}}
+    fs = fsspec.filesystem("s3", **options["s3"])
+    bucket = f"any2ds-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return options, fs, bucket

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -151,15 +152,15 @@ class TestSpark:
         check_output(out, urls, summary)
         assert pyspark.SparkContext._active_spark_context is None
 
-    def test_failures_on_active_session(self, pyspark, tmp_path):
+    def test_failures_on_active_session(self, pyspark, tmp_path, monkeypatch):
         """The active session is used and left running; a raising shard and a crashing one fail alone,
         and a slow shard holds back neither its job's other outcomes nor the next job (shard 3)."""
         from any2ds_plugins.spark import SparkDistributor, SparkOptions
         from pyspark.sql import SparkSession
 
+        monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # read when the session starts
         session = (SparkSession.builder.master("local[2]").appName("any2ds-tests")
-                   .config("spark.ui.enabled", "false").config("spark.pyspark.python", sys.executable)
-                   .getOrCreate())
+                   .config("spark.ui.enabled", "false").getOrCreate())
         try:
             distributor = SparkDistributor(SparkOptions(subjob_size=3))
             distributor.check()
@@ -171,6 +172,83 @@ class TestSpark:
             session.stop()
         failures = check_rounds(first, second, 12, raised=1, crashed=7, slow=0, later=3)
         assert failures[7].startswith("Spark task failed: ") and "Python worker exited unexpectedly" in failures[7]
+
+
+# --------------------------------------------------------------------------- executors' Python
+
+
+def user_environment(**variables: str) -> dict[str, str]:
+    """This process's environment as a user's shell has it: without the PYTHONPATH this module
+    gives workers, and without PYSPARK_PYTHON unless given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON")}
+    return {**env, **variables}
+
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory) -> Path:
+    """A virtual environment with nothing installed, not even any2ds."""
+    root = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    lacks = subprocess.run([str(root / "bin" / "python3"), "-c", "import any2ds_plugins"], capture_output=True,
+                           env=user_environment(), timeout=60)
+    assert lacks.returncode != 0, "the bare venv must not see any2ds_plugins"
+    return root
+
+
+def startup_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line ``any2ds download`` printed for a startup error (exit code 2)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("any2ds: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+class TestExecutorsPython:
+    """The case of a user whose any2ds lives in a virtual environment that is not activated."""
+
+    def test_unactivated_venv_on_local_spark(self, pyspark, installed_venv, bare_venv, input_parquet, tmp_path):
+        """``/path/to/venv/bin/any2ds --distributor pyspark`` with another python3 first on PATH:
+        our local Spark's Python workers run the driver's interpreter, not that python3."""
+        input_file, urls = input_parquet
+        out = tmp_path / "out"
+        result = subprocess.run(
+            [str(installed_venv.root / "bin" / "any2ds"), "download", "--url_list", str(input_file),
+             "--input_format", "parquet", "--caption_col", "caption", "--output_format", "webdataset",
+             "--output_folder", str(out), "--distributor", "pyspark", "--processes_count", "2",
+             "--number_sample_per_shard", str(ROWS_PER_SHARD), "--image_size", "32", "--thread_count", "4",
+             "--allow_private_networks", "true", "--observers", "[]"],
+            env=user_environment(PATH=f"{bare_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"),
+            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        check_output(out, urls, json.loads((out / "_any2ds" / "run_summary.json").read_text()))
+
+    def test_executors_without_a_plugin(self, pyspark, installed_venv, input_parquet, tmp_path):
+        """Executors whose Python lacks a plugin the run uses: one line at startup, no shard run."""
+        input_file, _urls = input_parquet
+        out = tmp_path / "out"
+        result = installed_venv.any2ds(
+            "download", "--url_list", str(input_file), "--input_format", "parquet", "--output_folder", str(out),
+            "--distributor", "pyspark", "--processors", "[thumbnail]", "--observers", "[]",
+            env=user_environment(PYSPARK_PYTHON=sys.executable))  # this interpreter has no thumbnail plugin
+        line = startup_error(result)
+        assert line.startswith(f"any2ds: error: distributor pyspark: the workers (host {socket.gethostname()}, "
+                               f"python {sys.executable}) cannot build the run's components: processors: unknown "
+                               "processor 'thumbnail'"), line
+        assert "what this machine has: any2ds 0.1.0 (hook spec" in line and "any2ds-thumbnail 0.1.0" in line, line
+        assert not out.exists(), "the preflight runs before the output folder is touched"
+
+    def test_executors_without_any2ds(self, pyspark, bare_venv, input_parquet, tmp_path, monkeypatch):
+        """A PYSPARK_PYTHON without any2ds cannot even load the preflight task: one ConfigError."""
+        input_file, _urls = input_parquet
+        monkeypatch.setenv("PYSPARK_PYTHON", str(bare_venv / "bin" / "python"))
+        with pytest.raises(any2ds.ConfigError) as error:
+            download(input_file, tmp_path / "out", "pyspark")
+        message = str(error.value)
+        assert message.startswith(f"distributor pyspark: the executors (python {bare_venv / 'bin' / 'python'}, "
+                                  "master local[2]) cannot run any2ds: ModuleNotFoundError: No module named "
+                                  "'any2ds"), message
+        assert "\n" not in message and not (tmp_path / "out").exists()
+        assert pyspark.SparkContext._active_spark_context is None, "the run's own Spark is stopped"
 
 
 # --------------------------------------------------------------------------- ray

@@ -7,6 +7,7 @@ installing into it is offline and fast: ``--no-deps --no-build-isolation --no-in
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 TIMEOUT = 120
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Venv:
@@ -35,6 +37,19 @@ class Venv:
             paths = [*site.getsitepackages(), sysconfig.get_path("purelib")]
             Path(purelib, "_parent_site.pth").write_text(
                 "".join(f"import site; site.addsitedir({path!r})\n" for path in dict.fromkeys(paths)))
+        return venv
+
+    @classmethod
+    def with_any2ds(cls, root: Path, *projects: Path) -> Venv:
+        """A venv with any2ds itself pip-installed from a copy of this repository's sources
+        (pip builds in the source tree), so that it has its own ``bin/any2ds``; then ``projects``."""
+        source = root.parent / f"{root.name}-any2ds-source"
+        for name in ("any2ds", "plugins"):
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(REPO / name, source / name)
+        venv = cls.create(root)
+        venv.install(source, *projects)
         return venv
 
     def install(self, *projects: Path) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from any2ds.report.collect import collect_report
 from any2ds.report.page import write_html
 from any2ds.report.terminal import print_report
+from any2ds.storage import STORAGE_ARGUMENT_HELP, storage_argument
 
 REPORT_HELP = "Summarize an output folder, finished or running: counts, errors, hosts, throughput, sizes."
 
@@ -25,12 +26,14 @@ def run_report(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="Print the report as JSON (schema: docs/report.md).")
     parser.add_argument("--html", metavar="PATH", help="Also write a self-contained HTML page with plots to PATH.")
     parser.add_argument("--top", type=int, default=10, help="How many hosts and error messages to list (default 10).")
+    parser.add_argument("--storage_options", default="{}", help=STORAGE_ARGUMENT_HELP)
     args = parser.parse_args(list(argv))
     if args.top < 1:
         parser.error("--top must be at least 1")
-    report = collect_report(args.output_folder, top=args.top)
+    storage = storage_argument(args.storage_options)
+    report = collect_report(args.output_folder, top=args.top, storage=storage)
     if args.html:
-        write_html(report, args.html)
+        write_html(report, args.html, storage)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from any2ds.errors import ConfigError
 from any2ds.output import RUN_DIR, STATS_SUFFIX, SUMMARY_FILE, TMP_DIR
+from any2ds.storage import Storage
 
 REPORT_VERSION = 1
 # Numeric metadata columns whose distribution is reported (the image and audio processors' own).
@@ -88,10 +89,10 @@ class ShardRows:
     values: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def collect_report(url: str, top: int = 10) -> dict[str, Any]:
-    """The report of the output folder at ``url`` (a path or any fsspec URL): see docs/report.md.
-    ``top`` bounds the hosts and error messages listed."""
-    fs, root = fsspec.core.url_to_fs(url)
+def collect_report(url: str, top: int = 10, storage: Storage = Storage()) -> dict[str, Any]:
+    """The report of the output folder at ``url`` (a path or any fsspec URL, reached with
+    ``storage``'s options): see docs/report.md. ``top`` bounds the hosts and error messages listed."""
+    fs, root = storage.url_to_fs(url)
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise ConfigError(f"{url}: no such folder")

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
 
-import fsspec
 from rich.filesize import decimal
 
 from any2ds.errors import ConfigError
+from any2ds.storage import Storage
 
 # Colours of the page and its charts.
 SUCCESS_COLOUR = "#2a9d8f"
@@ -35,8 +35,9 @@ tr:nth-child(even) { background: #f4f4f4; } .warning { color: #b5651d; }
 """
 
 
-def write_html(report: Mapping[str, Any], path: str) -> None:
-    """Write ``report`` as an HTML page to ``path`` (a local path or any fsspec URL)."""
+def write_html(report: Mapping[str, Any], path: str, storage: Storage = Storage()) -> None:
+    """Write ``report`` as an HTML page to ``path`` (a local path or any fsspec URL, reached with
+    ``storage``'s options)."""
     try:
         import plotly.graph_objects as go
         from plotly.offline import get_plotlyjs
@@ -51,7 +52,8 @@ def write_html(report: Mapping[str, Any], path: str) -> None:
             f"<title>any2ds report: {html.escape(report['output_folder'])}</title>"
             f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head>\n<body>\n"
             f"{_summary(report)}\n{charts}\n{_tables(report)}\n</body></html>\n")
-    with fsspec.open(path, "w", encoding="utf-8") as f:
+    fs, local_path = storage.url_to_fs(path)
+    with fs.open(local_path, "w", encoding="utf-8") as f:
         f.write(page)
 
 

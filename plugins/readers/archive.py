@@ -140,7 +140,7 @@ class ArchiveReader(SampleReader):
         listed = urls != [url_list]
         archives: dict[str, InputSource] = {}
         for url in urls:
-            for source in _archives(url, listed):
+            for source in self._archives(url, listed):
                 archives.setdefault(archive_url(source), source)
         if not archives:
             raise ConfigError(f"url_list {url_list!r} names no archive (.tar, .tar.gz, .tgz, .zip)")
@@ -183,6 +183,34 @@ class ArchiveReader(SampleReader):
                         return types
         return types
 
+    def _archives(self, url: str, listed: bool) -> list[InputSource]:
+        """The archives one (brace-expanded) ``url`` names: a glob's matches, the archive itself, or a
+        folder's archives. A ``listed`` one (from a brace pattern) is taken as it is, unchecked."""
+        try:
+            fs, path = self.storage.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"url_list {url!r}: {exc}") from exc
+        try:
+            if any(c in path for c in "*?["):
+                paths = sorted(p for p, info in fs.glob(path, detail=True).items()
+                               if info["type"] == "file" and archive_suffix(p))
+                if not paths and not listed:
+                    raise ConfigError(f"url_list {url!r} matches no archive (.tar, .tar.gz, .tgz, .zip)")
+            elif listed or (fs.exists(path) and not fs.isdir(path)):
+                if not archive_suffix(path):
+                    raise ConfigError(f"url_list {url!r} is not a .tar, .tar.gz, .tgz or .zip archive")
+                paths = [path]
+            elif fs.exists(path):
+                paths = sorted(e["name"] for e in fs.ls(path, detail=True)
+                               if e["type"] == "file" and archive_suffix(e["name"]))
+                if not paths:
+                    raise ConfigError(f"url_list {url!r} is a folder with no .tar, .tar.gz, .tgz or .zip archive")
+            else:
+                raise ConfigError(f"url_list {url!r} does not exist")
+        except OSError as exc:
+            raise ConfigError(f"url_list {url!r} cannot be read: {exc}") from exc
+        return [_input(fs, p) for p in paths]
+
     # ------------------------------------------------------------------ worker
 
     def samples(self, shard: Shard, keys: KeyFormat, columns: Sequence[str]) -> Iterator[Sample]:
@@ -190,10 +218,17 @@ class ArchiveReader(SampleReader):
         schema = shard.column_schema
         keys_seen: set[str] = set()
         with archive_errors(url):
-            source = _source(url)
+            source = self._source(url)
             with source.open() as f:
                 for index, group in enumerate(self._groups(archive_members(f, source.path))):
                     yield self._sample(group, url, shard.shard_id, index, keys, schema, keys_seen)
+
+    def _source(self, url: str) -> InputSource:
+        """The archive at ``url``, as a shard's work names it."""
+        fs, path = self.storage.url_to_fs(url)
+        if not archive_suffix(path):
+            raise ArchiveError("not a .tar, .tar.gz, .tgz or .zip archive")
+        return _input(fs, path)
 
     def _sample(self, group: _Group, url: str, shard_id: int, index: int, keys: KeyFormat, schema: pa.Schema,
                 keys_seen: set[str]) -> Sample:
@@ -313,47 +348,10 @@ class _Group:
             self.extensions.append(extension)
 
 
-def _archives(url: str, listed: bool) -> list[InputSource]:
-    """The archives one (brace-expanded) ``url`` names: a glob's matches, the archive itself, or a
-    folder's archives. A ``listed`` one (from a brace pattern) is taken as it is, unchecked."""
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"url_list {url!r}: {exc}") from exc
-    try:
-        if any(c in path for c in "*?["):
-            paths = sorted(p for p, info in fs.glob(path, detail=True).items()
-                           if info["type"] == "file" and archive_suffix(p))
-            if not paths and not listed:
-                raise ConfigError(f"url_list {url!r} matches no archive (.tar, .tar.gz, .tgz, .zip)")
-        elif listed or (fs.exists(path) and not fs.isdir(path)):
-            if not archive_suffix(path):
-                raise ConfigError(f"url_list {url!r} is not a .tar, .tar.gz, .tgz or .zip archive")
-            paths = [path]
-        elif fs.exists(path):
-            paths = sorted(e["name"] for e in fs.ls(path, detail=True)
-                           if e["type"] == "file" and archive_suffix(e["name"]))
-            if not paths:
-                raise ConfigError(f"url_list {url!r} is a folder with no .tar, .tar.gz, .tgz or .zip archive")
-        else:
-            raise ConfigError(f"url_list {url!r} does not exist")
-    except OSError as exc:
-        raise ConfigError(f"url_list {url!r} cannot be read: {exc}") from exc
-    return [_input(fs, p) for p in paths]
-
-
 def _input(fs: fsspec.AbstractFileSystem, path: str) -> InputSource:
     suffix = archive_suffix(path)
     assert suffix is not None
     return InputSource(path, fs, ARCHIVE_SUFFIXES[suffix])
-
-
-def _source(url: str) -> InputSource:
-    """The archive at ``url``, as a shard's work names it."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if not archive_suffix(path):
-        raise ArchiveError("not a .tar, .tar.gz, .tgz or .zip archive")
-    return _input(fs, path)
 
 
 def archive_url(source: InputSource) -> str:

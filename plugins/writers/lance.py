@@ -68,8 +68,9 @@ def lance_location(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[
     """The URI Lance opens for ``path`` on ``fs``, and its storage options.
 
     Lance reaches object stores with its own client, not through fsspec: it reads
-    credentials from the environment (``AWS_ACCESS_KEY_ID``, ...) itself, but an S3
-    endpoint, region or keys configured for s3fs only must be handed over.
+    credentials from the environment (``AWS_ACCESS_KEY_ID``, ...) itself, but what the
+    run's s3fs was given (storage_options: endpoint, region, keys, a credentials profile,
+    anonymous access) must be handed over in Lance's own terms.
     """
     if isinstance(fs, LocalFileSystem):
         return path, None
@@ -81,11 +82,24 @@ def lance_location(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, dict[
             options["aws_endpoint"] = endpoint
             if endpoint.startswith("http://"):
                 options["allow_http"] = "true"
-        if client_kwargs.get("region_name"):
-            options["aws_region"] = client_kwargs["region_name"]
-        for name, value in (("aws_access_key_id", getattr(fs, "key", None)),
-                            ("aws_secret_access_key", getattr(fs, "secret", None)),
-                            ("aws_session_token", getattr(fs, "token", None))):
+        key, secret, token = getattr(fs, "key", None), getattr(fs, "secret", None), getattr(fs, "token", None)
+        profile = (getattr(fs, "kwargs", None) or {}).get("profile")
+        region = client_kwargs.get("region_name")
+        if profile and not key:  # Lance has no profiles: read the profile's keys as s3fs would
+            import botocore.session
+
+            session = botocore.session.Session(profile=profile)
+            credentials = session.get_credentials()
+            if credentials is not None:
+                frozen = credentials.get_frozen_credentials()
+                key, secret, token = frozen.access_key, frozen.secret_key, frozen.token
+            region = region or session.get_config_variable("region")
+        if getattr(fs, "anon", False):
+            options["aws_skip_signature"] = "true"
+        if region:
+            options["aws_region"] = region
+        for name, value in (("aws_access_key_id", key), ("aws_secret_access_key", secret),
+                            ("aws_session_token", token)):
             if value:
                 options[name] = value
     return fs.unstrip_protocol(path), options or None
