@@ -27,6 +27,7 @@ from any2ds.hookspecs import HOOKSPEC_VERSION, hookimpl
 from any2ds.mediatypes import MediaType, detect_media_type
 from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, to_json
 from any2ds.output import OutputFolder, ShardTarget
+from any2ds.storage import Storage
 from any2ds.validators import at_least, between, greater_than, one_of
 from any2ds.types import (
     FetchResult, InputSource, KeyFormat, Media, Sample, SampleResult, Shard, ShardFailure, ShardStats,
@@ -65,7 +66,7 @@ __all__ = [
     "Sample", "FetchResult", "Media", "MediaType", "SampleResult", "Shard", "ShardStats", "ShardFailure",
     "KeyFormat", "InputSource",
     # output
-    "OutputFolder", "ShardTarget", "MetadataLayout", "MetadataParquetWriter", "TRUNCATION_MARK",
+    "OutputFolder", "ShardTarget", "Storage", "MetadataLayout", "MetadataParquetWriter", "TRUNCATION_MARK",
     "caption_text", "sample_files", "split_file_name", "read_metadata", "to_json",
     # errors and helpers
     "Any2dsError", "ConfigError", "PluginError", "SampleError", "FetchError", "ProcessError", "VerifyError",

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from any2ds.components import Distributor, Fetcher, Observer, Processor, Reader, Verifier, Writer
 
 PROJECT_NAME = "any2ds"
-HOOKSPEC_VERSION = "1.1"
+HOOKSPEC_VERSION = "1.2"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -189,6 +189,7 @@ def any2ds_register_distributors(register: Callable[[type[Distributor]], None]) 
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.2 Distributor.probe_workers: the preflight run on the engine before any shard.
     """
 
 
