@@ -124,12 +124,17 @@ def run_rounds(distributor, task: FlakyTask, shards: int, max_read_before_first:
     return first, second
 
 
-def check_rounds(first, second, shards: int, raised: int, crashed: int, slow: int, later: int) -> dict[int, str]:
+def check_rounds(first, second, shards: int, raised: int, crashed: int, slow: int, later: int,
+                 bystanders: bool = False) -> dict[int, str]:
+    """``bystanders``: a shard running next to the crash may fail too (it is retried in the next round)."""
     order = [o.shard_id for o in first]
     assert sorted(order) == list(range(shards)), "one outcome per shard"
     assert order.index(later) < order.index(slow), f"slow shard {slow} held back shard {later}: {order}"
     failures = {o.shard_id: o.error for o in first if isinstance(o, ShardFailure)}
-    assert sorted(failures) == sorted([raised, crashed]), failures  # a crash costs only its own shard
+    if bystanders:
+        assert {raised, crashed} <= set(failures) and len(failures) <= 3, failures
+    else:
+        assert sorted(failures) == sorted([raised, crashed]), failures  # a crash costs only its own shard
     assert failures[raised] == f"RuntimeError: boom in shard {raised}"
     assert all(isinstance(o, ShardStats) for o in second) and sorted(o.shard_id for o in second) == sorted(failures)
     return failures
@@ -170,7 +175,9 @@ class TestSpark:
             assert pyspark.SparkContext._active_spark_context is not None, "not ours to stop"
         finally:
             session.stop()
-        failures = check_rounds(first, second, 12, raised=1, crashed=7, slow=0, later=3)
+        # On a loaded machine Spark has reported the slow shard's task as crashed too, the one running
+        # beside the crash: retried like any failed shard.
+        failures = check_rounds(first, second, 12, raised=1, crashed=7, slow=0, later=3, bystanders=True)
         assert failures[7].startswith("Spark task failed: ") and "Python worker exited unexpectedly" in failures[7]
 
 
