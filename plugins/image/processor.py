@@ -212,14 +212,14 @@ class ImageProcessor(Processor):
         """Store the processed image under ``encode_format`` with its sizes (and EXIF); raise ProcessError.
 
         An image legal by its size whose pixels do not fit in the memory left
-        fails as ``OutOfMemory``, with one fixed message.
+        fails as ``image.out_of_memory``, with one fixed message.
         """
         try:
             self._process(fetched, result)
         except (MemoryError, cv2.error) as exc:
             if not _is_out_of_memory(exc):
                 raise
-            raise _failure(OUT_OF_MEMORY, "OutOfMemory") from exc
+            raise _failure(OUT_OF_MEMORY, "image.out_of_memory") from exc
 
     def _process(self, fetched: FetchResult, result: SampleResult) -> None:
         boxes = self._bounding_boxes(result)
@@ -248,7 +248,7 @@ class ImageProcessor(Processor):
             return np.asarray(value, dtype=np.float64).reshape(-1, 4)
         except (TypeError, ValueError) as exc:
             message = f"bbox_col {self.options.bbox_col!r} must hold [x0, y0, x1, y1] boxes"
-            raise _failure(message, "InvalidBoxes") from exc
+            raise _failure(message, "image.invalid_boxes") from exc
 
     def _check_source_size(self, width: int, height: int) -> None:
         """The bomb guard, then img2dataset's filters in its order (all invariant under rotation)."""
@@ -256,11 +256,11 @@ class ImageProcessor(Processor):
         if width * height > options.max_image_pixels:
             raise _too_large(options.max_image_pixels)
         if min(width, height) < options.min_image_size:
-            raise _failure("image too small", "FilteredOut")
+            raise _failure("image too small", "filtered")
         if width * height > options.max_image_area:
-            raise _failure("image area too large", "FilteredOut")
+            raise _failure("image area too large", "filtered")
         if max(width, height) / max(min(width, height), 1) > options.max_aspect_ratio:
-            raise _failure("aspect ratio too large", "FilteredOut")
+            raise _failure("aspect ratio too large", "filtered")
 
     def _plan(self, width: int, height: int) -> ResizePlan:
         """img2dataset's geometry for a source of this displayed size, its output bounded by max_image_pixels."""
@@ -272,7 +272,7 @@ class ImageProcessor(Processor):
         scaled_width, scaled_height = plan.scaled_size
         if scaled_width * scaled_height > options.max_image_pixels:
             raise _failure(f"resized image too large (more than max_image_pixels={options.max_image_pixels} pixels)",
-                           "TooLarge")
+                           "too_large")
         return plan
 
     def _transcode(self, image: Image.Image, body: bytes,
@@ -295,7 +295,7 @@ class ImageProcessor(Processor):
         except ProcessError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-            raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
+            raise _library_failure(exc, DECODING_ERROR, "decode") from exc
 
         pixels = scale(pixels, plan)
         if boxes is not None:
@@ -321,7 +321,7 @@ def _open_header(body: bytes, max_image_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _too_large(max_image_pixels) from exc
     except Exception as exc:
-        raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
+        raise _library_failure(exc, DECODING_ERROR, "decode") from exc
 
 
 def _failure(message: str, error_type: str) -> ProcessError:
@@ -332,7 +332,7 @@ def _failure(message: str, error_type: str) -> ProcessError:
 def _library_failure(exc: Exception, message: str, error_type: str) -> ProcessError:
     """The failure for an exception from Pillow, numpy or OpenCV: out of memory, or the one given."""
     if _is_out_of_memory(exc):
-        return _failure(OUT_OF_MEMORY, "OutOfMemory")
+        return _failure(OUT_OF_MEMORY, "image.out_of_memory")
     return _failure(message, error_type)
 
 
@@ -343,7 +343,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def _too_large(limit: int) -> ProcessError:
     """The bomb-guard failure; one fixed message per run, so status counters stay small."""
-    return _failure(f"image too large to decode (more than max_image_pixels={limit} pixels)", "TooLarge")
+    return _failure(f"image too large to decode (more than max_image_pixels={limit} pixels)", "too_large")
 
 
 def _to_array(image: Image.Image) -> tuple[np.ndarray, bool]:
@@ -378,9 +378,9 @@ def _encode(pixels: np.ndarray, encode_format: str, quality: int) -> bytes:
     try:
         ok, encoded = cv2.imencode(f".{encode_format}", pixels, [ENCODE_PARAMETERS[encode_format], quality])
     except cv2.error as exc:  # e.g. WebP's 16383-pixel side limit
-        raise _library_failure(exc, "Image encoding error", "EncodeError") from exc
+        raise _library_failure(exc, "Image encoding error", "encode") from exc
     if not ok:
-        raise _failure("Image encoding error", "EncodeError")
+        raise _failure("Image encoding error", "encode")
     return encoded.tobytes()
 
 
