@@ -210,6 +210,12 @@ class Processor(Component):
         """Names of the media streams this processor adds (``jpg``): parquet column names."""
         return ()
 
+    def estimate_bytes(self) -> tuple[int, str] | None:
+        """About how many bytes this processor stores per successful sample, and the assumption
+        behind the figure (``any2ds plan`` shows both); None (the default) when the options
+        alone cannot tell."""
+        return None
+
     def process(self, fetched: FetchResult, result: SampleResult) -> None:
         """Fill ``result.media`` and ``result.metadata``; raise ``ProcessError`` to fail the sample.
 
