@@ -18,7 +18,7 @@ class PluginError(Any2dsError):
     """A plugin is broken or clashes with another; the message names it."""
 
 
-# The core's closed vocabulary of error types (docs/plugins.md, "Errors", shows this table; a test
+# The core's closed vocabulary of error types (docs/plugins.md, "Error types", shows this table; a test
 # checks that they agree). A plugin uses one of these when it fits, else ``<component name>.<type>``.
 ERROR_TYPES: dict[str, str] = {
     "dns": "the host name could not be resolved (no such name, or the resolver did not answer in time)",

@@ -33,7 +33,7 @@ RATE_WINDOW_SECONDS = 30.0
 # The DNS warning: once at least this many samples finished and this share of them failed with ``dns``.
 DNS_WARNING_MIN_SAMPLES = 100
 DNS_WARNING_SHARE = 0.1
-DNS_DOCS = "docs/dns.md"
+DNS_DOCS = "docs/tuning.md#dns"
 
 logger = logging.getLogger("any2ds")
 
@@ -261,7 +261,7 @@ def dns_warning(progress: RunProgress) -> str | None:
     if progress.samples < DNS_WARNING_MIN_SAMPLES or dns < DNS_WARNING_SHARE * progress.samples:
         return None
     return (f"{dns / progress.samples:.0%} of samples failed to resolve their host name (error_type dns): "
-            f"the DNS resolver may be overloaded; see {DNS_DOCS} to run a local caching resolver")
+            f"the DNS resolver may be overloaded; see {DNS_DOCS} (a local caching resolver)")
 
 
 class ProgressTicker:
