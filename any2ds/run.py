@@ -25,7 +25,7 @@ from any2ds.components import Distributor, Observer, SampleReader
 from any2ds.progress import ProgressTicker, ProgressTracker, RunProgress
 from any2ds.sharding import ShardCutter, counted_shards, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
-from any2ds.worker import ShardTask, close_runners
+from any2ds.worker import ShardTask, close_runners, top_hosts
 
 # img2dataset's download() parameters in its order, for positional calls.
 IMG2DATASET_ARGUMENTS = (
@@ -66,8 +66,7 @@ class Run:
         self.pipeline = RunPipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count)
         self.sources = self.pipeline.samples.reader.input_files(config.core.url_list, config.core.input_format)
-        distributor = self.pipeline.distributor
-        self.tracker = ProgressTracker(live=_takes_progress(distributor),
+        self.tracker = ProgressTracker(live=_takes_progress(self.pipeline.distributor),
                                        rows=not isinstance(self.pipeline.samples.reader, SampleReader))
         # Observers are called from the run's thread and from the progress ticker's, one at a time.
         self._observers_lock = threading.Lock()
@@ -247,8 +246,7 @@ class RunTotals:
             "successes": self.successes,
             "statuses": dict(self.statuses),
             "error_types": dict(self.error_types.most_common()),
-            "failed_hosts": {host: dict(types.most_common()) for host, types in sorted(
-                self.hosts.items(), key=lambda item: (-item[1].total(), item[0]))[:TOP_FAILED_HOSTS]},
+            "failed_hosts": top_hosts(self.hosts, TOP_FAILED_HOSTS),
             "shards_done": self.shards,
             "shards_skipped": skipped,
             "shards_failed": sorted(failed),

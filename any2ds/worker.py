@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from urllib.parse import urlsplit
 
@@ -266,12 +266,17 @@ class StatsTally:
             self.hosts[host][error_type] += 1
 
     def stats(self, shard_id: int) -> ShardStats:
-        top = sorted(self.hosts.items(), key=lambda item: (-item[1].total(), item[0]))[:TOP_FAILED_HOSTS]
         return ShardStats(shard_id=shard_id, count=sum(self.statuses.values()), successes=self.statuses["success"],
                           status_dict=dict(self.messages), error_types=dict(self.error_types),
                           statuses=dict(self.statuses), start_time=self.start, end_time=time.time(),
                           reported_statuses=self.reported_statuses,
-                          failed_hosts={host: dict(types.most_common()) for host, types in top})
+                          failed_hosts=top_hosts(self.hosts, TOP_FAILED_HOSTS))
+
+
+def top_hosts(hosts: Mapping[str, Counter[str]], count: int) -> dict[str, dict[str, int]]:
+    """The ``count`` hosts with the most failures (ties by name), each with its failures by type."""
+    top = sorted(hosts.items(), key=lambda item: (-item[1].total(), item[0]))[:count]
+    return {host: dict(types.most_common()) for host, types in top}
 
 
 def _host(url: str | None) -> str | None:

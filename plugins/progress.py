@@ -88,7 +88,8 @@ class LiveBar:
         self._progress = Progress(TextColumn("any2ds"), BarColumn(), TextColumn("{task.fields[line]}"),
                                   console=console, auto_refresh=False)
         self._task = self._progress.add_task("", total=None, line="starting")
-        self._live = Live(self._renderable(""), console=console, refresh_per_second=4, transient=False)
+        # Drawn when the numbers change (every second), not redrawn between.
+        self._live = Live(self._renderable(""), console=console, auto_refresh=False, transient=False)
         self._live.start()
 
     def update(self, progress: RunProgress) -> None:
