@@ -32,7 +32,7 @@ ERROR_TYPES: dict[str, str] = {
     "protocol": "the answer is not well-formed HTTP (framing, informational floods, content encoding)",
     "invalid_url": "the URL cannot be requested (no host, bad syntax)",
     "blocked": "the address is not allowed: loopback, private, link-local or cloud metadata",
-    "opt_out": "the site opted out of datasets (`X-Robots-Tag`)",
+    "opt_out": "the site opted out: an `X-Robots-Tag` refusal, or robots.txt (`respect_robots_txt`)",
     "too_large": "over a size limit: `max_body_bytes`, `max_image_pixels`, `audio.max_samples`, an archive "
                  "member's `max_member_bytes`",
     "unsupported": "a URL scheme no enabled fetcher takes, a media type no processor accepts, a compression "

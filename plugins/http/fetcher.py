@@ -61,7 +61,7 @@ class HttpFetcher(Fetcher):
     allows them), nor link-local addresses and cloud metadata endpoints
     (169.254/16, fe80::/10, fd00:ec2::254, 100.100.100.200, 168.63.129.16;
     ``allow_link_local`` allows them). A refused URL fails with error type
-    ``BlockedAddress``, never retried. Through a proxy (``http_proxy``...)
+    ``blocked``, never retried. Through a proxy (``http_proxy``...)
     the proxy is trusted and the target's locally resolved addresses must
     all be allowed.
     """
@@ -101,7 +101,7 @@ class HttpFetcher(Fetcher):
             at_least(0))
         respect_robots_txt: bool = option(
             False, "Fetch each site's robots.txt (once per machine) and refuse the URLs it disallows for "
-                   "user_agent_token (error type RobotsTxtRefusal).")
+                   "user_agent_token (error type opt_out).")
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
