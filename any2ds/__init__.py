@@ -21,12 +21,14 @@ from any2ds.components import (
 )
 from any2ds.config import CoreOptions, NoOptions, RunConfig, option
 from any2ds.errors import (
-    Any2dsError, ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError, clean_message,
+    ERROR_TYPES, Any2dsError, ConfigError, FetchError, PluginError, ProcessError, SampleError, VerifyError,
+    clean_message,
 )
 from any2ds.hookspecs import HOOKSPEC_VERSION, hookimpl
 from any2ds.mediatypes import MediaType, detect_media_type
 from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, to_json
 from any2ds.output import OutputFolder, ShardTarget
+from any2ds.progress import RunProgress, ShardProgress
 from any2ds.storage import Storage
 from any2ds.validators import at_least, between, greater_than, one_of
 from any2ds.types import (
@@ -64,11 +66,11 @@ __all__ = [
     "option", "NoOptions", "CoreOptions", "RunConfig", "at_least", "greater_than", "between", "one_of",
     # typed values
     "Sample", "FetchResult", "Media", "MediaType", "SampleResult", "Shard", "ShardStats", "ShardFailure",
-    "KeyFormat", "InputSource",
+    "KeyFormat", "InputSource", "RunProgress", "ShardProgress",
     # output
     "OutputFolder", "ShardTarget", "Storage", "MetadataLayout", "MetadataParquetWriter", "TRUNCATION_MARK",
     "caption_text", "sample_files", "split_file_name", "read_metadata", "to_json",
     # errors and helpers
     "Any2dsError", "ConfigError", "PluginError", "SampleError", "FetchError", "ProcessError", "VerifyError",
-    "clean_message", "detect_media_type",
+    "ERROR_TYPES", "clean_message", "detect_media_type",
 ]

@@ -1,5 +1,5 @@
-"""The ``any2ds`` command line: ``any2ds download`` (img2dataset's flags), ``any2ds plugins`` and
-``any2ds report``.
+"""The ``any2ds`` command line: ``any2ds download`` (img2dataset's flags), ``any2ds plan`` (the same
+flags: what the download would do), ``any2ds plugins``, ``any2ds report`` and ``any2ds verify``.
 
 Options are parsed by :mod:`any2ds.options`; this module only dispatches commands
 and turns startup errors into one line and exit code 2.
@@ -16,19 +16,32 @@ from typing import Any
 from any2ds.errors import Any2dsError
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 from any2ds.options import DOWNLOAD_DESCRIPTION, OptionSchema, read_plugins
+from any2ds.plan import plan
 from any2ds.report import REPORT_HELP, run_report
 from any2ds.run import Run
 from any2ds.verify import VERIFY_HELP
 from any2ds.verify import main as verify
 
 PLUGINS_HELP = "List installed plugins: distribution, version, registered names, hooks and errors (see --help)."
+PLAN_HELP = ("Check a download's flags and plugins and read its input, fetching nothing: rows, shards, "
+             "estimated output size, the command that runs and resumes it.")
+
+
+def _run(argv: Sequence[str]) -> Run:
+    """The run the download flags ``argv`` describe, checked: config, plugins, input files."""
+    specs, argv = read_plugins(argv)
+    host = PluginHost.load(local_plugins=specs)
+    return Run(host, OptionSchema(host).parse_args(argv))
 
 
 def run_download(argv: Sequence[str]) -> int:
-    specs, argv = read_plugins(argv)
-    host = PluginHost.load(local_plugins=specs)
-    summary = Run(host, OptionSchema(host).parse_args(argv)).execute()
+    summary = _run(argv).execute()
     return 1 if summary["shards_failed"] else 0
+
+
+def run_plan(argv: Sequence[str]) -> int:
+    print("\n".join(plan(_run(argv), argv).lines()))
+    return 0
 
 
 def run_plugins(argv: Sequence[str]) -> int:
@@ -62,15 +75,16 @@ def _describe_plugin(plugin: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"download": run_download, "plugins": run_plugins, "report": run_report, "verify": verify}
+COMMANDS = {"download": run_download, "plan": run_plan, "plugins": run_plugins, "report": run_report,
+            "verify": verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: any2ds {download,plugins,report,verify} [options]\n\n"
-              f"  download  {DOWNLOAD_DESCRIPTION}\n  plugins   {PLUGINS_HELP}\n  report    {REPORT_HELP}\n"
-              f"  verify    {VERIFY_HELP}",
+        print("usage: any2ds {download,plan,plugins,report,verify} [options]\n\n"
+              f"  download  {DOWNLOAD_DESCRIPTION}\n  plan      {PLAN_HELP}\n  plugins   {PLUGINS_HELP}\n"
+              f"  report    {REPORT_HELP}\n  verify    {VERIFY_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from any2ds.mediatypes import MediaType
     from any2ds.metadata import MetadataLayout
     from any2ds.output import OutputFolder, ShardTarget
+    from any2ds.progress import RunProgress, ShardProgress
     from any2ds.types import FetchResult, KeyFormat, Sample, SampleResult, Shard, ShardFailure, ShardStats
 
 
@@ -105,6 +106,11 @@ class Reader(Component):
         URL column, and other requested columns are null.
         """
         raise NotImplementedError
+
+    def count_rows(self, source: InputSource) -> int | None:
+        """The file's number of rows if it can be had without reading them (a parquet footer),
+        else None (the default): the progress total then grows as rows are read."""
+        return None
 
 
 class SampleReader(Reader):
@@ -211,6 +217,12 @@ class Processor(Component):
         """Names of the media streams this processor adds (``jpg``): parquet column names."""
         return ()
 
+    def estimate_bytes(self) -> tuple[int, str] | None:
+        """About how many bytes this processor stores per successful sample, and the assumption
+        behind the figure (``any2ds plan`` shows both); None (the default) when the options
+        alone cannot tell."""
+        return None
+
     def process(self, fetched: FetchResult, result: SampleResult) -> None:
         """Fill ``result.media`` and ``result.metadata``; raise ``ProcessError`` to fail the sample.
 
@@ -264,7 +276,8 @@ class Writer(Component):
         raise NotImplementedError(f"writer {self.name!r} cannot read its output back")
 
 
-ShardFunction = Callable[["Shard"], "ShardStats"]
+# ``task(shard)`` or ``task(shard, report)``: see Distributor.run.
+ShardFunction = Callable[..., "ShardStats"]
 
 
 class Distributor(Component):
@@ -272,13 +285,22 @@ class Distributor(Component):
 
     kind = "distributor"
 
-    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
+            progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:
         """Run ``task`` on every shard and yield one outcome per shard, in any order.
 
         ``task`` is picklable; it rebuilds the plugins from the config in the
         worker. A shard whose task raised, or whose worker died, is yielded as
         a ``ShardFailure``; the core retries it. Read ``shards`` lazily: it
         streams from the input.
+
+        ``progress`` (main process, thread-safe) takes the workers' live
+        counts: run ``task(shard, report)`` in the worker with a ``report``
+        callable that carries each :class:`~any2ds.ShardProgress` it is given
+        (a few numbers, about twice a second per running shard) to the main
+        process, and call ``progress`` with it there. A distributor whose
+        ``run`` has no ``progress`` parameter is called without it; progress
+        then moves as shards finish.
         """
         raise NotImplementedError
 
@@ -302,6 +324,16 @@ class Observer(Component):
 
     def run_started(self, config: RunConfig) -> None:
         """Called once before the first shard."""
+
+    def progress(self, progress: RunProgress) -> None:
+        """Called about every second while the run goes, and once more after its last shard,
+        with the run's live counts, totals, rate and ETA (:class:`~any2ds.RunProgress`).
+
+        Counts move as samples finish in the workers, not only as shards end
+        (with a distributor that reports them). Called from a thread of its
+        own, never at the same time as the other methods; keep it quick. An
+        exception is printed and the run goes on.
+        """
 
     def shard_completed(self, stats: ShardStats) -> None:
         """Called once per committed shard."""

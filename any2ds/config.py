@@ -127,6 +127,10 @@ class CoreOptions:
     observers: list[str] = option(
         ["progress", "wandb"], "Observers of the run; wandb logs only with enable_wandb."
     )
+    progress: Literal["auto", "bar", "log", "none"] = option(
+        "auto", "What the progress observer shows on stderr: bar (a live bar), log (a line every "
+                "progress_log_interval seconds), none; auto: bar on a terminal, else log."
+    )
 
     def cpu_threads(self) -> int:
         """Threads of a worker process that run the CPU-heavy part of samples."""

@@ -100,12 +100,12 @@ class FetchStage:
 
     def fetcher_for(self, url: str | None) -> Fetcher:
         if url is None or not str(url).strip():
-            raise FetchError("missing url", error_type="MissingURL")
+            raise FetchError("missing url", error_type="missing")
         scheme = urlsplit(str(url).strip()).scheme.lower()
         fetcher = self.fetchers.get(scheme)
         if fetcher is None:
             enabled = ", ".join(sorted(self.fetchers)) or "none"
-            raise FetchError(f"unsupported URL scheme {scheme!r} (enabled: {enabled})", error_type="UnsupportedScheme")
+            raise FetchError(f"unsupported URL scheme {scheme!r} (enabled: {enabled})", error_type="unsupported")
         return fetcher
 
     def start(self, fetcher: Fetcher, sample: Sample, on_start: Callable[[], None]) -> Future[FetchResult]:

@@ -74,6 +74,7 @@ def any2ds_register_readers(register: Callable[[type[Reader]], None]) -> None:
 
     .. versionadded:: 1.0
     .. versionchanged:: 1.1 SampleReader.
+    .. versionchanged:: 1.2 Reader.count_rows.
     """
 
 
@@ -145,6 +146,7 @@ def any2ds_register_processors(register: Callable[[type[Processor]], None]) -> N
 
     .. versionadded:: 1.0
     .. versionchanged:: 1.1 routing by type: Processor.media_types and accepts().
+    .. versionchanged:: 1.2 Processor.estimate_bytes; error types from the core's vocabulary or namespaced.
     """
 
 
@@ -189,7 +191,8 @@ def any2ds_register_distributors(register: Callable[[type[Distributor]], None]) 
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
-    .. versionchanged:: 1.2 Distributor.probe_workers: the preflight run on the engine before any shard.
+    .. versionchanged:: 1.2 Distributor.probe_workers: the preflight run on the engine before any shard;
+       Distributor.run's progress channel.
     """
 
 
@@ -205,11 +208,13 @@ def any2ds_register_observers(register: Callable[[type[Observer]], None]) -> Non
     Called at startup, in the main process and in every worker. The
     ``observers`` option lists the enabled ones (default
     ``[progress, wandb]``; wandb logs only with ``enable_wandb``). Observers
-    run in the main process and are told when the run starts, when each
-    shard completes or fails, and when the run ends.
+    run in the main process and are told when the run starts, its live
+    progress about every second, when each shard completes or fails, and
+    when the run ends.
 
     :param register: call ``register(ObserverClass)`` once per observer.
     :returns: None; a return value is ignored.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.2 Observer.progress.
     """

@@ -62,5 +62,5 @@ class ShardIntake:
     def _unsafe(self, sample: Sample) -> Sample:
         """The sample under its generated key, failed: its own key cannot name files."""
         error = SampleError(f"unsafe sample key (keys are letters, digits, _ and -; at most {MAX_KEY_LENGTH} "
-                            "characters)", error_type="UnsafeKey")
+                            "characters)", error_type="unsafe_key")
         return attrs.evolve(sample, key=self.rows.keys.key(sample.shard_id, sample.index), data=None, error=error)

@@ -87,6 +87,12 @@ class OutputFolder:
         # The temporary files of unfinished shards may be another machine's, at work on other
         # shards of this folder: each is dropped when its own shard is next written (target()).
         self._drop_temporary(lambda shard_id: shard_id in done)
+        return self.resume_point(mode)
+
+    def resume_point(self, mode: str) -> tuple[set[int], int]:
+        """What a run in ``mode`` would do, changing nothing: (shard ids to skip, id of the first
+        new shard)."""
+        done = set() if mode == "overwrite" else self.done_shards()
         if mode == "extend":
             return set(), (max(done) + 1 if done else 0)
         return done, 0

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from any2ds.components import Processor, Verifier
-from any2ds.errors import ProcessError, SampleError, clean_message
+from any2ds.errors import ProcessError, SampleError, clean_message, error_message_of, error_type_of
 from any2ds.mediatypes import detect_media_type
 from any2ds.types import FetchResult, Sample, SampleResult
 
@@ -15,6 +15,8 @@ from any2ds.types import FetchResult, Sample, SampleResult
 _SAFE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,16}(\.[A-Za-z0-9]{1,16}){0,3}")
 # The metadata field naming the processor of each sample, when samples are routed by type.
 PROCESSOR_FIELD = "processor"
+# Who raised a failure the core itself detects (its error types need no namespace).
+CORE = "any2ds"
 
 
 class ProcessingStage:
@@ -35,17 +37,18 @@ class ProcessingStage:
         """The sample's result; every failure, a plugin's bug included, becomes the result's status."""
         result = SampleResult(sample)
         status = "failed_to_download"  # verifiers judge the download, as img2dataset's hash check
+        component = CORE
         try:
             for verifier in self.verifiers:
+                component = verifier.name
                 result.metadata.update(verifier.verify(sample, fetched))
+            component = CORE
             for processor in self.route(sample, fetched, result):
-                status = processor.failure_status
+                status, component = processor.failure_status, processor.name
                 processor.process(fetched, result)
                 _check_extensions(result, processor)
-        except SampleError as error:
-            return failed_result(sample, error.status, error.message, error.error_type, result)
         except Exception as error:  # a plugin bug must cost one sample, not the shard
-            return failed_result(sample, status, str(error) or type(error).__name__, type(error).__name__, result)
+            return failure(sample, error, component, status, result)
         return result
 
     def route(self, sample: Sample, fetched: FetchResult, result: SampleResult) -> list[Processor]:
@@ -56,7 +59,17 @@ class ProcessingStage:
             if processor.accepts(media_type):
                 result.metadata[PROCESSOR_FIELD] = processor.name
                 return [processor]
-        raise ProcessError(f"no processor accepts {media_type.mime}", error_type="NoProcessor")
+        raise ProcessError(f"no processor accepts {media_type.mime}", error_type="unsupported")
+
+
+def failure(sample: Sample, error: BaseException, component: str, status: str = "failed_to_download",
+            partial: SampleResult | None = None) -> SampleResult:
+    """The result of a sample that ``error``, raised by the component named ``component``, failed:
+    a SampleError's own status, message and type (namespaced, see
+    :func:`~any2ds.errors.error_type_of`); for another exception ``status`` and ``unexpected``."""
+    if isinstance(error, SampleError):
+        status = error.status
+    return failed_result(sample, status, error_message_of(error), error_type_of(error, component), partial)
 
 
 def failed_result(sample: Sample, status: str, message: str, error_type: str,
@@ -71,4 +84,4 @@ def _check_extensions(result: SampleResult, processor: Processor) -> None:
     for stream, media in result.media.items():
         if not _SAFE_EXTENSION.fullmatch(media.extension):
             raise ProcessError(f"processor {processor.name!r} gave stream {stream!r} the unsafe extension "
-                               f"{media.extension!r}", status=processor.failure_status, error_type="UnsafeExtension")
+                               f"{media.extension!r}", status=processor.failure_status, error_type="unsafe_extension")

@@ -7,8 +7,11 @@ is retried ``max_shard_retry`` times and then reported in the summary.
 
 from __future__ import annotations
 
+import inspect
+import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,10 +22,11 @@ from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline, SamplePipeline
 from any2ds.preflight import check_workers
-from any2ds.components import SampleReader
-from any2ds.sharding import ShardCutter, planned_shards
+from any2ds.components import Distributor, Observer, SampleReader
+from any2ds.progress import ProgressTicker, ProgressTracker, RunProgress
+from any2ds.sharding import ShardCutter, counted_shards, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
-from any2ds.worker import ShardTask, close_runners
+from any2ds.worker import ShardTask, close_runners, top_hosts
 
 # img2dataset's download() parameters in its order, for positional calls.
 IMG2DATASET_ARGUMENTS = (
@@ -36,6 +40,8 @@ IMG2DATASET_ARGUMENTS = (
 )
 # Changing these between runs changes which rows land in which shard.
 SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_shard_count")
+# run_summary.json: the hosts with the most failures.
+TOP_FAILED_HOSTS = 50
 
 
 def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -66,28 +72,35 @@ class Run:
         except BaseException:
             self.pipeline.close()  # the distributor may have started an engine for the preflight
             raise
+        self.tracker = ProgressTracker(live=_takes_progress(self.pipeline.distributor),
+                                       rows=not isinstance(self.pipeline.samples.reader, SampleReader))
+        # Observers are called from the run's thread and from the progress ticker's, one at a time.
+        self._observers_lock = threading.Lock()
+        self._progress_failed: list[Observer] = []
 
     def execute(self) -> dict[str, Any]:
         core = self.config.core
-        self._check_resume()
+        self.check_resume()
         skip, first_id = self.output.prepare(core.incremental_mode)
         start = time.time()
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
         task = ShardTask(self.config)
         totals = RunTotals()
-        for observer in self.pipeline.observers:
-            observer.run_started(self.config)
+        self._notify("run_started", self.config)
+        self._count_totals(skip, first_id)
+        ticker = ProgressTicker(self.tracker, self._progress).start()
         try:
-            failed = self._run_round(self._shards(skip, first_id), task, totals)
+            failed = self._run_round(self._read(self._shards(skip, first_id)), task, totals)
             for _round in range(core.max_shard_retry):
                 if not failed:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
+            ticker.stop()
             summary = finish_output(self.pipeline.samples, self.output, totals, start, skipped=len(skip),
                                     failed=failed)
-            for observer in self.pipeline.observers:
-                observer.run_completed(summary)
+            self._notify("run_completed", summary)
         finally:
+            ticker.stop()
             close_runners()
             self.pipeline.close()
         return summary
@@ -100,6 +113,34 @@ class Run:
         return ShardCutter(samples.reader, self.sources, samples.input_columns(),
                            self.config.core.number_sample_per_shard, skip, first_id)
 
+    def _read(self, shards: Iterable[Shard]) -> Iterator[Shard]:
+        """``shards``, counted by the progress tracker as they are read, one ahead: the total is
+        known as the last shard goes out, not once it is done."""
+        source = iter(shards)
+        shard = next(source, None)
+        while shard is not None:
+            self.tracker.shard_read(shard.rows.num_rows if shard.rows is not None else 0)
+            following = next(source, None)
+            if following is None:
+                self.tracker.input_read()
+            yield shard
+            shard = following
+
+    def _count_totals(self, skip: set[int], first_id: int) -> None:
+        """Count the run's rows and shards before reading them, where the reader can (parquet
+        footers; a SampleReader's plan), on a thread: the first shards need not wait."""
+        reader, core = self.pipeline.samples.reader, self.config.core
+
+        def count() -> None:
+            try:
+                counted = counted_shards(reader, self.sources, core.number_sample_per_shard, skip, first_id)
+            except Exception:  # noqa: BLE001 - the totals are then counted as the input is read
+                return
+            if counted is not None:
+                self.tracker.set_totals(counted[0], len(counted[1]))
+
+        threading.Thread(target=count, name="any2ds-count-rows", daemon=True).start()
+
     def _run_round(self, shards: Iterable[Shard], task: ShardTask, totals: RunTotals) -> dict[int, Shard]:
         """Run ``shards``; return the ones that failed, by id, for the next round."""
         in_flight: dict[int, Shard] = {}
@@ -110,19 +151,44 @@ class Run:
                 in_flight[shard.shard_id] = shard
                 yield shard
 
-        for outcome in self.pipeline.distributor.run(tracked(), task, self.config):
+        distributor = self.pipeline.distributor
+        if self.tracker.live:
+            outcomes = distributor.run(tracked(), task, self.config, progress=self.tracker.report)
+        else:
+            outcomes = distributor.run(tracked(), task, self.config)
+        for outcome in outcomes:
             shard = in_flight.pop(outcome.shard_id)
             if isinstance(outcome, ShardFailure):
                 failed[outcome.shard_id] = shard
-                for observer in self.pipeline.observers:
-                    observer.shard_failed(outcome)
+                self.tracker.shard_failed(outcome.shard_id)
+                self._notify("shard_failed", outcome)
             else:
                 totals.add(outcome)
-                for observer in self.pipeline.observers:
-                    observer.shard_completed(outcome)
+                self.tracker.shard_completed(outcome)
+                self._notify("shard_completed", outcome)
+        self.tracker.round_ended()
         return failed
 
-    def _check_resume(self) -> None:
+    def _notify(self, method: str, *args: Any) -> None:
+        with self._observers_lock:
+            for observer in self.pipeline.observers:
+                getattr(observer, method)(*args)
+
+    def _progress(self, progress: RunProgress) -> None:
+        """The ticker's call: an observer failing to show progress is told once and not asked
+        again; the run and the other observers go on."""
+        with self._observers_lock:
+            for observer in self.pipeline.observers:
+                if observer in self._progress_failed:
+                    continue
+                try:
+                    observer.progress(progress)
+                except Exception as exc:  # noqa: BLE001 - progress is not worth a run
+                    self._progress_failed.append(observer)
+                    print(f"any2ds: observer {observer.name!r} failed to show progress, no longer asked: "
+                          f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def check_resume(self) -> None:
         """Refuse to resume into an output made with other sharding options (rows would move)."""
         if self.config.core.incremental_mode != "incremental":
             return
@@ -153,6 +219,11 @@ def finish_output(pipeline: SamplePipeline, output: OutputFolder, totals: RunTot
     return summary
 
 
+def _takes_progress(distributor: Distributor) -> bool:
+    """Whether the distributor's ``run`` accepts ``progress`` (hook spec 1.2; older ones do not)."""
+    return "progress" in inspect.signature(distributor.run).parameters
+
+
 class RunTotals:
     """A run's counts over its committed shards, and the summary made of them."""
 
@@ -162,6 +233,7 @@ class RunTotals:
         self.shards = 0
         self.statuses: Counter[str] = Counter()
         self.error_types: Counter[str] = Counter()
+        self.hosts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def add(self, stats: ShardStats) -> None:
         self.shards += 1
@@ -169,6 +241,8 @@ class RunTotals:
         self.successes += stats.successes
         self.statuses.update(stats.statuses)
         self.error_types.update(stats.error_types)
+        for host, types in stats.failed_hosts.items():
+            self.hosts[host].update(types)
 
     def summary(self, start: float, end: float, skipped: int, failed: Mapping[int, Shard],
                 config: RunConfig) -> dict[str, Any]:
@@ -178,6 +252,7 @@ class RunTotals:
             "successes": self.successes,
             "statuses": dict(self.statuses),
             "error_types": dict(self.error_types.most_common()),
+            "failed_hosts": top_hosts(self.hosts, TOP_FAILED_HOSTS),
             "shards_done": self.shards,
             "shards_skipped": skipped,
             "shards_failed": sorted(failed),

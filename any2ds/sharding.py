@@ -79,6 +79,30 @@ def check_columns(where: str, columns: Sequence[str], available: Sequence[str]) 
         )
 
 
+def counted_shards(reader: Reader, sources: Sequence[InputSource], rows_per_shard: int,
+                   skip: set[int] = frozenset(), first_id: int = 0) -> tuple[int | None, list[int]] | None:
+    """The rows and the shard ids a run will read, found without reading the rows, or None when
+    the reader cannot count them (see :meth:`Reader.count_rows`). A SampleReader's rows are
+    unknown (None); its shards are its plan's."""
+    if isinstance(reader, SampleReader):
+        return None, [shard_id + first_id for shard_id, _ in reader.plan(sources) if shard_id + first_id not in skip]
+    rows, ids = 0, []
+    shard_id = first_id
+    for source in sources:
+        count = reader.count_rows(source)
+        if count is None:
+            return None
+        in_file = -(-count // rows_per_shard)  # as ShardCutter cuts: per file, the last shard short
+        rows += count
+        for index in range(in_file):
+            if shard_id + index in skip:
+                rows -= min(rows_per_shard, count - index * rows_per_shard)
+            else:
+                ids.append(shard_id + index)
+        shard_id += in_file
+    return rows, ids
+
+
 def planned_shards(reader: SampleReader, sources: Sequence[InputSource], columns: Sequence[str],
                    skip: set[int] = frozenset(), first_id: int = 0) -> Iterator[Shard]:
     """The shards a SampleReader plans: ids offset by ``first_id``, those in ``skip`` left out."""

@@ -303,7 +303,7 @@ def _conformance_results() -> list[SampleResult]:
                         caption=f"caption {index}" if index != 1 else None, columns={"extra": index})
         if index in (2, 4):
             results.append(SampleResult(sample, status="failed_to_download", error_message="HTTP Error 404: Not Found",
-                                        error_type="HTTPError"))
+                                        error_type="http_4xx"))
             continue
         media = {"jpg": Media(bytes([index]) * (100 + index), "jpg"),
                  "thumbnail": Media(bytes([index + 10]) * 10, "thumb.jpg")}

@@ -157,8 +157,10 @@ class Shard:
 class ShardStats:
     """A finished shard's counts, as written to ``<shard>_stats.json``.
 
-    ``status_dict`` counts failure messages (img2dataset's name for it),
-    ``statuses`` counts statuses and ``error_types`` error classes.
+    ``status_dict`` counts failure messages (img2dataset's name for it; see
+    :func:`any2ds.errors.status_key`), ``statuses`` counts statuses and
+    ``error_types`` error classes; ``failed_hosts`` counts the failures of the
+    hosts failing most, by error type (``{"example.com": {"http_4xx": 3}}``).
     ``reported_statuses`` are the statuses the run's components can give
     (``failed_to_download``, each processor's ``failure_status``): they are
     written right after ``successes``, zero or not, as img2dataset writes its
@@ -174,6 +176,7 @@ class ShardStats:
     start_time: float
     end_time: float
     reported_statuses: tuple[str, ...] = ()
+    failed_hosts: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict)
 
     @property
     def duration(self) -> float:
@@ -190,6 +193,7 @@ class ShardStats:
             if status != "success":
                 data.setdefault(status, n)
         data["error_types"] = dict(self.error_types)
+        data["failed_hosts"] = {host: dict(types) for host, types in self.failed_hosts.items()}
         return data
 
 

@@ -21,9 +21,10 @@ import pickle
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -37,7 +38,8 @@ from any2ds.manager import PluginHost
 from any2ds.metadata import MetadataLayout
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.pipeline import SamplePipeline
-from any2ds.processing import ProcessingStage, failed_result
+from any2ds.processing import CORE, ProcessingStage, failed_result, failure
+from any2ds.progress import ShardProgress, ShardReporter
 from any2ds.types import FetchResult, Sample, SampleResult, Shard, ShardStats
 from any2ds.watchdog import Watchdog
 
@@ -73,7 +75,8 @@ class SampleFlow:
     """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
-                 core: CoreOptions, ordered: bool = True) -> None:
+                 core: CoreOptions, reader: str, ordered: bool = True) -> None:
+        self.reader = reader  # the name sample errors of the input are namespaced with
         self.fetching = fetching
         self.processing = processing
         self.cpu_pool = cpu_pool
@@ -129,7 +132,7 @@ class SampleFlow:
         """Start a sample's first stage; a sample that cannot start is done at once, failed."""
         seq, self._admitted = self._admitted, self._admitted + 1
         if sample.error is not None:
-            self._done(seq, _failed(sample, sample.error))
+            self._done(seq, failure(sample, sample.error, self.reader))
             return
         job = SampleJob(sample, seq)
         if sample.data is not None:
@@ -138,7 +141,7 @@ class SampleFlow:
             try:
                 job.fetcher = self.fetching.fetcher_for(sample.url)
             except SampleError as error:
-                self._done(seq, _failed(sample, error))
+                self._done(seq, failure(sample, error, CORE))
                 return
             self._fetches += 1
             self._run(job, self.fetching.start(job.fetcher, sample, job.mark_started))
@@ -190,10 +193,10 @@ class SampleFlow:
             if error is None:
                 self._to_processing(job, future.result())
             else:
-                self._done(job, _failed(job.sample, error))
+                self._done(job, failure(job.sample, error, job.fetcher.name))
             return
         job.fetched = None  # the result holds what it keeps of the body
-        self._done(job, future.result() if error is None else _failed(job.sample, error))
+        self._done(job, future.result() if error is None else failure(job.sample, error, CORE, "failed_to_process"))
 
     def _finish(self, job: SampleJob) -> None:
         """``job`` leaves the flow. Its future's done-callback refers back to it: a finished
@@ -213,7 +216,7 @@ class SampleFlow:
                     self.cpu_pool.abandon()
                 status = "failed_to_process"
             self._done(job, failed_result(job.sample, status, f"sample did not finish within sample_timeout="
-                                          f"{self.watchdog.timeout:g} s", "Watchdog"))
+                                          f"{self.watchdog.timeout:g} s", "watchdog"))
 
 
 def _inline(sample: Sample) -> FetchResult:
@@ -223,15 +226,17 @@ def _inline(sample: Sample) -> FetchResult:
                        attempts=0)
 
 
-def _failed(sample: Sample, error: BaseException) -> SampleResult:
-    if isinstance(error, SampleError):
-        return failed_result(sample, error.status, error.message, error.error_type)
-    return failed_result(sample, "failed_to_download", str(error) or type(error).__name__, type(error).__name__)
+# status_dict: distinct failure messages counted per shard; later new ones are counted by error type.
+MAX_STATUS_KEYS = 100
+# failed_hosts: the hosts with the most failures, per shard.
+TOP_FAILED_HOSTS = 20
 
 
 class StatsTally:
     """A shard's counts as its results are written: statuses, messages (img2dataset's
-    ``status_dict``, keyed by :func:`~any2ds.errors.status_key`) and error types."""
+    ``status_dict``, keyed by :func:`~any2ds.errors.status_key`, at most MAX_STATUS_KEYS
+    distinct messages, the rest under ``<error_type> (other messages)``), error types,
+    and the failures of the hosts failing most."""
 
     def __init__(self, reported_statuses: tuple[str, ...] = ()) -> None:
         self.reported_statuses = reported_statuses
@@ -239,18 +244,46 @@ class StatsTally:
         self.statuses: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()
         self.error_types: Counter[str] = Counter()
+        self.hosts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._distinct_messages = 0
 
     def add(self, result: SampleResult) -> None:
         self.statuses[result.status] += 1
-        self.messages[status_key(result.error_message) if result.error_message is not None else result.status] += 1
-        if result.error_type:
-            self.error_types[result.error_type] += 1
+        if result.error_message is None:
+            self.messages[result.status] += 1
+            return
+        error_type = result.error_type or result.status
+        host = _host(result.sample.url)
+        key = status_key(result.error_message, host)
+        if key not in self.messages:
+            if self._distinct_messages >= MAX_STATUS_KEYS:
+                key = f"{error_type} (other messages)"
+            else:
+                self._distinct_messages += 1
+        self.messages[key] += 1
+        self.error_types[error_type] += 1
+        if host:
+            self.hosts[host][error_type] += 1
 
     def stats(self, shard_id: int) -> ShardStats:
         return ShardStats(shard_id=shard_id, count=sum(self.statuses.values()), successes=self.statuses["success"],
                           status_dict=dict(self.messages), error_types=dict(self.error_types),
                           statuses=dict(self.statuses), start_time=self.start, end_time=time.time(),
-                          reported_statuses=self.reported_statuses)
+                          reported_statuses=self.reported_statuses,
+                          failed_hosts=top_hosts(self.hosts, TOP_FAILED_HOSTS))
+
+
+def top_hosts(hosts: Mapping[str, Counter[str]], count: int) -> dict[str, dict[str, int]]:
+    """The ``count`` hosts with the most failures (ties by name), each with its failures by type."""
+    top = sorted(hosts.items(), key=lambda item: (-item[1].total(), item[0]))[:count]
+    return {host: dict(types.most_common()) for host, types in top}
+
+
+def _host(url: str | None) -> str | None:
+    try:
+        return urlsplit(url).hostname if url else None
+    except ValueError:  # not a URL at all; its failure says so
+        return None
 
 
 class SampleStages:
@@ -272,7 +305,8 @@ class SampleStages:
 
     def flow(self, ordered: bool = True) -> SampleFlow:
         """A flow for one batch of samples (its own byte budget and watchdog; shared pools)."""
-        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, ordered)
+        reader = self.pipeline.reader.name if self.pipeline.reader is not None else CORE
+        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, reader, ordered)
 
     def close(self) -> None:
         self.fetching.close()
@@ -325,13 +359,16 @@ class ShardRunner:
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.intake = ShardIntake(self.pipeline.reader, self.pipeline.row_intake())
 
-    def run(self, shard: Shard) -> ShardStats:
-        """Fetch, process and write every sample of ``shard``, then commit it atomically."""
+    def run(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:
+        """Fetch, process and write every sample of ``shard``, then commit it atomically;
+        ``report`` receives the samples' counts as they finish (see :mod:`any2ds.progress`)."""
+        reporter = ShardReporter(shard.shard_id, report)
         layout = self.pipeline.layout(shard.column_schema)
         shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
         try:
             for result in self.stages.flow().results(self.intake.samples(shard)):
                 shard_write.write(result)
+                reporter.add(result)
         except BaseException:
             shard_write.abort()
             raise
@@ -346,7 +383,12 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 class ShardTask:
-    """The picklable unit a distributor ships: the config, rebuilt into a runner per process."""
+    """The picklable unit a distributor ships: the config, rebuilt into a runner per process.
+
+    ``task(shard, report)``: ``report``, if given, is called on the shard's thread with a
+    :class:`~any2ds.progress.ShardProgress` when the shard starts and then about every half
+    second while samples finish; the distributor carries these to the main process.
+    """
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -359,8 +401,8 @@ class ShardTask:
                 runner = _RUNNERS[self._config_id] = ShardRunner(self.config)
             return runner
 
-    def __call__(self, shard: Shard) -> ShardStats:
-        return self.runner().run(shard)
+    def __call__(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:
+        return self.runner().run(shard, report)
 
 
 def close_runners() -> None:

@@ -79,7 +79,7 @@ class HashVerifier(Verifier):
             # A null or empty expected value means there is nothing to check against.
             # Hex digests compare case-insensitively.
             if expected is not None and str(expected).strip() and str(expected).strip().lower() != digest:
-                raise VerifyError("hash mismatch", status="failed_to_download", error_type="HashMismatch")
+                raise VerifyError("hash mismatch", status="failed_to_download", error_type="hash_mismatch")
         return {name: digest}
 
 

@@ -9,9 +9,9 @@ points. ``processes_count`` is ignored; ``thread_count`` still applies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl
+from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardProgress, ShardStats, hookimpl
 
 
 class InProcessDistributor(Distributor):
@@ -19,10 +19,11 @@ class InProcessDistributor(Distributor):
 
     name = "inprocess"
 
-    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
+            progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:
         for shard in shards:
             try:
-                outcome = task(shard)
+                outcome = task(shard) if progress is None else task(shard, progress)  # reports go straight in
             except Exception as exc:  # the shard's failure, retried by the core; Ctrl-C still stops the run
                 outcome = ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
             yield outcome

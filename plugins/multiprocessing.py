@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import shutil
 import signal
-from collections.abc import Iterable, Iterator
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, hookimpl
+import attrs
+
+from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardProgress, ShardStats, hookimpl
+
+# A report is a few hundred bytes of JSON; a datagram can hold far more.
+MAX_REPORT_BYTES = 65536
+# Seconds the receiving thread waits before looking whether the run ended.
+RECEIVE_SECONDS = 0.2
 
 
 class MultiprocessingDistributor(Distributor):
@@ -23,10 +36,19 @@ class MultiprocessingDistributor(Distributor):
 
     name = "multiprocessing"
 
-    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
-        processes = config.core.processes_count
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
+            progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:
+        receiver = ProgressReceiver.open(progress) if progress is not None else None
+        try:
+            yield from self._run(shards, task, config.core.processes_count, receiver and receiver.address)
+        finally:
+            if receiver is not None:
+                receiver.close()
+
+    def _run(self, shards: Iterable[Shard], task: ShardFunction, processes: int,
+             reports: str | None) -> Iterator[ShardStats | ShardFailure]:
         window = 2 * processes
-        pool = _new_pool(processes)
+        pool = _new_pool(processes, reports)
         pending: dict[Future[ShardStats], Shard] = {}
         # Shards that were in a pool when one of its workers died: any of them may
         # have killed it, so each is re-run alone to find out, instead of every
@@ -35,13 +57,13 @@ class MultiprocessingDistributor(Distributor):
         try:
             for shard in shards:
                 while len(pending) >= window:
-                    outcomes, pool = self._collect(pending, pool, processes, suspects)
+                    outcomes, pool = self._collect(pending, pool, processes, suspects, reports)
                     yield from outcomes
-                pending[pool.submit(task, shard)] = shard
+                pending[pool.submit(_run_shard, task, shard)] = shard
             while pending:
-                outcomes, pool = self._collect(pending, pool, processes, suspects)
+                outcomes, pool = self._collect(pending, pool, processes, suspects, reports)
                 yield from outcomes
-            yield from self._run_alone(suspects, task)
+            yield from self._run_alone(suspects, task, reports)
         except BaseException:
             _stop(pool, grace=0)
             raise
@@ -51,7 +73,8 @@ class MultiprocessingDistributor(Distributor):
 
     @staticmethod
     def _collect(pending: dict[Future[ShardStats], Shard], pool: ProcessPoolExecutor, processes: int,
-                 suspects: list[Shard]) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
+                 suspects: list[Shard], reports: str | None,
+                 ) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         outcomes: list[ShardStats | ShardFailure] = []
         broken = False
@@ -68,35 +91,112 @@ class MultiprocessingDistributor(Distributor):
             suspects.extend(pending.values())
             pending.clear()
             _stop(pool, grace=0)
-            pool = _new_pool(processes)
+            pool = _new_pool(processes, reports)
         return outcomes, pool
 
     @staticmethod
-    def _run_alone(shards: list[Shard], task: ShardFunction) -> Iterator[ShardStats | ShardFailure]:
+    def _run_alone(shards: list[Shard], task: ShardFunction, reports: str | None) -> Iterator[ShardStats | ShardFailure]:
         """Run each shard alone in a one-worker pool: a worker death is then that shard's own."""
-        pool = _new_pool(1)
+        pool = _new_pool(1, reports)
         try:
             for shard in shards:
                 try:
-                    yield pool.submit(task, shard).result()
+                    yield pool.submit(_run_shard, task, shard).result()
                 except BrokenProcessPool as exc:
                     yield ShardFailure(shard.shard_id, f"worker process died: {exc}")
                     _stop(pool, grace=0)
-                    pool = _new_pool(1)
+                    pool = _new_pool(1, reports)
                 except Exception as exc:
                     yield ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
         finally:
             _stop(pool, grace=5)
 
 
-def _new_pool(processes: int) -> ProcessPoolExecutor:
+class ProgressReceiver:
+    """Main process: receives the workers' reports, one datagram each, on a Unix socket.
+
+    Not a multiprocessing.Queue: its writers share a lock, which a worker
+    killed in the middle of a put (a crash, the OOM killer) would hold for
+    ever, silencing every other worker. Datagrams share nothing; a report
+    lost to a full buffer costs nothing (the shard's outcome has the real
+    counts). The socket lives in a private temporary folder, so only this
+    user's processes can write to it.
+    """
+
+    def __init__(self, deliver: Callable[[ShardProgress], None], folder: str, sock: socket.socket) -> None:
+        self._deliver = deliver
+        self._folder = folder
+        self._socket = sock
+        self.address = sock.getsockname()
+        self._open = True
+        self._thread = threading.Thread(target=self._receive, name="any2ds-progress-receiver", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, deliver: Callable[[ShardProgress], None]) -> ProgressReceiver | None:
+        """A receiver, or None where Unix datagram sockets are missing (the run then goes without)."""
+        folder = tempfile.mkdtemp(prefix="any2ds-")
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(os.path.join(folder, "progress"))
+        except (AttributeError, OSError):
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        sock.settimeout(RECEIVE_SECONDS)
+        return cls(deliver, folder, sock)
+
+    def _receive(self) -> None:
+        while self._open:
+            try:
+                data = self._socket.recv(MAX_REPORT_BYTES)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                update = ShardProgress(**json.loads(data))
+            except (ValueError, TypeError):  # not a report: nothing of ours sends it
+                continue
+            self._deliver(update)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join()
+        self._socket.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+# In a worker process: where reports go, and the socket they are sent from.
+_REPORTS_ADDRESS: str | None = None
+_REPORTS_SOCKET: socket.socket | None = None
+
+
+def _new_pool(processes: int, reports: str | None) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_interrupts)
+                               initializer=_start_worker, initargs=(reports,))
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(reports: str | None) -> None:
     """Ctrl-C reaches the whole process group; the main process alone decides how to stop."""
+    global _REPORTS_ADDRESS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _REPORTS_ADDRESS = reports
+
+
+def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats:
+    """Runs in a worker process."""
+    return task(shard) if _REPORTS_ADDRESS is None else task(shard, _send_report)
+
+
+def _send_report(update: ShardProgress) -> None:
+    global _REPORTS_SOCKET
+    if _REPORTS_SOCKET is None:
+        _REPORTS_SOCKET = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _REPORTS_SOCKET.setblocking(False)  # a full buffer drops the report rather than stall the shard
+    try:
+        _REPORTS_SOCKET.sendto(json.dumps(attrs.asdict(update)).encode(), _REPORTS_ADDRESS)
+    except OSError:  # buffer full, or the run is ending
+        pass
 
 
 def _stop(pool: ProcessPoolExecutor, grace: float) -> None:

@@ -19,14 +19,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 
 from any2ds import (
-    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardStats, at_least, hookimpl, option,
+    ConfigError, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardProgress, ShardStats, at_least,
+    hookimpl, option,
 )
+
+# Seconds the thread taking reports waits on the queue before looking whether the run ended.
+RECEIVE_SECONDS = 0.5
 
 MISSING_RAY = "distributor ray needs ray: pip install 'any2ds[ray]'"
 # Seconds the preflight task may wait for a worker (a cluster may be scaling up).
@@ -57,24 +62,28 @@ class RayDistributor(Distributor):
     def check(self) -> None:
         _import_ray()
 
-    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig) -> Iterator[ShardStats | ShardFailure]:
+    def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
+            progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:
         ray = _import_ray()
         self._connect(ray, config)
         run_shard = ray.remote(max_retries=0)(_run_shard)  # the core retries failed shards
         window = self.options.ray_max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         task_ref = ray.put(task)  # stored once, not once per shard
+        reports = ReportQueue(progress) if progress is not None else None
         pending: dict[Any, int] = {}
         try:
             for shard in shards:
                 while len(pending) >= window:
                     yield from _collect(ray, pending)
-                pending[run_shard.remote(task_ref, shard)] = shard.shard_id
+                pending[run_shard.remote(task_ref, shard, reports and reports.queue)] = shard.shard_id
             while pending:
                 yield from _collect(ray, pending)
         finally:
             for ref in pending:  # the consumer stopped early (error, Ctrl-C): stop our tasks
                 with contextlib.suppress(Exception):  # already finished, or Ray is gone
                     ray.cancel(ref, force=True)
+            if reports is not None:
+                reports.close()
 
     def probe_workers(self, probe: Callable[[], Any], config: RunConfig) -> Any:
         """One Ray task runs ``probe`` (connecting to, or starting, Ray first); a task that fails
@@ -111,6 +120,38 @@ class RayDistributor(Distributor):
         self._started_ray = True
 
 
+class ReportQueue:
+    """The workers' reports, through a Ray queue (an actor holding no CPU), handed to ``deliver``
+    by a thread of the main process."""
+
+    def __init__(self, deliver: Callable[[ShardProgress], None]) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._deliver = deliver
+        self._open = True
+        self._thread = threading.Thread(target=self._receive, name="any2ds-ray-reports", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        from ray.util.queue import Empty
+
+        while self._open:
+            try:
+                update = self.queue.get(timeout=RECEIVE_SECONDS)
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - Ray is gone: the outcomes still carry the counts
+                return
+            self._deliver(update)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join()
+        with contextlib.suppress(Exception):
+            self.queue.shutdown()
+
+
 def _collect(ray: Any, pending: dict[Any, int]) -> Iterator[ShardStats | ShardFailure]:
     """Wait for at least one task; yield the outcome of every one that has ended."""
     done, _ = ray.wait(list(pending), num_returns=1)
@@ -136,10 +177,10 @@ def _call(probe: Callable[[], Any]) -> Any:
     return probe()
 
 
-def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats | ShardFailure:
-    """Runs in a Ray worker."""
+def _run_shard(task: ShardFunction, shard: Shard, reports: Any = None) -> ShardStats | ShardFailure:
+    """Runs in a Ray worker; ``reports``: the run's report queue, if it has one."""
     try:
-        return task(shard)
+        return task(shard) if reports is None else task(shard, reports.put)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the core retries the shard
         return ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
 

@@ -6,7 +6,10 @@ unlike img2dataset there is no barrier per job:
 * two jobs are in flight at once, so when the first one is down to its last
   stragglers the scheduler already runs the second one's tasks;
 * every task reports its outcome through an accumulator as soon as it ends,
-  so outcomes (progress, commits) stream per shard, not per job;
+  so outcomes (progress, commits) stream per shard, not per job; that is
+  also as live as the progress gets: Spark sends a task's accumulator updates
+  when the task ends, so ``run`` takes no ``progress`` channel and the counts
+  move a shard at a time;
 * a task that kills its Python worker fails only its own shard: Spark aborts
   the whole job, so the shards the abort killed are sent again in a later
   job, and only the shard named by the failure becomes a ``ShardFailure``.

@@ -171,13 +171,13 @@ def test_members_missing_their_pair_and_other_groups(tmp_path):
     samples = read_samples(reader(), str(write_tar_members(tmp_path / "x.tar", members)))
     by_key = {s.columns["source_key"]: s for s in samples}
     assert list(by_key) == ["a", "b", "c", "d", "e", "README", "f"]  # every group is a row, in archive order
-    assert by_key["a"].error.error_type == "MissingMedia"
+    assert by_key["a"].error.error_type == "missing"
     assert by_key["a"].error.message == "no media member (found: txt)" and by_key["a"].data is None
     assert by_key["a"].caption == "a caption without media"
     assert by_key["b"].error is None and by_key["b"].caption is None and by_key["b"].url is None
     assert by_key["c"].filename == "c.jpg" and Image.open(io.BytesIO(by_key["c"].data)).size == (12, 12)
-    assert by_key["d"].error.error_type == "InvalidJson" and "d.json" in by_key["d"].error.message
-    assert by_key["e"].error.error_type == "InvalidCaption"
+    assert by_key["d"].error.error_type == "archive.invalid_json" and "d.json" in by_key["d"].error.message
+    assert by_key["e"].error.error_type == "archive.invalid_caption"
     assert by_key["README"].error.message == "no media member (found: README)"
     assert by_key["f"].error.message == "no media member (found: bin)"
     # With bin as a media extension the last group is a sample; without captions nothing reads txt.
@@ -266,7 +266,7 @@ def test_keys_generated_or_kept_and_unsafe_source_keys(tmp_path):
     kept = read_samples(reader(keep_source_keys=True), str(path))
     assert [s.key for s in kept] == ["ok_1-A", "../evil", "/abs/path", "bad key", "ünï", "sub/x", "ok_1-A"]
     assert [s.error.error_type if s.error else None for s in kept] == [
-        None, "UnsafeKey", "UnsafeKey", "UnsafeKey", "UnsafeKey", "UnsafeKey", "DuplicateKey"]
+        None, "unsafe_key", "unsafe_key", "unsafe_key", "unsafe_key", "unsafe_key", "archive.duplicate_key"]
     assert kept[1].data is None and "letters, digits, _ and -" in kept[1].error.message
 
 
@@ -288,7 +288,7 @@ def test_a_member_over_the_cap_is_a_failed_row_and_is_not_read(tmp_path):
         samples = read_samples(archive_reader, str(path))
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert [s.error.error_type if s.error else None for s in samples] == [None, "MemberTooLarge", None]
+        assert [s.error.error_type if s.error else None for s in samples] == [None, "too_large", None]
         assert samples[1].error.message == f"member b.npy holds {len(big)} bytes, more than max_member_bytes=1048576"
         assert peak < 8 * 2**20, peak  # the 40 MiB member was skipped, not read
 
@@ -297,7 +297,7 @@ def test_zip_bomb_is_refused_by_its_declared_size(tmp_path):
     path = write_zip(tmp_path / "bomb.zip", [("a.jpg", b"\x00" * (64 * 2**20)), ("b.jpg", jpeg(8, 8))])
     assert path.stat().st_size < 2**20
     samples = read_samples(reader(max_member_bytes=2**20), str(path))
-    assert [s.error.error_type if s.error else None for s in samples] == ["MemberTooLarge", None]
+    assert [s.error.error_type if s.error else None for s in samples] == ["too_large", None]
 
 
 def test_links_are_failed_rows_not_followed(tmp_path):
@@ -314,7 +314,7 @@ def test_links_are_failed_rows_not_followed(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     samples = read_samples(reader(), str(path))
-    assert samples[0].error.error_type == "NotARegularFile" and "symbolic link" in samples[0].error.message
+    assert samples[0].error.error_type == "archive.not_a_file" and "symbolic link" in samples[0].error.message
     assert samples[1].error is None
 
 

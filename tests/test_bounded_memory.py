@@ -217,12 +217,12 @@ IMAGE_CASE = ProcessorCase(
     options={"processors": ["image"], "image_size": 64},
     good=Input("good.jpg", good_jpeg),
     worst=(
-        Input("bomb_header.png", lambda: png_declaring(BOMB_SIDE), IMAGE_FAILURE, "TooLarge"),
-        Input("bomb.png", real_bomb_png, IMAGE_FAILURE, "TooLarge"),
-        Input("bomb_header.jpg", lambda: _with_jpeg_dimensions(65_500, 65_500), IMAGE_FAILURE, "TooLarge"),
-        Input("bomb_header.gif", lambda: _with_gif_screen(65_535, 65_535), IMAGE_FAILURE, "TooLarge"),
-        Input("bomb_header.webp", lambda: _with_webp_canvas(16_384, 16_384), IMAGE_FAILURE, "TooLarge"),
-        Input("legal_huge.png", legal_huge_png, IMAGE_FAILURE, "OutOfMemory"),
+        Input("bomb_header.png", lambda: png_declaring(BOMB_SIDE), IMAGE_FAILURE, "too_large"),
+        Input("bomb.png", real_bomb_png, IMAGE_FAILURE, "too_large"),
+        Input("bomb_header.jpg", lambda: _with_jpeg_dimensions(65_500, 65_500), IMAGE_FAILURE, "too_large"),
+        Input("bomb_header.gif", lambda: _with_gif_screen(65_535, 65_535), IMAGE_FAILURE, "too_large"),
+        Input("bomb_header.webp", lambda: _with_webp_canvas(16_384, 16_384), IMAGE_FAILURE, "too_large"),
+        Input("legal_huge.png", legal_huge_png, IMAGE_FAILURE, "image.out_of_memory"),
         Input("legal_huge.jpg", legal_huge_jpeg, metadata={"original_width": 13_000}),
         Input("many_frames.gif", many_frame_gif),
         Input("many_frames.webp", many_frame_webp),
@@ -231,9 +231,9 @@ IMAGE_CASE = ProcessorCase(
         Input("exif_many_values.jpg", exif_many_values, metadata={"exif": TRUNCATED_EXIF}),
         Input("huge_icc.jpg", huge_icc_jpeg),
         Input("text_60MB.png", lambda: png_text(60)),  # Pillow allows 64 MB of text per image ...
-        Input("text_70MB.png", lambda: png_text(70), IMAGE_FAILURE, "DecodeError"),  # ... and no more
-        Input("text_chunk_2MB.png", lambda: png_text(1, 2 * MiB), IMAGE_FAILURE, "DecodeError"),  # 1 MB a chunk
-        Input("icc_bomb.png", png_icc_bomb, IMAGE_FAILURE, "DecodeError"),
+        Input("text_70MB.png", lambda: png_text(70), IMAGE_FAILURE, "decode"),  # ... and no more
+        Input("text_chunk_2MB.png", lambda: png_text(1, 2 * MiB), IMAGE_FAILURE, "decode"),  # 1 MB a chunk
+        Input("icc_bomb.png", png_icc_bomb, IMAGE_FAILURE, "decode"),
     ),
     headroom=300 * MiB,
 )
@@ -246,8 +246,8 @@ FILE_CASE = ProcessorCase(
         MAX_BODY,
         Input("max_body_gzip.bin", lambda: gzip_of_zeros(MAX_BODY_BYTES), metadata={"size": MAX_BODY_BYTES},
               headers={"Content-Encoding": "gzip"}),
-        Input("over_max_body.bin", lambda: random_bytes(MAX_BODY_BYTES + 1), "failed_to_download", "BodyTooLarge"),
-        Input("gzip_bomb.bin", lambda: gzip_of_zeros(4 * MAX_BODY_BYTES), "failed_to_download", "BodyTooLarge",
+        Input("over_max_body.bin", lambda: random_bytes(MAX_BODY_BYTES + 1), "failed_to_download", "too_large"),
+        Input("gzip_bomb.bin", lambda: gzip_of_zeros(4 * MAX_BODY_BYTES), "failed_to_download", "too_large",
               headers={"Content-Encoding": "gzip"}),
     ),
     headroom=400 * MiB,
@@ -270,18 +270,18 @@ AUDIO_CASE = ProcessorCase(
     worst=(
         # A FLAC header claiming 10 hours of stereo: refused from the header, before any decoding.
         Input("ten_hours.flac", lambda: flac_claiming(48000 * 3600 * 10, encoded(signal(48000, 2, 1.0), 48000, "FLAC")),
-              AUDIO_FAILURE, "TooLarge"),
+              AUDIO_FAILURE, "too_large"),
         Input("65535_channels.wav", lambda: wav_header(65535, 48000, 2**32 - 2) + bytes(100_000),
-              AUDIO_FAILURE, "DecodeError"),
+              AUDIO_FAILURE, "decode"),
         # A WAV header claiming 2 GiB over 30 s of real data: the real data is decoded, no more.
         Input("lying_length.wav", lambda: wav_header(2, 48000, 2**31) + bytes(48000 * 4 * 30),
               metadata={"original_duration": 30.0}),
         # Five honest hours of 8 kHz silence (a small FLAC): 144 M samples once resampled to 48 kHz.
-        Input("five_hours.flac", lambda: flac_silence(8000, 5 * 3600), AUDIO_FAILURE, "TooLarge"),
+        Input("five_hours.flac", lambda: flac_silence(8000, 5 * 3600), AUDIO_FAILURE, "too_large"),
         Input("truncated.mp3", lambda: encoded(signal(44100, 2, 4.0), 44100, "MP3")[:20_000], AUDIO_FAILURE,
-              "Truncated"),
+              "decode"),
         Input("html_as.mp3", lambda: b"<!doctype html><html><body>not found</body></html>", AUDIO_FAILURE,
-              "UnsupportedFormat"),
+              "audio.unsupported_format"),
     ),
     headroom=400 * MiB,
 )

@@ -23,6 +23,7 @@ import pytest
 
 import any2ds
 from any2ds.config import CoreOptions, RunConfig
+from any2ds.progress import ShardProgress
 from any2ds.types import Shard, ShardFailure, ShardStats
 from tests.conftest import JPEG_SIZES
 
@@ -63,6 +64,45 @@ class FlakyTask:
 
 # Spark's and Ray's worker processes import this module (FlakyTask).
 pytestmark = pytest.mark.usefixtures("workers_import_tests")
+
+
+class ReportingTask:
+    """Reports a sample, then waits until the main process has received the report (the test's
+    ``progress`` writes a marker file): a shard whose report did not arrive while it ran counts
+    no sample. The first run of a shard in ``crash_ids`` kills its worker just after reporting."""
+
+    def __init__(self, marker_dir: Path, crash_ids=()) -> None:
+        self.marker_dir = str(marker_dir)
+        self.crash_ids = frozenset(crash_ids)
+
+    def __call__(self, shard: Shard, report=None) -> ShardStats:
+        report(ShardProgress(shard.shard_id, samples=1, successes=1))
+        tried = Path(self.marker_dir) / f"{shard.shard_id}.tried"
+        if shard.shard_id in self.crash_ids and not tried.exists():
+            tried.touch()
+            os._exit(3)
+        seen = Path(self.marker_dir) / f"{shard.shard_id}.seen"
+        deadline = time.monotonic() + 30
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        n = int(seen.exists())
+        now = time.time()
+        return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
+
+
+def check_live_reports(distributor, marker_dir: Path, shards: int, crash_ids=()) -> None:
+    """Every shard's report reaches ``progress`` in the main process while the shard runs, also
+    after a worker died."""
+    marker_dir.mkdir()
+
+    def progress(update: ShardProgress) -> None:
+        if update.samples:
+            (marker_dir / f"{update.shard_id}.seen").touch()
+
+    outcomes = list(distributor.run(make_shards(shards, []), ReportingTask(marker_dir, crash_ids), run_config(),
+                                    progress=progress))
+    counts = {o.shard_id: o.count for o in outcomes if isinstance(o, ShardStats)}
+    assert counts == {shard_id: 1 for shard_id in range(shards)}, outcomes
 
 
 @pytest.fixture
@@ -138,6 +178,15 @@ def check_rounds(first, second, shards: int, raised: int, crashed: int, slow: in
     assert failures[raised] == f"RuntimeError: boom in shard {raised}"
     assert all(isinstance(o, ShardStats) for o in second) and sorted(o.shard_id for o in second) == sorted(failures)
     return failures
+
+
+# --------------------------------------------------------------------------- multiprocessing
+
+
+def test_multiprocessing_reports_arrive_while_shards_run_even_after_a_worker_died(tmp_path):
+    from any2ds_plugins.multiprocessing import MultiprocessingDistributor
+
+    check_live_reports(MultiprocessingDistributor(None), tmp_path / "markers", 6, crash_ids={2})
 
 
 # --------------------------------------------------------------------------- pyspark
@@ -285,6 +334,7 @@ class TestRay:
             input_file, urls = input_parquet
             summary = download(input_file, tmp_path / "out", "ray", ray_max_in_flight=3)
             assert ray.is_initialized(), "the download found Ray running: not its to shut down"
+            check_live_reports(distributor, tmp_path / "reports", 4)
         finally:
             distributor.close()
         assert not ray.is_initialized()

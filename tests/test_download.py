@@ -461,10 +461,10 @@ def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_inpu
                               sample_timeout=2)
     assert time.monotonic() - start < 60
     # Row 1 of shards 0 and 1 hang; row 1 of shard 2 is the 404, which never reaches processors.
-    assert summary["state"] == "done" and summary["error_types"].get("Watchdog") == 2
+    assert summary["state"] == "done" and summary["error_types"].get("watchdog") == 2
     rows = read_metadata(out)
     assert len(rows) == len(IMAGES) + 3
-    stuck = [r for r in rows if r["error_type"] == "Watchdog"]
+    stuck = [r for r in rows if r["error_type"] == "watchdog"]
     assert [r["key"] for r in stuck] == ["000001", "000011"]
     assert stuck[0]["error_message"] == "sample did not finish within sample_timeout=2 s"
 

@@ -36,11 +36,11 @@ class Outcome(NamedTuple):
 
 
 SUCCESS = Outcome("success")
-TIMED_OUT = Outcome("failed_to_download", "Timeout", "timed out")
-UNDECODABLE = Outcome("failed_to_resize", "DecodeError", "Image decoding error")
-BOMB = Outcome("failed_to_resize", "TooLarge", "image too large to decode (more than max_image_pixels=")
-TOO_BIG = Outcome("failed_to_download", "BodyTooLarge", "body larger than 67108864 bytes")
-TOO_MANY_REDIRECTS = Outcome("failed_to_download", "TooManyRedirects", "Exceeded 10 redirects.")
+TIMED_OUT = Outcome("failed_to_download", "timeout", "timed out")
+UNDECODABLE = Outcome("failed_to_resize", "decode", "Image decoding error")
+BOMB = Outcome("failed_to_resize", "too_large", "image too large to decode (more than max_image_pixels=")
+TOO_BIG = Outcome("failed_to_download", "too_large", "body larger than 67108864 bytes")
+TOO_MANY_REDIRECTS = Outcome("failed_to_download", "redirect", "Exceeded 10 redirects.")
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +110,7 @@ def run_faults(tmp_path: Path, good_url: str, faults: dict[str, Outcome], **opti
 def test_broken_transfers_fail_within_the_deadline(tmp_path, fault_server, good_url, image_dir):
     on = fault_server.url
     size = len((image_dir / "123_456.jpg").read_bytes())
-    over_deadline = Outcome("failed_to_download", "Timeout", f"timed out (total deadline of {TIMEOUT} s)")
+    over_deadline = Outcome("failed_to_download", "timeout", f"timed out (total deadline of {TIMEOUT} s)")
     faults = {
         on("/stall_headers/a"): TIMED_OUT,
         on("/stall_body/a"): TIMED_OUT,
@@ -118,11 +118,11 @@ def test_broken_transfers_fail_within_the_deadline(tmp_path, fault_server, good_
         on("/drip_headers/a"): over_deadline,
         on("/drip_body/a"): over_deadline,
         fault_server.tls_url("/a"): TIMED_OUT,  # a TLS handshake trickled byte by byte
-        on("/short_body/a"): Outcome("failed_to_download", "ConnectionError",
+        on("/short_body/a"): Outcome("failed_to_download", "connect",
                                      f"IncompleteRead({size // 2} bytes read, {size - size // 2} more expected)"),
-        on("/reset_mid_body/a"): Outcome("failed_to_download", "ConnectionError",
+        on("/reset_mid_body/a"): Outcome("failed_to_download", "connect",
                                          "[Errno 104] Connection reset by peer"),
-        on("/close_without_response/a"): Outcome("failed_to_download", "ConnectionError",
+        on("/close_without_response/a"): Outcome("failed_to_download", "connect",
                                                  "Remote end closed connection without response"),
         on("/endless_body/a"): TOO_BIG,
     }
@@ -139,12 +139,12 @@ def test_redirect_faults(tmp_path, fault_server, good_url):
         fault_server.url("/redirect_chain/30"): TOO_MANY_REDIRECTS,
         fault_server.url("/redirect_chain/5"): SUCCESS,
         redirect_to("ftp://127.0.0.1/image.jpg"): Outcome(
-            "failed_to_download", "UnsupportedRedirect", "redirect to unsupported URL scheme 'ftp'"),
+            "failed_to_download", "redirect", "redirect to unsupported URL scheme 'ftp'"),
         redirect_to("file:///etc/passwd"): Outcome(
-            "failed_to_download", "UnsupportedRedirect", "redirect to unsupported URL scheme 'file'"),
+            "failed_to_download", "redirect", "redirect to unsupported URL scheme 'file'"),
         # Loopback is allowed in these runs; link-local (cloud metadata) still is not.
         redirect_to("http://169.254.169.254/latest/meta-data/"): Outcome(
-            "failed_to_download", "BlockedAddress",
+            "failed_to_download", "blocked",
             "blocked: 169.254.169.254 is a cloud metadata address (set allow_link_local to allow)"),
     }
     elapsed = run_faults(tmp_path, good_url, faults)
@@ -169,9 +169,9 @@ def test_bodies_that_are_not_what_they_claim(tmp_path, fault_server, good_url):
 
 def test_throttling_is_retried_after_a_capped_wait(tmp_path, fault_server, good_url):
     outcomes = {
-        "/status/429?retry_after=1": Outcome("failed_to_download", "HTTPError", "HTTP Error 429: Too Many Requests"),
+        "/status/429?retry_after=1": Outcome("failed_to_download", "rate_limited", "HTTP Error 429: Too Many Requests"),
         # An hour's Retry-After is capped by max_retry_after: the run does not wait for it.
-        "/status/503?retry_after=3600": Outcome("failed_to_download", "HTTPError",
+        "/status/503?retry_after=3600": Outcome("failed_to_download", "http_5xx",
                                                 "HTTP Error 503: Service Unavailable"),
         "/flaky/429/a": SUCCESS,
         "/flaky/503/a": SUCCESS,
@@ -198,7 +198,7 @@ def test_long_and_non_ascii_urls(tmp_path, fault_server, good_url):
     # With the fetcher's deadline far away, the core watchdog (sample_timeout) fails the samples; the
     # distributor then ends the worker whose threads are still stuck, after a 5 s grace period.
     ({"timeout": 25.0, "sample_timeout": 2.0},
-     Outcome("failed_to_download", "Watchdog", "sample did not finish within sample_timeout=2 s"), 2.0, 5.0),
+     Outcome("failed_to_download", "watchdog", "sample did not finish within sample_timeout=2 s"), 2.0, 5.0),
 ], ids=["fetch_deadline", "watchdog"])
 def test_a_run_whose_server_stalls_every_connection_ends(tmp_path, fault_server, options, stuck, per_sample,
                                                          end_grace):
@@ -212,21 +212,21 @@ def test_a_run_whose_server_stalls_every_connection_ends(tmp_path, fault_server,
 def test_url_list_safety_by_default(tmp_path, fault_server, good_url):
     """With the default options nothing on this machine is reachable, however the URL names it."""
     port = fault_server.port
-    blocked_loopback = Outcome("failed_to_download", "BlockedAddress",
+    blocked_loopback = Outcome("failed_to_download", "blocked",
                                "blocked: 127.0.0.1 is a loopback address (set allow_private_networks to allow)")
     cases = {
         good_url: blocked_loopback,
         f"http://localhost:{port}/image/a": blocked_loopback,
         f"http://2130706433:{port}/image/a": blocked_loopback,
         f"http://0x7f.0.0.1:{port}/image/a": blocked_loopback,
-        f"http://[::1]:{port}/image/a": Outcome("failed_to_download", "BlockedAddress",
+        f"http://[::1]:{port}/image/a": Outcome("failed_to_download", "blocked",
                                                  "blocked: ::1 is a loopback address"),
         "http://169.254.169.254/latest/meta-data/": Outcome(
-            "failed_to_download", "BlockedAddress", "blocked: 169.254.169.254 is a cloud metadata address"),
-        "file:///etc/passwd": Outcome("failed_to_download", "UnsupportedScheme",
+            "failed_to_download", "blocked", "blocked: 169.254.169.254 is a cloud metadata address"),
+        "file:///etc/passwd": Outcome("failed_to_download", "unsupported",
                                       "unsupported URL scheme 'file' (enabled: http, https)"),
-        "/etc/passwd": Outcome("failed_to_download", "UnsupportedScheme", "unsupported URL scheme ''"),
-        "ftp://127.0.0.1/image.jpg": Outcome("failed_to_download", "UnsupportedScheme",
+        "/etc/passwd": Outcome("failed_to_download", "unsupported", "unsupported URL scheme ''"),
+        "ftp://127.0.0.1/image.jpg": Outcome("failed_to_download", "unsupported",
                                              "unsupported URL scheme 'ftp'"),
     }
     out = tmp_path / "out"

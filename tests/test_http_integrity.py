@@ -30,7 +30,7 @@ HTTP_FETCHERS = [registration.cls for registration in PluginHost.load().registri
 FLOOD = 50  # informational responses before the final one: more than any fetcher should accept
 # How a failed fetch may be classified; anything else (a Timeout: a fetcher waiting for bytes
 # that never come) is a bug.
-CLEAN_FAILURES = {"ProtocolError", "ConnectionError", "HTTPError"}
+CLEAN_FAILURES = {"protocol", "connect", "http_4xx", "http_5xx"}
 
 
 @pytest.fixture(autouse=True)
@@ -82,12 +82,12 @@ SCENARIOS = {
     "three 102 then 200": [("/informational/102/{}?count=3", None)],
     # old clients took the 103 as the answer; the 200 then arrived for the next request
     "103, 200 later": [("/informational/103/{}?delay=0.3", None)],
-    "1xx flood": [(f"/informational/103/{{}}?count={FLOOD}", "ProtocolError")],
-    "101 switching protocols": [("/informational/101/{}", "ProtocolError")],
-    "two responses at once": [("/two_responses/{}", "ProtocolError")],
+    "1xx flood": [(f"/informational/103/{{}}?count={FLOOD}", "protocol")],
+    "101 switching protocols": [("/informational/101/{}", "protocol")],
+    "two responses at once": [("/two_responses/{}", "protocol")],
     # the second response waits for the next request: that one reads it first, then its own
-    "two responses, second late": [("/two_responses/{}?late=1", None), ("/body/{}", "ProtocolError")],
-    "headers then close": [("/headers_then_close/{}", "ConnectionError")],
+    "two responses, second late": [("/two_responses/{}?late=1", None), ("/body/{}", "protocol")],
+    "headers then close": [("/headers_then_close/{}", "connect")],
     "stale connection closed on request": [("/stale/{}", None)],
 }
 

@@ -70,9 +70,9 @@ def check_rows(rows: dict[str, dict], image_dir: Path, image_sizes: dict, shards
         assert row["url"].endswith(f"/allowed/{name}")
         if name == "missing.jpg":
             assert (row["status"], row["error_type"], row["error_message"]) == (
-                "failed_to_download", "HTTPError", "HTTP Error 404: Not Found")
+                "failed_to_download", "http_4xx", "HTTP Error 404: Not Found")
         elif name == "not_an_image.jpg":
-            assert (row["status"], row["error_type"]) == ("failed_to_resize", "DecodeError")
+            assert (row["status"], row["error_type"]) == ("failed_to_resize", "decode")
         else:
             assert (row["status"], row["error_message"], row["error_type"]) == ("success", None, None)
             picture = Image.open(io.BytesIO(row["jpg"]))

@@ -79,7 +79,7 @@ def test_the_watchdog_and_the_limits_are_the_executors(http_server):
     http_server.route("/hang/", hang)
     with Pipeline(**{**OPTIONS, "sample_timeout": 0.5, "timeout": 30}) as pipeline:
         (result,) = pipeline.process([{"url": http_server.url("/hang/x.jpg")}])
-    assert (result.status, result.error_type) == ("failed_to_download", "Watchdog")
+    assert (result.status, result.error_type) == ("failed_to_download", "watchdog")
 
 
 def test_missing_input_columns_are_named(pipeline):
@@ -91,7 +91,7 @@ def test_missing_input_columns_are_named(pipeline):
 
 def test_a_dict_missing_a_url_is_a_failed_row(pipeline):
     (result,) = pipeline.process([{"caption": "no url"}])
-    assert (result.status, result.error_type, result.sample.caption) == ("failed_to_download", "MissingURL", "no url")
+    assert (result.status, result.error_type, result.sample.caption) == ("failed_to_download", "missing", "no url")
 
 
 @pytest.mark.parametrize("options, message", [

@@ -386,6 +386,6 @@ def test_unreachable_robots_txt_disallows_and_a_huge_one_is_read_in_part(servers
     huge = servers(robots=(200, b"User-agent: *\n" + b"Disallow: /a\n" * (ROBOTS_MAX_BYTES // 12) + b"Disallow: /b\n"))
     outcomes = fetch_all([silent.url("/x"), huge.url("/a"), huge.url("/b")], threads=1)
     assert outcomes[silent.url("/x")].error_type == ROBOTS_TXT_REFUSAL
-    assert "robots.txt unreachable (ConnectionError)" in outcomes[silent.url("/x")].message
+    assert "robots.txt unreachable (connect)" in outcomes[silent.url("/x")].message
     assert outcomes[huge.url("/a")].error_type == ROBOTS_TXT_REFUSAL
     assert outcomes[huge.url("/b")].body  # its rule lies past the first 500 KiB, which alone are read

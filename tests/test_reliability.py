@@ -127,7 +127,7 @@ def test_a_plugin_cannot_write_outside_through_an_extension(tmp_path, http_serve
                     allow_private_networks=True,
                     plugins=[str(plugin)], thread_count=2)
     (row,) = read_metadata(out)
-    assert row["status"] == "failed_to_process" and row["error_type"] == "UnsafeExtension"
+    assert row["status"] == "failed_to_process" and row["error_type"] == "unsafe_extension"
     assert not list(tmp_path.rglob("*escaped*"))
 
 

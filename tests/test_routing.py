@@ -107,7 +107,7 @@ class AsyncHTTP(Fetcher):
         head, _, body = response.partition(b"\r\n\r\n")
         status = int(head.split()[1])
         if status != 200:
-            raise FetchError(f"HTTP Error {status}", error_type="HTTPError")
+            raise FetchError(f"HTTP Error {status}", error_type="http_4xx")
         return FetchResult(body=body, url=sample.url)
 
 
@@ -137,8 +137,8 @@ def test_an_async_fetcher_keeps_a_shard_in_flight_on_one_thread(tmp_path):
     rows = {row["url"].rsplit("/", 2)[1] + "/" + row["url"].rsplit("/", 1)[1]: row
             for row in read_dataset(tmp_path / "out").rows}
     assert all(rows[f"slow/{i}"]["status"] == "success" for i in range(30))
-    assert (rows["hang/x"]["status"], rows["hang/x"]["error_type"]) == ("failed_to_download", "Watchdog")
-    assert rows["missing/y"]["error_type"] == "HTTPError"
+    assert (rows["hang/x"]["status"], rows["hang/x"]["error_type"]) == ("failed_to_download", "watchdog")
+    assert rows["missing/y"]["error_type"] == "http_4xx"
     assert len(AsyncHTTP.threads) == 1, "every fetch ran on the worker's one event loop thread"
     assert AsyncHTTP.peak >= 30, f"only {AsyncHTTP.peak} fetches were in flight at once"
 

@@ -41,7 +41,7 @@ def open_audio(body: bytes) -> Iterator[sf.SoundFile]:
         raise _open_failure(body, exc) from exc
     with audio:
         if audio.samplerate <= 0 or audio.channels <= 0:
-            raise failure(DECODING_ERROR, "DecodeError")
+            raise failure(DECODING_ERROR, "decode")
         yield audio
 
 
@@ -66,9 +66,9 @@ def frames_to_read(audio: sf.SoundFile, cut: int | None) -> int | None:
 def read_frames(audio: sf.SoundFile, wanted: int | None, budget: int, max_samples: int) -> np.ndarray:
     """Decode ``wanted`` frames (to the end when None) as float32 ``(frames, channels)``.
 
-    Refuses (TooLarge) more than ``budget`` frames: before decoding when
+    Refuses (too_large) more than ``budget`` frames: before decoding when
     ``wanted`` is over it, while decoding when the length is unknown. A
-    stream ending well before ``wanted`` is Truncated.
+    stream ending well before ``wanted`` is a decode failure ("truncated audio").
     """
     if budget < 1 or (wanted is not None and wanted > budget):
         raise too_large(max_samples)
@@ -90,7 +90,7 @@ def read_frames(audio: sf.SoundFile, wanted: int | None, budget: int, max_sample
     if filled > budget:
         raise too_large(max_samples)
     if wanted is not None and wanted - filled > max(TRUNCATION_MIN_FRAMES, TRUNCATION_TOLERANCE * wanted):
-        raise failure("truncated audio", "Truncated")
+        raise failure("truncated audio", "decode")
     return buffer[:filled]
 
 
@@ -105,14 +105,14 @@ def _open_failure(body: bytes, exc: Exception) -> Exception:
         return _decode_failure(exc)
     detected = detect_media_type(body)  # magic bytes only
     if detected.extension == "bin":
-        return failure("unrecognised audio format", "UnsupportedFormat")
+        return failure("unrecognised audio format", "audio.unsupported_format")
     if detected.extension in DECODABLE_DETECTED:  # the magic bytes of a format libsndfile reads, and nothing behind them
-        return failure(f"{DECODING_ERROR} (malformed {detected.extension})", "DecodeError")
-    return failure(f"unsupported audio format ({detected.extension})", "UnsupportedFormat")
+        return failure(f"{DECODING_ERROR} (malformed {detected.extension})", "decode")
+    return failure(f"unsupported audio format ({detected.extension})", "audio.unsupported_format")
 
 
 def _decode_failure(exc: Exception) -> Exception:
     """libsndfile's error text is fixed per error code; soundfile's message adds the object's address."""
     code = getattr(exc, "code", None)
     reason = RENAMED_ERRORS.get(code) or getattr(exc, "error_string", None)
-    return failure(f"{DECODING_ERROR} ({reason.strip()})" if reason else DECODING_ERROR, "DecodeError")
+    return failure(f"{DECODING_ERROR} ({reason.strip()})" if reason else DECODING_ERROR, "decode")

@@ -71,7 +71,7 @@ def encode(samples: np.ndarray, sample_rate: int, encode_format: str, compressio
     encoder = ENCODERS[encode_format]
     refusal = encoder.refusal(encode_format, sample_rate, samples.shape[1])
     if refusal is not None:
-        raise failure(f"{refusal}; set audio_sample_rate or audio_channels", "UnsupportedByEncoder")
+        raise failure(f"{refusal}; set audio_sample_rate or audio_channels", "audio.unsupported_by_encoder")
     # libsndfile wraps out-of-range floats around when it writes integer samples; resampling overshoots.
     np.clip(samples, -1.0, 1.0, out=samples)
     buffer = io.BytesIO()
@@ -80,5 +80,5 @@ def encode(samples: np.ndarray, sample_rate: int, encode_format: str, compressio
                  compression_level=compression_level,
                  bitrate_mode=bitrate_mode.upper() if bitrate_mode is not None else None)
     except Exception as exc:
-        raise failure(f"audio encoding error ({encode_format})", "EncodeError") from exc
+        raise failure(f"audio encoding error ({encode_format})", "encode") from exc
     return buffer.getvalue()

@@ -16,4 +16,4 @@ def failure(message: str, error_type: str) -> ProcessError:
 
 def too_large(max_samples: int) -> ProcessError:
     """The bomb-guard failure; one message per run."""
-    return failure(f"audio too large to process (more than audio_max_samples={max_samples} samples)", "TooLarge")
+    return failure(f"audio too large to process (more than audio_max_samples={max_samples} samples)", "too_large")

@@ -2,7 +2,7 @@
 
 Decoding is libsndfile's (wav, flac, ogg Vorbis and Opus, mp3, aiff, ...),
 bounded by ``max_samples`` (see ``decode.py``); resampling is soxr's (HQ).
-Formats libsndfile cannot read (m4a/aac, webm) fail as UnsupportedFormat.
+Formats libsndfile cannot read (m4a/aac, webm) fail as `audio.unsupported_format`.
 """
 
 from __future__ import annotations
@@ -155,9 +155,9 @@ class AudioProcessor(Processor):
             original_frames = header_frames(audio) if cut is not None and len(samples) == cut else len(samples)
             container, codec = audio.format, codec_name(audio)
         if len(samples) == 0:
-            raise failure("empty audio", "EmptyAudio")
+            raise failure("empty audio", "audio.empty")
         if len(samples) / rate < settings.min_duration:
-            raise failure("audio too short", "FilteredOut")
+            raise failure("audio too short", "filtered")
         samples = self._convert(samples, rate, out_rate, out_channels)
         if settings.max_duration is not None:  # exact at the output rate, whatever the resampling ratio
             samples = samples[:round(settings.max_duration * out_rate)]
@@ -182,7 +182,7 @@ class AudioProcessor(Processor):
             try:
                 samples = soxr.resample(samples, rate, out_rate)
             except Exception as exc:  # soxr refuses ratios it cannot handle
-                raise failure("audio resampling error", "ResampleError") from exc
+                raise failure("audio resampling error", "audio.resample") from exc
         return to_channels(samples, out_channels)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import attrs
@@ -34,6 +35,8 @@ NAT64_NETWORK = ip_network("64:ff9b::/96")
 
 class BlockedAddress(FetchError):
     """A URL whose host is, or resolves to, an address the run does not allow; never retried."""
+
+    error_type = "blocked"
 
 
 def embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
@@ -98,7 +101,7 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple]:
 
     IP literals (including ``2130706433`` and ``0x7f.0.0.1``) are parsed at
     once; names are resolved on a helper thread, abandoned if it overruns
-    (it ends when the resolver gives up). Raises TimeoutError on overrun.
+    (it ends when the resolver gives up). An overrun raises ``socket.gaierror`` (EAI_AGAIN).
     """
     host = host.strip("[]")
     family = allowed_gai_family()
@@ -115,4 +118,7 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple]:
             answer.set_exception(exc)
 
     threading.Thread(target=lookup, name="any2ds-dns", daemon=True).start()
-    return answer.result(timeout)
+    try:
+        return answer.result(timeout)
+    except FuturesTimeout:  # a resolver too slow to answer is a DNS failure, not the server's
+        raise socket.gaierror(socket.EAI_AGAIN, "DNS lookup timed out") from None

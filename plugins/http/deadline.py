@@ -48,7 +48,7 @@ class Attempt:
         return remaining
 
     def deadline_error(self) -> FetchError:
-        return FetchError(f"timed out (total deadline of {self.timeout} s)", retryable=True, error_type="Timeout")
+        return FetchError(f"timed out (total deadline of {self.timeout} s)", retryable=True, error_type="timeout")
 
     def connect(self, host: str, port: int, source_address: tuple[str, int] | None,
                 socket_options: list[tuple] | None) -> socket.socket:

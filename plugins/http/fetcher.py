@@ -61,7 +61,7 @@ class HttpFetcher(Fetcher):
     allows them), nor link-local addresses and cloud metadata endpoints
     (169.254/16, fe80::/10, fd00:ec2::254, 100.100.100.200, 168.63.129.16;
     ``allow_link_local`` allows them). A refused URL fails with error type
-    ``BlockedAddress``, never retried. Through a proxy (``http_proxy``...)
+    ``blocked``, never retried. Through a proxy (``http_proxy``...)
     the proxy is trusted and the target's locally resolved addresses must
     all be allowed.
     """
@@ -101,7 +101,7 @@ class HttpFetcher(Fetcher):
             at_least(0))
         respect_robots_txt: bool = option(
             False, "Fetch each site's robots.txt (once per machine) and refuse the URLs it disallows for "
-                   "user_agent_token (error type RobotsTxtRefusal).")
+                   "user_agent_token (error type opt_out).")
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
@@ -191,7 +191,7 @@ class HttpFetcher(Fetcher):
             while response.is_redirect:
                 if redirects == self.options.max_redirects:
                     raise FetchError(f"Exceeded {self.options.max_redirects} redirects.",
-                                     error_type="TooManyRedirects")
+                                     error_type="redirect")
                 url = self._redirect_target(session, response)
                 self._discard(response, attempt)
                 redirects += 1
@@ -241,7 +241,7 @@ class HttpFetcher(Fetcher):
         except HTTPStatusError as error:
             return RobotsAnswer(error.http_status)
         except FetchError as error:
-            if error.error_type in ("TooManyRedirects", "UnsupportedRedirect"):
+            if error.error_type == "redirect":
                 return RobotsAnswer(404)  # no robots.txt to be found: RFC 9309 treats it as unavailable
             return RobotsAnswer(None, problem=error.error_type)
         return RobotsAnswer(200, result.body)
@@ -271,7 +271,7 @@ class HttpFetcher(Fetcher):
         target = urljoin(response.url, session.get_redirect_target(response))
         scheme = urlsplit(target).scheme.lower()
         if scheme not in self.schemes:
-            raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="UnsupportedRedirect")
+            raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="redirect")
         return target
 
     def _check(self, response: requests.Response, attempt: Attempt, number: int, *, x_robots_tag: bool) -> None:
@@ -292,7 +292,7 @@ class HttpFetcher(Fetcher):
         if self.disallowed and robots_refused(response.raw.headers.getlist("X-Robots-Tag"), self.token,
                                               self.disallowed):
             raise FetchError("Use of image disallowed by X-Robots-Tag directive", retryable=False,
-                             error_type="XRobotsTagRefusal")
+                             error_type="opt_out")
         length = _content_length(response)
         if length is not None and length > self.options.max_body_bytes:
             raise self._too_large()
@@ -345,7 +345,7 @@ class HttpFetcher(Fetcher):
 
     def _too_large(self) -> FetchError:
         return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,
-                          error_type="BodyTooLarge")
+                          error_type="too_large")
 
 
 def _content_length(response: requests.Response) -> int | None:

@@ -57,8 +57,9 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> HT
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
+    kind = "rate_limited" if status == 429 else "http_4xx" if status < 500 else "http_5xx"
     return HTTPStatusError(f"HTTP Error {status}: {reason}", retryable=status in RETRYABLE_STATUSES,
-                           error_type="HTTPError", http_status=status, retry_after=parse_retry_after(retry_after))
+                           error_type=kind, http_status=status, retry_after=parse_retry_after(retry_after))
 
 
 def retry_delay(error: FetchError, failed_attempts: int, backoff: float, longest: float) -> float:

@@ -39,7 +39,7 @@ from protego import Protego
 from any2ds import FetchError
 from any2ds_plugins.http.hosts import HOST_HASH_BITS, ROBOTS_REGION, SharedLocks, authority, key_hash
 
-ROBOTS_TXT_REFUSAL = "RobotsTxtRefusal"  # the error type of every row robots.txt refuses
+ROBOTS_TXT_REFUSAL = "opt_out"  # the error type of every row robots.txt refuses, as of an X-Robots-Tag refusal
 ROBOTS_MAX_BYTES = 500 * 1024
 RULES_SECONDS = 24 * 3600.0
 UNREACHABLE_SECONDS = 600.0

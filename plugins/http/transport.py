@@ -50,23 +50,33 @@ def is_stale_connection(exc: BaseException) -> bool:
     return any(isinstance(cause, StaleConnection) for cause in causes(exc))
 
 
+# requests' and urllib3's ways of saying the URL itself is wrong.
+_INVALID_URL = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                requests.exceptions.URLRequired, urllib3.exceptions.LocationParseError)
+
+
 def as_fetch_error(exc: Exception) -> FetchError:
-    """Classify a requests/urllib3/socket exception: timeouts and connection trouble are retryable;
-    an answer that does not frame cleanly is a ``ProtocolError``, not retried."""
-    unframed = next((cause for cause in causes(exc) if isinstance(cause, UnframedResponse)), None)
+    """Classify a requests/urllib3/socket exception into the core's error types: timeouts,
+    resolver and connection trouble are retryable; an answer that does not frame cleanly is
+    ``protocol``, not retried."""
+    chain = list(causes(exc))
+    unframed = next((cause for cause in chain if isinstance(cause, UnframedResponse)), None)
     if unframed is not None:
-        return FetchError(str(unframed), retryable=False, error_type="ProtocolError")
+        return FetchError(str(unframed), retryable=False, error_type="protocol")
+    if any(isinstance(cause, (NameResolutionError, socket.gaierror)) for cause in chain):
+        return FetchError(root_message(exc), retryable=True, error_type="dns")
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError)):
-        return FetchError("timed out", retryable=True, error_type="Timeout")
+        return FetchError("timed out", retryable=True, error_type="timeout")
     if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
-        return FetchError(root_message(exc), retryable=False, error_type="SSLError")
+        return FetchError(root_message(exc), retryable=False, error_type="tls")
     if isinstance(exc, requests.RequestException):  # every requests error is an OSError: sort them first
         transient = isinstance(exc, requests.ConnectionError)
     else:
         transient = isinstance(exc, (urllib3.exceptions.ProtocolError, OSError))
     if transient:
-        return FetchError(root_message(exc), retryable=True, error_type="ConnectionError")
-    return FetchError(root_message(exc), retryable=False, error_type=type(exc).__name__)
+        return FetchError(root_message(exc), retryable=True, error_type="connect")
+    kind = "invalid_url" if isinstance(exc, _INVALID_URL) else "protocol"
+    return FetchError(root_message(exc), retryable=False, error_type=kind)
 
 
 def guarded_session(user_agent: str) -> requests.Session:

@@ -202,6 +202,21 @@ class ImageProcessor(Processor):
     def media_streams(self) -> Sequence[str]:
         return [self.options.encode_format]
 
+    def estimate_bytes(self) -> tuple[int, str] | None:
+        """From the output's pixels and typical compression of photos; None when the output keeps
+        the original sizes (resize_mode no, no re-encoding)."""
+        options = self.options
+        if options.disable_all_reencoding or options.resize_mode == "no":
+            return None
+        side = options.image_size
+        # keep_ratio* give one side image_size: count a 4:3 picture.
+        pixels = {"keep_ratio": side * side * 4 // 3, "keep_ratio_largest": side * side * 3 // 4}.get(
+            options.resize_mode, side * side)
+        per_pixel = _BYTES_PER_PIXEL[options.encode_format](options.encode_quality)
+        return int(pixels * per_pixel), (f"{options.encode_format} of {pixels:,} pixels (image_size {side}, "
+                                         f"{options.resize_mode}) at about {per_pixel:.2f} bytes per pixel, "
+                                         f"typical of photos")
+
     def metadata_fields(self) -> Sequence[pa.Field]:
         fields = [pa.field(name, pa.int32()) for name in ("width", "height", "original_width", "original_height")]
         if self.options.extract_exif:
@@ -212,14 +227,14 @@ class ImageProcessor(Processor):
         """Store the processed image under ``encode_format`` with its sizes (and EXIF); raise ProcessError.
 
         An image legal by its size whose pixels do not fit in the memory left
-        fails as ``OutOfMemory``, with one fixed message.
+        fails as ``image.out_of_memory``, with one fixed message.
         """
         try:
             self._process(fetched, result)
         except (MemoryError, cv2.error) as exc:
             if not _is_out_of_memory(exc):
                 raise
-            raise _failure(OUT_OF_MEMORY, "OutOfMemory") from exc
+            raise _failure(OUT_OF_MEMORY, "image.out_of_memory") from exc
 
     def _process(self, fetched: FetchResult, result: SampleResult) -> None:
         boxes = self._bounding_boxes(result)
@@ -248,7 +263,7 @@ class ImageProcessor(Processor):
             return np.asarray(value, dtype=np.float64).reshape(-1, 4)
         except (TypeError, ValueError) as exc:
             message = f"bbox_col {self.options.bbox_col!r} must hold [x0, y0, x1, y1] boxes"
-            raise _failure(message, "InvalidBoxes") from exc
+            raise _failure(message, "image.invalid_boxes") from exc
 
     def _check_source_size(self, width: int, height: int) -> None:
         """The bomb guard, then img2dataset's filters in its order (all invariant under rotation)."""
@@ -256,11 +271,11 @@ class ImageProcessor(Processor):
         if width * height > options.max_image_pixels:
             raise _too_large(options.max_image_pixels)
         if min(width, height) < options.min_image_size:
-            raise _failure("image too small", "FilteredOut")
+            raise _failure("image too small", "filtered")
         if width * height > options.max_image_area:
-            raise _failure("image area too large", "FilteredOut")
+            raise _failure("image area too large", "filtered")
         if max(width, height) / max(min(width, height), 1) > options.max_aspect_ratio:
-            raise _failure("aspect ratio too large", "FilteredOut")
+            raise _failure("aspect ratio too large", "filtered")
 
     def _plan(self, width: int, height: int) -> ResizePlan:
         """img2dataset's geometry for a source of this displayed size, its output bounded by max_image_pixels."""
@@ -272,7 +287,7 @@ class ImageProcessor(Processor):
         scaled_width, scaled_height = plan.scaled_size
         if scaled_width * scaled_height > options.max_image_pixels:
             raise _failure(f"resized image too large (more than max_image_pixels={options.max_image_pixels} pixels)",
-                           "TooLarge")
+                           "too_large")
         return plan
 
     def _transcode(self, image: Image.Image, body: bytes,
@@ -295,7 +310,7 @@ class ImageProcessor(Processor):
         except ProcessError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-            raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
+            raise _library_failure(exc, DECODING_ERROR, "decode") from exc
 
         pixels = scale(pixels, plan)
         if boxes is not None:
@@ -321,7 +336,16 @@ def _open_header(body: bytes, max_image_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _too_large(max_image_pixels) from exc
     except Exception as exc:
-        raise _library_failure(exc, DECODING_ERROR, "DecodeError") from exc
+        raise _library_failure(exc, DECODING_ERROR, "decode") from exc
+
+
+# Bytes per pixel of photos by format and encode_quality, for estimates (``any2ds plan``): JPEG
+# is about 0.15 at quality 75 and 0.4 at 95; WebP about 60% of that; PNG does not shrink photos much.
+_BYTES_PER_PIXEL = {
+    "jpg": lambda quality: 0.08 + 0.35 * (quality / 100) ** 3,
+    "webp": lambda quality: 0.6 * (0.08 + 0.35 * (min(quality, 100) / 100) ** 3) if quality <= 100 else 1.2,
+    "png": lambda level: 1.8,
+}
 
 
 def _failure(message: str, error_type: str) -> ProcessError:
@@ -332,7 +356,7 @@ def _failure(message: str, error_type: str) -> ProcessError:
 def _library_failure(exc: Exception, message: str, error_type: str) -> ProcessError:
     """The failure for an exception from Pillow, numpy or OpenCV: out of memory, or the one given."""
     if _is_out_of_memory(exc):
-        return _failure(OUT_OF_MEMORY, "OutOfMemory")
+        return _failure(OUT_OF_MEMORY, "image.out_of_memory")
     return _failure(message, error_type)
 
 
@@ -343,7 +367,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def _too_large(limit: int) -> ProcessError:
     """The bomb-guard failure; one fixed message per run, so status counters stay small."""
-    return _failure(f"image too large to decode (more than max_image_pixels={limit} pixels)", "TooLarge")
+    return _failure(f"image too large to decode (more than max_image_pixels={limit} pixels)", "too_large")
 
 
 def _to_array(image: Image.Image) -> tuple[np.ndarray, bool]:
@@ -378,9 +402,9 @@ def _encode(pixels: np.ndarray, encode_format: str, quality: int) -> bytes:
     try:
         ok, encoded = cv2.imencode(f".{encode_format}", pixels, [ENCODE_PARAMETERS[encode_format], quality])
     except cv2.error as exc:  # e.g. WebP's 16383-pixel side limit
-        raise _library_failure(exc, "Image encoding error", "EncodeError") from exc
+        raise _library_failure(exc, "Image encoding error", "encode") from exc
     if not ok:
-        raise _failure("Image encoding error", "EncodeError")
+        raise _failure("Image encoding error", "encode")
     return encoded.tobytes()
 
 

@@ -237,7 +237,7 @@ class ArchiveReader(SampleReader):
         record, json_error = _json_member(group)
         caption, caption_error = self._caption_of(group)
         media_error = None if group.media_data is not None else SampleError(
-            f"no media member (found: {', '.join(group.extensions)})", error_type="MissingMedia")
+            f"no media member (found: {', '.join(group.extensions)})", error_type="missing")
         key_error = self._key_error(group, key, keys_seen) if self.options.keep_source_keys else None
         error = group.error or json_error or caption_error or media_error or key_error
         url_field = record.get("url")
@@ -260,17 +260,17 @@ class ArchiveReader(SampleReader):
         try:
             return group.caption_data.decode("utf-8"), None
         except UnicodeDecodeError:
-            return None, SampleError(f"member {group.caption_name} is not UTF-8 text", error_type="InvalidCaption")
+            return None, SampleError(f"member {group.caption_name} is not UTF-8 text", error_type="archive.invalid_caption")
 
     @staticmethod
     def _key_error(group: _Group, key: str, keys_seen: set[str]) -> SampleError | None:
         """Why a source key cannot be an output key (unsafe as a file name, or met before), or None."""
         if not SAFE_KEY.fullmatch(group.key):
             return SampleError(f"source key {key!r} cannot be an output key: keep_source_keys takes letters, "
-                               "digits, _ and - only", error_type="UnsafeKey")
+                               "digits, _ and - only", error_type="unsafe_key")
         if key in keys_seen:
             return SampleError(f"source key {key!r} appears twice in the archive (its members are not "
-                               "consecutive)", error_type="DuplicateKey")
+                               "consecutive)", error_type="archive.duplicate_key")
         keys_seen.add(key)
         return None
 
@@ -319,7 +319,7 @@ class ArchiveReader(SampleReader):
         limit = self.options.max_member_bytes
         if member.size > limit:
             group.error = SampleError(f"member {member.name} holds {member.size} bytes, more than "
-                                      f"max_member_bytes={limit}", error_type="MemberTooLarge")
+                                      f"max_member_bytes={limit}", error_type="too_large")
             return None
         try:
             return member.read()
@@ -367,7 +367,7 @@ def _json_member(group: _Group) -> tuple[dict[str, Any], SampleError | None]:
         return {}, None
     record = _json_record(group.json_data)
     if record is None:
-        return {}, SampleError(f"member {group.json_name} is not a JSON object", error_type="InvalidJson")
+        return {}, SampleError(f"member {group.json_name} is not a JSON object", error_type="archive.invalid_json")
     return record, None
 
 

@@ -103,7 +103,7 @@ def _tar_reader(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[], byt
     def read() -> bytes:
         if not info.isfile():
             raise SampleError(f"member {info.name} is a {_tar_kind(info)}, not a regular file",
-                              error_type="NotARegularFile")
+                              error_type="archive.not_a_file")
         member = tar.extractfile(info)
         assert member is not None  # a regular file always has data
         return member.read()
@@ -132,9 +132,9 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
             with archive.open(info) as member:
                 return member.read()
         except RuntimeError as exc:  # encrypted: zipfile asks for a password
-            raise SampleError(f"member {info.filename}: {exc}", error_type="EncryptedMember") from exc
+            raise SampleError(f"member {info.filename}: {exc}", error_type="archive.encrypted") from exc
         except NotImplementedError as exc:
-            raise SampleError(f"member {info.filename}: {exc}", error_type="UnsupportedCompression") from exc
+            raise SampleError(f"member {info.filename}: {exc}", error_type="unsupported") from exc
 
     return read
 

@@ -27,6 +27,14 @@ class ParquetReader(Reader):
         with source.open() as f:
             return self._file(source, f).schema_arrow.names
 
+    def count_rows(self, source: InputSource) -> int | None:
+        """The rows the footer declares (None for a compressed file: its footer is at the end of
+        everything decompressed)."""
+        if source.compression:
+            return None
+        with source.open() as f:
+            return self._file(source, f).metadata.num_rows
+
     def read(self, source: InputSource, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
         def batches() -> Iterator[pa.RecordBatch]:
             with source.open() as f:

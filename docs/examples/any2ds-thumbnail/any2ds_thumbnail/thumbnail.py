@@ -47,7 +47,7 @@ class Thumbnail(Processor):
                     picture = Image.alpha_composite(Image.new("RGBA", picture.size, "white"), picture.convert("RGBA"))
                 picture = picture.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as error:  # not a picture, truncated, too large
-            raise ProcessError("Image decoding error", error_type="DecodeError") from error
+            raise ProcessError("Image decoding error", error_type="decode") from error
         picture.thumbnail((size, size), Image.Resampling.LANCZOS)
         encoded = io.BytesIO()
         picture.save(encoded, "JPEG", quality=self.options.quality)

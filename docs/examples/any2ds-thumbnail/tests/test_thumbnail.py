@@ -67,7 +67,7 @@ def test_thumbnail_and_dhash_after_the_image_processor(tmp_path, pictures):
         assert hamming(row["dhash"], dhash(Image.open(pictures / name))) <= 6  # the same picture, seen smaller
     assert hamming(wide["dhash"], tall["dhash"]) > 12
     # the image processor rejected the text file first: the chain stopped there
-    assert (notes["status"], notes["error_type"], notes["dhash"]) == ("failed_to_resize", "DecodeError", None)
+    assert (notes["status"], notes["error_type"], notes["dhash"]) == ("failed_to_resize", "decode", None)
     assert notes["key"] not in dataset.samples
     logo_thumbnail = Image.open(io.BytesIO(dataset.samples[logo["key"]]["thumb.jpg"]))
     assert logo_thumbnail.size == (64, 32)
@@ -83,7 +83,7 @@ def test_thumbnail_alone_fails_a_non_image_sample_only(tmp_path, pictures):
         download(tmp_path, server, ["notes.txt", "wide.jpg"], processors=["thumbnail"], output_format="files")
     dataset = read_dataset(tmp_path / "out")
     notes, wide = dataset.rows
-    assert (notes["status"], notes["error_type"], notes["error_message"]) == ("failed_to_process", "DecodeError", "Image decoding error")
+    assert (notes["status"], notes["error_type"], notes["error_message"]) == ("failed_to_process", "decode", "Image decoding error")
     assert wide["status"] == "success" and "width" not in wide  # the image processor's columns are not there
     assert set(dataset.samples[wide["key"]]) == {"json", "thumb.jpg"}
 
