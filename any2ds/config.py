@@ -104,7 +104,8 @@ class CoreOptions:
         "incremental", "incremental: skip finished shards; overwrite: start afresh; extend: add shards after the last."
     )
     max_shard_retry: int = option(1, "Rounds re-running failed shards at the end of the run.", at_least(0))
-    fetchers: list[str] = option(["http"], "Fetchers to enable; each URL goes to the one claiming its scheme.")
+    fetchers: list[str] = option(["fast_http"], "Fetchers to enable; each URL goes to the one claiming its scheme "
+                                                "(fast_http: libcurl on an event loop; http: requests on threads).")
     verifiers: list[str] = option(["hash"], "Verifiers run on the raw bytes (hash: compute_hash, verify_hash).")
     processors: Optional[list[str]] = option(
         None, "Processors: [image] by default; with routing by_type, [image, audio, file]. [] stores nothing "
