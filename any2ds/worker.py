@@ -15,6 +15,7 @@ is the only one that writes, so writers need not be thread-safe:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import mimetypes
 import pickle
@@ -267,6 +268,9 @@ class ShardRunner:
         self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
         self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
         self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
+        # What exists now (modules, plugins) lives as long as the process: the cyclic collector's full
+        # passes need not walk it again and again (they took 5% of a worker's CPU).
+        gc.freeze()
 
     def run(self, shard: Shard) -> ShardStats:
         """Fetch, process and write every sample of ``shard``, then commit it atomically."""
