@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 
 import attrs
@@ -58,9 +58,25 @@ class SampleJob:
     started: float | None = None
     fetched: FetchResult | None = None
     held_bytes: int = 0
+    repeat: Repeat | None = None  # set on the first sample of a URL the shard lists more than once
 
     def mark_started(self) -> None:
         self.started = time.monotonic()
+
+
+@attrs.define(eq=False)
+class Repeat:
+    """A URL a shard lists more than once, while some of its samples are still to come: fetched once
+    by its first sample (``leader``), whose outcome the others share. ``remaining``: occurrences
+    not yet admitted; ``waiting``: admitted ones waiting for the leader; ``fetched``: the body, kept
+    when each sample is processed on its own; ``outcome``: the leader's result, when it is shared."""
+
+    url: str
+    leader: SampleJob
+    remaining: int
+    waiting: list[SampleJob] = attrs.field(factory=list)
+    fetched: FetchResult | None = None
+    outcome: SampleResult | None = None
 
 
 class SampleFlow:
@@ -71,10 +87,16 @@ class SampleFlow:
     In order, a result waits for those before it; the fetched bytes it holds stay counted in the
     byte budget until it leaves, so a slow sample at the head holds back at most
     ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
+
+    A URL listed several times in the shard (``repeats``: URL -> occurrences, those over one) is
+    fetched once, by its first sample; the others get its result, each with its own key, caption
+    and columns (``share_processing``), or its body, processed for each (when a component reads
+    per-row input columns). Duplicates wait for their first sample only: it is ahead of them.
     """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
-                 core: CoreOptions, ordered: bool = True) -> None:
+                 core: CoreOptions, ordered: bool = True, repeats: Mapping[str, int] | None = None,
+                 share_processing: bool = True) -> None:
         self.fetching = fetching
         self.processing = processing
         self.cpu_pool = cpu_pool
@@ -88,6 +110,9 @@ class SampleFlow:
         self._admitted = 0  # the sequence number of the next sample
         self._ready: dict[int, tuple[SampleResult, int]] = {}  # by sequence number: (result, held bytes)
         self._next_out = 0
+        self.repeats = dict(repeats or {})
+        self.share_processing = share_processing
+        self._repeating: dict[str, Repeat] = {}  # URL -> its group, until its last sample is admitted
 
     def results(self, samples: Iterator[Sample]) -> Iterator[SampleResult]:
         more = True
@@ -121,8 +146,16 @@ class SampleFlow:
 
     def _done(self, job_or_seq: SampleJob | int, result: SampleResult) -> None:
         if isinstance(job_or_seq, SampleJob):
-            self._finish(job_or_seq)
-            self._ready[job_or_seq.seq] = (result, job_or_seq.held_bytes)
+            job = job_or_seq
+            self._finish(job)
+            self._ready[job.seq] = (result, job.held_bytes)
+            repeat = job.repeat
+            # The leader's outcome serves the others: a failed fetch always, a processed result when shared.
+            if repeat is not None and repeat.leader is job and (self.share_processing or job.stage == FETCHING):
+                repeat.outcome, repeat.fetched = result, None
+                for waiting in repeat.waiting:
+                    self._done(waiting.seq, _shared(result, waiting.sample))
+                repeat.waiting.clear()
         else:
             self._ready[job_or_seq] = (result, 0)
 
@@ -133,6 +166,10 @@ class SampleFlow:
             self._done(seq, _failed(sample, sample.error))
             return
         job = SampleJob(sample, seq)
+        url = sample.url.strip() if sample.data is None and isinstance(sample.url, str) else None
+        if url in self._repeating:
+            self._follow(self._repeating[url], job)
+            return
         if sample.data is not None:
             self._to_processing(job, _inline(sample))
         else:
@@ -141,9 +178,24 @@ class SampleFlow:
             except SampleError as error:
                 self._done(seq, _failed(sample, error))
                 return
+            if url in self.repeats:
+                job.repeat = self._repeating[url] = Repeat(url, job, self.repeats[url] - 1)
             self._fetches += 1
             self._run(job, self.fetching.start(job.fetcher, sample, job.mark_started))
         self._live.add(job)
+
+    def _follow(self, repeat: Repeat, job: SampleJob) -> None:
+        """A later sample of a repeated URL: the leader's outcome, its body to process, or a wait."""
+        repeat.remaining -= 1
+        if repeat.remaining <= 0:  # its last sample: no later one will look it up
+            del self._repeating[repeat.url]
+        if repeat.outcome is not None:
+            self._done(job.seq, _shared(repeat.outcome, job.sample))
+        elif repeat.fetched is not None:
+            self._to_processing(job, repeat.fetched)
+            self._live.add(job)
+        else:
+            repeat.waiting.append(job)
 
     def _run(self, job: SampleJob, future: Future) -> None:
         job.future = future
@@ -189,7 +241,14 @@ class SampleFlow:
         if job.stage == FETCHING:
             self._fetches -= 1
             if error is None:
-                self._to_processing(job, future.result())
+                fetched = future.result()
+                self._to_processing(job, fetched)
+                if job.repeat is not None and not self.share_processing:  # each sample processed on its own
+                    job.repeat.fetched = fetched if job.repeat.remaining > 0 else None
+                    for waiting in job.repeat.waiting:
+                        self._to_processing(waiting, fetched)
+                        self._live.add(waiting)
+                    job.repeat.waiting.clear()
             else:
                 self._done(job, _failed(job.sample, error))
             return
@@ -215,6 +274,11 @@ class SampleFlow:
                 status = "failed_to_process"
             self._done(job, failed_result(job.sample, status, f"sample did not finish within sample_timeout="
                                           f"{self.watchdog.timeout:g} s", "Watchdog"))
+
+
+def _shared(result: SampleResult, sample: Sample) -> SampleResult:
+    """``result`` for another sample of the same URL: the same media (not copied), its own row."""
+    return attrs.evolve(result, sample=sample, media=dict(result.media), metadata=dict(result.metadata))
 
 
 def _inline(sample: Sample) -> FetchResult:
@@ -269,6 +333,8 @@ class ShardRunner:
         self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
         self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
         self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
+        # Samples of one URL share their processing unless a component reads per-row input columns.
+        self.share_processing = not any(c.read_columns() for c in (*pipeline.verifiers, *pipeline.processors))
         _limit_malloc_arenas()
         # What exists now (modules, plugins) lives as long as the process: the cyclic collector's full
         # passes need not walk it again and again (they took 5% of a worker's CPU).
@@ -282,7 +348,8 @@ class ShardRunner:
         writer = None
         try:
             writer = self.pipeline.writer.open_shard(target, layout)
-            flow = SampleFlow(self.fetching, self.processing, self.cpu_pool, self.config.core)
+            flow = SampleFlow(self.fetching, self.processing, self.cpu_pool, self.config.core,
+                              repeats=self._repeated_urls(shard), share_processing=self.share_processing)
             for result in flow.results(self.intake.samples(shard)):
                 writer.write(result)
                 tally.add(result)
@@ -295,6 +362,15 @@ class ShardRunner:
         stats = tally.stats(shard.shard_id)
         target.commit(stats.to_json())
         return stats
+
+    def _repeated_urls(self, shard: Shard) -> dict[str, int]:
+        """The URLs ``shard``'s rows list more than once, with their counts (MS-COCO lists each
+        image once per caption)."""
+        if shard.rows is None or self.config.core.url_col not in shard.rows.column_names:
+            return {}
+        counts = Counter(url.strip() for url in shard.rows.column(self.config.core.url_col).to_pylist()
+                         if isinstance(url, str))
+        return {url: count for url, count in counts.items() if count > 1}
 
     def close(self) -> None:
         self.fetching.close()
