@@ -46,7 +46,9 @@ class Component:
         self.options = options
 
     def read_columns(self) -> Sequence[str]:
-        """Input columns this component needs in ``Sample.columns``."""
+        """Input columns this component needs in ``Sample.columns``. Samples of one URL listed
+        several times in a shard share one fetch, and their result too unless a verifier or
+        processor reads per-row columns: a component whose output depends on the row says so here."""
         return ()
 
     def kept_columns(self) -> Sequence[str]:

@@ -84,8 +84,8 @@ class CoreOptions:
         None, "Threads per worker process running verify/decode/resize/encode; default: cores / processes_count."
     )
     max_bytes_in_flight: int = option(
-        512 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing; no new fetch "
-                     "starts while they exceed it.", at_least(1)
+        32 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing; no new fetch "
+                    "starts while they exceed it.", at_least(1)
     )
     sample_timeout: float = option(
         300.0, "Watchdog: a sample still in its fetch, or in its processing, this many seconds after that "
@@ -110,7 +110,8 @@ class CoreOptions:
         "incremental", "incremental: skip finished shards; overwrite: start afresh; extend: add shards after the last."
     )
     max_shard_retry: int = option(1, "Rounds re-running failed shards at the end of the run.", at_least(0))
-    fetchers: list[str] = option(["http"], "Fetchers to enable; each URL goes to the one claiming its scheme.")
+    fetchers: list[str] = option(["fast_http"], "Fetchers to enable; each URL goes to the one claiming its scheme "
+                                                "(fast_http: libcurl on an event loop; http: requests on threads).")
     verifiers: list[str] = option(["hash"], "Verifiers run on the raw bytes (hash: compute_hash, verify_hash).")
     processors: Optional[list[str]] = option(
         None, "Processors: [image] by default; with routing by_type, [image, audio, file]. [] stores nothing "

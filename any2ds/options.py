@@ -78,7 +78,11 @@ class OptionSchema:
                            tuple(OptionSpec(f, None, None) for f in options_fields(CoreOptions)))
         self.groups = [core, *self._component_groups(host)]
         self.specs = [spec for group in self.groups for spec in group.specs]
-        self._by_flat = {spec.flat: spec for spec in self.specs if spec.flat}
+        # A flat name may be shared: --timeout sets the timeout of every built-in fetcher declaring one.
+        self._by_flat: dict[str, list[OptionSpec]] = {}
+        for spec in self.specs:
+            if spec.flat:
+                self._by_flat.setdefault(spec.flat, []).append(spec)
 
     def _component_groups(self, host: PluginHost) -> list[OptionGroup]:
         registrations = [r for r in host.component_classes() if options_fields(r.cls.Options)]
@@ -112,7 +116,8 @@ class OptionSchema:
         for group in self.groups:
             arguments = parser.add_argument_group(group.title, description=group.description)
             for spec in group.specs:
-                names = [f"--{spec.key}", *([f"--{spec.flat}"] if spec.flat and spec.flat != spec.key else [])]
+                aliased = spec.flat and spec.flat != spec.key and len(self._by_flat[spec.flat]) == 1
+                names = [f"--{spec.key}", *([f"--{spec.flat}"] if aliased else [])]
                 kwargs: dict[str, Any] = {"type": spec.field.type, "default": field_default(spec.field),
                                           "help": spec.field.metadata.get("help", "")}
                 if spec.field.type is bool:
@@ -140,7 +145,7 @@ class OptionSchema:
     def parse_args(self, argv: Sequence[str]) -> RunConfig:
         """The ``any2ds download`` command line (``--config`` already read, see :func:`read_plugins`)."""
         self.reject_unknown(arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--"))
-        argv = list(argv)
+        argv = self._expand_shared(argv)
         for i, arg in enumerate(argv[:-1]):
             if arg == "--config":
                 content = yaml.safe_load(argv[i + 1])
@@ -152,6 +157,25 @@ class OptionSchema:
         except Exception as exc:  # jsonargparse reports every bad value as an ArgumentError
             raise ConfigError(_one_line(exc)) from exc
         return self.run_config(namespace)
+
+    def _expand_shared(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` with each flat name that several options share (``--timeout 5``) given to
+        each of them (``--http.timeout=5 --fast_http.timeout=5``)."""
+        expanded: list[str] = []
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            i += 1
+            name, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+            specs = self._by_flat.get(name, []) if name not in CORE_OPTION_NAMES else []
+            if len(specs) < 2:
+                expanded.append(arg)
+                continue
+            if not equals and i < len(argv) and not argv[i].startswith("--"):  # else a bare boolean flag
+                equals, value = "=", argv[i]
+                i += 1
+            expanded += [f"--{spec.key}{equals}{value}" for spec in specs]
+        return expanded
 
     def parse_kwargs(self, kwargs: Mapping[str, Any], needs_url_list: bool = True) -> RunConfig:
         """``any2ds.download(**kwargs)``, type-checked exactly as the flags are; ``needs_url_list``
@@ -181,10 +205,13 @@ class OptionSchema:
         by_key = {spec.key: spec for spec in self.specs if spec.namespace is not None}
         namespaces = set(self.namespaces.values())
         for name, value in values.items():
-            spec = by_key.get(name) or (self._by_flat.get(name) if name not in CORE_OPTION_NAMES else None)
-            if spec is not None:
+            specs = [by_key[name]] if name in by_key else (
+                self._by_flat.get(name, []) if name not in CORE_OPTION_NAMES else [])
+            for spec in specs:
                 put(spec, value, name)
-            elif name in namespaces and isinstance(value, Mapping):
+            if specs:
+                continue
+            if name in namespaces and isinstance(value, Mapping):
                 for field_name, field_value in value.items():
                     key = f"{name}.{field_name}"
                     if key in by_key:

@@ -15,6 +15,8 @@ is the only one that writes, so writers need not be thread-safe:
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import mimetypes
 import pickle
@@ -59,9 +61,25 @@ class SampleJob:
     started: float | None = None
     fetched: FetchResult | None = None
     held_bytes: int = 0
+    repeat: Repeat | None = None  # set on the first sample of a URL the shard lists more than once
 
     def mark_started(self) -> None:
         self.started = time.monotonic()
+
+
+@attrs.define(eq=False)
+class Repeat:
+    """A URL a shard lists more than once, while some of its samples are still to come: fetched once
+    by its first sample (``leader``), whose outcome the others share. ``remaining``: occurrences
+    not yet admitted; ``waiting``: admitted ones waiting for the leader; ``fetched``: the body, kept
+    when each sample is processed on its own; ``outcome``: the leader's result, when it is shared."""
+
+    url: str
+    leader: SampleJob
+    remaining: int
+    waiting: list[SampleJob] = attrs.field(factory=list)
+    fetched: FetchResult | None = None
+    outcome: SampleResult | None = None
 
 
 class SampleFlow:
@@ -72,10 +90,16 @@ class SampleFlow:
     In order, a result waits for those before it; the fetched bytes it holds stay counted in the
     byte budget until it leaves, so a slow sample at the head holds back at most
     ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
+
+    A URL listed several times in the shard (``repeats``: URL -> occurrences, those over one) is
+    fetched once, by its first sample; the others get its result, each with its own key, caption
+    and columns (``share_processing``), or its body, processed for each (when a component reads
+    per-row input columns). Duplicates wait for their first sample only: it is ahead of them.
     """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
-                 core: CoreOptions, reader: str, ordered: bool = True) -> None:
+                 core: CoreOptions, reader: str, ordered: bool = True, repeats: Mapping[str, int] | None = None,
+                 share_processing: bool = True) -> None:
         self.reader = reader  # the name sample errors of the input are namespaced with
         self.fetching = fetching
         self.processing = processing
@@ -90,6 +114,9 @@ class SampleFlow:
         self._admitted = 0  # the sequence number of the next sample
         self._ready: dict[int, tuple[SampleResult, int]] = {}  # by sequence number: (result, held bytes)
         self._next_out = 0
+        self.repeats = dict(repeats or {})
+        self.share_processing = share_processing
+        self._repeating: dict[str, Repeat] = {}  # URL -> its group, until its last sample is admitted
 
     def results(self, samples: Iterator[Sample]) -> Iterator[SampleResult]:
         more = True
@@ -123,8 +150,16 @@ class SampleFlow:
 
     def _done(self, job_or_seq: SampleJob | int, result: SampleResult) -> None:
         if isinstance(job_or_seq, SampleJob):
-            self._finish(job_or_seq)
-            self._ready[job_or_seq.seq] = (result, job_or_seq.held_bytes)
+            job = job_or_seq
+            self._finish(job)
+            self._ready[job.seq] = (result, job.held_bytes)
+            repeat = job.repeat
+            # The leader's outcome serves the others: a failed fetch always, a processed result when shared.
+            if repeat is not None and repeat.leader is job and (self.share_processing or job.stage == FETCHING):
+                repeat.outcome, repeat.fetched = result, None
+                for waiting in repeat.waiting:
+                    self._done(waiting.seq, _shared(result, waiting.sample))
+                repeat.waiting.clear()
         else:
             self._ready[job_or_seq] = (result, 0)
 
@@ -135,6 +170,10 @@ class SampleFlow:
             self._done(seq, failure(sample, sample.error, self.reader))
             return
         job = SampleJob(sample, seq)
+        url = sample.url.strip() if sample.data is None and isinstance(sample.url, str) else None
+        if url in self._repeating:
+            self._follow(self._repeating[url], job)
+            return
         if sample.data is not None:
             self._to_processing(job, _inline(sample))
         else:
@@ -143,9 +182,24 @@ class SampleFlow:
             except SampleError as error:
                 self._done(seq, failure(sample, error, CORE))
                 return
+            if url in self.repeats:
+                job.repeat = self._repeating[url] = Repeat(url, job, self.repeats[url] - 1)
             self._fetches += 1
             self._run(job, self.fetching.start(job.fetcher, sample, job.mark_started))
         self._live.add(job)
+
+    def _follow(self, repeat: Repeat, job: SampleJob) -> None:
+        """A later sample of a repeated URL: the leader's outcome, its body to process, or a wait."""
+        repeat.remaining -= 1
+        if repeat.remaining <= 0:  # its last sample: no later one will look it up
+            del self._repeating[repeat.url]
+        if repeat.outcome is not None:
+            self._done(job.seq, _shared(repeat.outcome, job.sample))
+        elif repeat.fetched is not None:
+            self._to_processing(job, repeat.fetched)
+            self._live.add(job)
+        else:
+            repeat.waiting.append(job)
 
     def _run(self, job: SampleJob, future: Future) -> None:
         job.future = future
@@ -191,7 +245,14 @@ class SampleFlow:
         if job.stage == FETCHING:
             self._fetches -= 1
             if error is None:
-                self._to_processing(job, future.result())
+                fetched = future.result()
+                self._to_processing(job, fetched)
+                if job.repeat is not None and not self.share_processing:  # each sample processed on its own
+                    job.repeat.fetched = fetched if job.repeat.remaining > 0 else None
+                    for waiting in job.repeat.waiting:
+                        self._to_processing(waiting, fetched)
+                        self._live.add(waiting)
+                    job.repeat.waiting.clear()
             else:
                 self._done(job, failure(job.sample, error, job.fetcher.name))
             return
@@ -217,6 +278,11 @@ class SampleFlow:
                 status = "failed_to_process"
             self._done(job, failed_result(job.sample, status, f"sample did not finish within sample_timeout="
                                           f"{self.watchdog.timeout:g} s", "watchdog"))
+
+
+def _shared(result: SampleResult, sample: Sample) -> SampleResult:
+    """``result`` for another sample of the same URL: the same media (not copied), its own row."""
+    return attrs.evolve(result, sample=sample, media=dict(result.media), metadata=dict(result.metadata))
 
 
 def _inline(sample: Sample) -> FetchResult:
@@ -296,6 +362,8 @@ class SampleStages:
         self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
         self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
         self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
+        # Samples of one URL share their processing unless a component reads per-row input columns.
+        self.share_processing = not any(c.read_columns() for c in (*pipeline.verifiers, *pipeline.processors))
 
     @classmethod
     def load(cls, config: RunConfig, read_input: bool = True) -> SampleStages:
@@ -303,10 +371,12 @@ class SampleStages:
         host = PluginHost.load(local_plugins=config.core.plugins or ())
         return cls(SamplePipeline.build(host, config, read_input))
 
-    def flow(self, ordered: bool = True) -> SampleFlow:
-        """A flow for one batch of samples (its own byte budget and watchdog; shared pools)."""
+    def flow(self, ordered: bool = True, repeats: Mapping[str, int] | None = None) -> SampleFlow:
+        """A flow for one batch of samples (its own byte budget and watchdog; shared pools);
+        ``repeats``: the URLs the batch lists more than once, with their counts."""
         reader = self.pipeline.reader.name if self.pipeline.reader is not None else CORE
-        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, reader, ordered)
+        return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, reader, ordered,
+                          repeats, self.share_processing)
 
     def close(self) -> None:
         self.fetching.close()
@@ -354,10 +424,14 @@ class ShardRunner:
     """Runs shards for one process: plugins, pools and output built once, reused per shard."""
 
     def __init__(self, config: RunConfig) -> None:
+        _limit_malloc_arenas()
         self.stages = SampleStages.load(config)
         self.pipeline = self.stages.pipeline
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.intake = ShardIntake(self.pipeline.reader, self.pipeline.row_intake())
+        # What exists now (modules, plugins) lives as long as the process: the cyclic collector's full
+        # passes need not walk it again and again (they took 5% of a worker's CPU).
+        gc.freeze()
 
     def run(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:
         """Fetch, process and write every sample of ``shard``, then commit it atomically;
@@ -366,7 +440,7 @@ class ShardRunner:
         layout = self.pipeline.layout(shard.column_schema)
         shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
         try:
-            for result in self.stages.flow().results(self.intake.samples(shard)):
+            for result in self.stages.flow(repeats=self._repeated_urls(shard)).results(self.intake.samples(shard)):
                 shard_write.write(result)
                 reporter.add(result)
         except BaseException:
@@ -374,8 +448,31 @@ class ShardRunner:
             raise
         return shard_write.commit(shard.shard_id)
 
+    def _repeated_urls(self, shard: Shard) -> dict[str, int]:
+        """The URLs ``shard``'s rows list more than once, with their counts (MS-COCO lists each
+        image once per caption)."""
+        url_col = self.pipeline.config.core.url_col
+        if shard.rows is None or url_col not in shard.rows.column_names:
+            return {}
+        counts = Counter(url.strip() for url in shard.rows.column(url_col).to_pylist() if isinstance(url, str))
+        return {url: count for url, count in counts.items() if count > 1}
+
     def close(self) -> None:
         self.stages.close()
+
+
+# glibc's mallopt parameter for the number of malloc arenas.
+M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas() -> None:
+    """Two malloc arenas for the process's threads. glibc gives threads that allocate at once arenas of
+    their own, up to 8 per core, each keeping what was freed in it: bodies and pixels freed by one
+    thread sat in its arena (15 MB per worker process on the benchmark). No-op off glibc."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
 
 
 _RUNNERS: dict[str, ShardRunner] = {}

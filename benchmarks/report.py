@@ -30,6 +30,7 @@ def summarize(runs: Sequence[RunFigures]) -> list[dict]:
         speeds = [run.images_per_second for run in members]
         cpu = [run.cpu_ms_per_image for run in members if run.cpu_ms_per_image is not None]
         server_cpu = [1000 * run.server_cpu_seconds / run.successes for run in members if run.successes]
+        requests = [run.requests / run.rows for run in members if run.requests is not None]
         summaries.append({
             "label": label, "tool": tool, "processes_count": processes, "thread_count": threads,
             "rows": members[0].rows, "runs": len(members),
@@ -41,6 +42,7 @@ def summarize(runs: Sequence[RunFigures]) -> list[dict]:
             "output_bytes": statistics.median(run.output_bytes for run in members),
             "successes": min(run.successes for run in members),
             "server_cpu_ms_per_image": statistics.median(server_cpu) if server_cpu else None,
+            "requests_per_row": statistics.median(requests) if requests else None,
         })
     return summaries
 
@@ -131,6 +133,10 @@ def markdown(results: dict) -> str:
         lines += ["", "any2ds / img2dataset, each at its best thread count: "
                   f"images/s **{_times(r['images_per_second'])}**, CPU per image {_times(r['cpu_per_image'])}, "
                   f"peak RSS {_times(r['peak_rss'])}, output bytes {_times(r['output_bytes'])}."]
+    if results["duplicates"] > 1:
+        served = ", ".join(f"{tool} {_number(summary['requests_per_row'], '.2f')}" for tool, summary in best.items())
+        lines += ["", f"Duplicates: each image listed {results['duplicates']} times (shuffled over the list); "
+                  f"requests served per row (nginx's log), at each tool's best thread count: {served}."]
     ceiling = results.get("ceiling")
     if ceiling:
         share = f"; any2ds reaches **{ceiling['any2ds_share']:.0%}** of it" if ceiling.get("any2ds_share") else ""

@@ -24,7 +24,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     with _work_dir(args.work_dir) as work, serve(corpus_dir, work / "server", args.server == "nginx") as server:
         results["server"] = server.kind
-        bench = _Bench(work, psutil.Process(server.process.pid))
+        bench = _Bench(work, psutil.Process(server.process.pid), server.requests_served)
         url_list = corpus.write_url_list(work / "urls.txt", server.base_url,
                                          corpus.url_rows(names[:distinct], args.rows, args.duplicates, args.seed))
         psnr_source = _main_runs(bench, tools, url_list, args, settings, keep_any2ds_output=not args.no_psnr)
@@ -208,9 +208,10 @@ def _rss_at(figures: RunFigures, fractions: Sequence[float]) -> list[int]:
 class _Bench:
     """Runs tools one after another in ``work``, numbering their outputs and logs, keeping their figures."""
 
-    def __init__(self, work: Path, server: psutil.Process) -> None:
+    def __init__(self, work: Path, server: psutil.Process, requests_served: Callable[[], int | None]) -> None:
         self.work = work
         self.server = server
+        self.requests_served = requests_served
         self.runs: list[RunFigures] = []
 
     def run(self, tool: Tool, url_list: Path, settings: Settings, rows: int, label: str,
@@ -218,7 +219,7 @@ class _Bench:
         number = len(self.runs)
         output = self.work / f"out-{number:03d}-{tool.name}"
         figures = run_tool(tool, url_list, output, settings, rows, self.work / f"log-{number:03d}-{tool.name}.txt",
-                           self.server, label, keep_timeline)
+                           self.server, label, keep_timeline, requests_served=self.requests_served)
         self.runs.append(figures)
         cpu = figures.cpu_ms_per_image
         _say(f"{label} {tool.name:11s} processes {settings.processes_count} threads {settings.thread_count:3d}: "

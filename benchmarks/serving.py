@@ -36,11 +36,20 @@ PYTHON_SERVER = textwrap.dedent("""
 
 @attrs.frozen
 class Server:
-    """A running server: the base URL of the folder, its kind, and its process (for its CPU time)."""
+    """A running server: the base URL of the folder, its kind, its process (for its CPU time) and, for
+    nginx, its access log (for the requests it served)."""
 
     base_url: str
     kind: str
     process: subprocess.Popen
+    access_log: Path | None = None
+
+    def requests_served(self) -> int | None:
+        """Requests answered so far (nginx only; None for Python's server)."""
+        if self.access_log is None:
+            return None
+        with self.access_log.open("rb") as log:
+            return sum(block.count(b"\n") for block in iter(lambda: log.read(2**20), b""))
 
 
 def find_nginx() -> str | None:
@@ -65,14 +74,15 @@ def serve(folder: Path, work: Path, prefer_nginx: bool = True) -> Iterator[Serve
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         _wait_for(port, process, errors)
-        yield Server(f"http://127.0.0.1:{port}", kind, process)
+        yield Server(f"http://127.0.0.1:{port}", kind, process, work / "access.log" if nginx else None)
     finally:
         process.terminate()
         process.wait()
 
 
 def _nginx_conf(folder: Path, work: Path, port: int) -> Path:
-    """A minimal nginx.conf: one worker in the foreground, keep-alive, no access log, temp files in ``work``."""
+    """A minimal nginx.conf: one worker in the foreground, keep-alive, temp files in ``work``; the access
+    log is one short line per request, to count the requests each run made."""
     temporary = work / "nginx-temp"
     temporary.mkdir(exist_ok=True)
     conf = work / "nginx.conf"
@@ -84,7 +94,8 @@ def _nginx_conf(folder: Path, work: Path, port: int) -> Path:
         error_log {work}/nginx-error.log warn;
         events {{ worker_connections 4096; }}
         http {{
-            access_log off;
+            log_format count "$status";
+            access_log {work}/access.log count;
             sendfile on;
             tcp_nopush on;
             keepalive_timeout 65;

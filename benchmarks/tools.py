@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -79,6 +79,7 @@ class RunFigures:
     successes: int
     exit_code: int
     label: str = "main"  # which part of the benchmark: main, scaling, memory
+    requests: int | None = None  # requests the server answered during the run (nginx only)
     rss_timeline: list[tuple[float, int]] = attrs.field(factory=list)  # (seconds, bytes); kept for long runs only
 
     @property
@@ -136,7 +137,7 @@ def _source_revision(package_dir: Path) -> str:
 
 def run_tool(tool: Tool, url_list: Path, output_folder: Path, settings: Settings, rows: int, log: Path,
              server: psutil.Process, label: str = "main", keep_timeline: bool = False,
-             time_limit: float | None = None) -> RunFigures:
+             time_limit: float | None = None, requests_served: Callable[[], int | None] | None = None) -> RunFigures:
     """Run ``tool`` once over ``url_list`` into a fresh ``output_folder`` and measure it.
 
     CPU time is the RUSAGE_CHILDREN delta across the run: every process of the
@@ -150,6 +151,7 @@ def run_tool(tool: Tool, url_list: Path, output_folder: Path, settings: Settings
     limit = time_limit if time_limit is not None else 300 + rows / 10  # a hang must not stall the benchmark
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = _cpu_seconds(server)
+    requests_before = requests_served() if requests_served else None
     with log.open("wb") as output:
         start = time.perf_counter()
         process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT,
@@ -165,9 +167,13 @@ def run_tool(tool: Tool, url_list: Path, output_folder: Path, settings: Settings
     if process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         print(f"benchmark: {tool.name} exited with {process.returncode}; end of {log}:\n{tail}", file=sys.stderr)
+    requests = None
+    if requests_before is not None:
+        time.sleep(0.2)  # nginx writes a request's log line after answering it
+        requests = requests_served() - requests_before
     return RunFigures(tool.name, rows, settings.thread_count, settings.processes_count, seconds, cpu, peak,
                       _cpu_seconds(server) - server_before, _folder_bytes(output_folder),
-                      count_successes(output_folder), process.returncode, label, timeline)
+                      count_successes(output_folder), process.returncode, label, requests, timeline)
 
 
 def _watch(process: subprocess.Popen, start: float, limit: float,

@@ -1,10 +1,11 @@
 """End to end against a misbehaving server: each fault costs its sample only, within a bound set by ``timeout``.
 
-Every test is a real run (a spawned worker, the http fetcher, the image
+Every test is a real run (a spawned worker, an http fetcher, the image
 processor, the files writer) over a URL list mixing faults with good URLs,
 and checks that every input row comes back exactly once with the right
 status, error type and message. Time bounds are loose on purpose: they tell
-"bounded by timeout" from "hangs", not fast from slow.
+"bounded by timeout" from "hangs", not fast from slow. Every test runs with each registered
+fetcher claiming the http scheme.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 import any2ds
 from any2ds.cli import main
+from any2ds.manager import PluginHost
 from any2ds_plugins.http.deadline import REAPER_GRACE
 from tests.fault_server import FaultServer
 
@@ -41,6 +43,17 @@ UNDECODABLE = Outcome("failed_to_resize", "decode", "Image decoding error")
 BOMB = Outcome("failed_to_resize", "too_large", "image too large to decode (more than max_image_pixels=")
 TOO_BIG = Outcome("failed_to_download", "too_large", "body larger than 67108864 bytes")
 TOO_MANY_REDIRECTS = Outcome("failed_to_download", "redirect", "Exceeded 10 redirects.")
+HTTP_FETCHERS = [registration.cls.name for registration in PluginHost.load().registries["fetcher"].registrations()
+                 if "http" in registration.cls.schemes]
+FETCHER = "http"  # the fetcher under test, set for each test by the fetcher fixture
+
+
+@pytest.fixture(scope="module", autouse=True, params=HTTP_FETCHERS)
+def fetcher(request):
+    """Module-scoped, so the tests run fetcher by fetcher, each with its own fault server (which counts hits)."""
+    global FETCHER
+    FETCHER = request.param
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +64,7 @@ def _no_proxy(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fault_server(image_dir):
+def fault_server(image_dir, fetcher):
     server = FaultServer((image_dir / "123_456.jpg").read_bytes())
     yield server
     server.close()
@@ -69,7 +82,8 @@ def download(tmp_path: Path, urls: list[str], **options) -> tuple[list[dict], fl
     """
     url_list = tmp_path / "urls.txt"
     url_list.write_text("\n".join(urls) + "\n", encoding="utf-8")
-    options = {"thread_count": len(urls), "timeout": TIMEOUT, "allow_private_networks": True, **options}
+    options = {"thread_count": len(urls), "timeout": TIMEOUT, "allow_private_networks": True, "fetchers": [FETCHER],
+               **options}
     start = time.monotonic()
     summary = any2ds.download(url_list=str(url_list), output_folder=str(tmp_path / "out"), **options)
     elapsed = time.monotonic() - start
@@ -232,6 +246,7 @@ def test_url_list_safety_by_default(tmp_path, fault_server, good_url):
     out = tmp_path / "out"
     url_list = tmp_path / "urls.txt"
     url_list.write_text("\n".join(cases) + "\n")
-    assert main(["download", "--url_list", str(url_list), "--output_folder", str(out), "--thread_count", "4"]) == 0
+    assert main(["download", "--url_list", str(url_list), "--output_folder", str(out), "--thread_count", "4",
+                 "--fetchers", f"[{FETCHER}]"]) == 0
     check_outcomes(metadata_in_input_order(out, list(cases)), list(cases.values()))
     assert fault_server.hits("/image/a") == 0

@@ -1,4 +1,7 @@
-"""The http fetcher against a real loopback server: bodies, errors, deadlines, redirects, retries, politeness."""
+"""The http fetchers against a real loopback server: bodies, errors, deadlines, redirects, retries, politeness.
+
+Every test runs against each registered fetcher claiming the http scheme (``http``, ``fast_http``).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +42,15 @@ from tests.fault_server import FaultServer
 from any2ds.testing import send_bytes
 
 BODY = bytes(range(256)) * 40
+HTTP_FETCHERS = [registration.cls for registration in PluginHost.load().registries["fetcher"].registrations()
+                 if "http" in registration.cls.schemes]
+FETCHER = HttpFetcher  # the class under test, set for each test by the fetcher_class fixture
+
+
+@pytest.fixture(autouse=True, params=HTTP_FETCHERS, ids=lambda cls: cls.name)
+def fetcher_class(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "FETCHER", request.param)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +64,7 @@ def make_fetcher(**options) -> HttpFetcher:
     """A fetcher allowed to reach this module's loopback servers (the safety tests pass their own policy)."""
     options.setdefault("timeout", 2.0)
     options.setdefault("allow_private_networks", True)
-    return HttpFetcher(HttpFetcher.Options(**options))
+    return FETCHER(FETCHER.Options(**options))
 
 
 def fetch(url: str, **options):
@@ -219,6 +231,9 @@ def test_concurrent_threads_and_dead_thread_sessions_are_closed(http_server):
     for thread in threads:
         thread.join()
     assert results == [BODY] * 80
+    if FETCHER is not HttpFetcher:  # fast_http has no session per thread: its fetches share one event loop
+        fetcher.close()
+        return
     assert len(fetcher._sessions) == 16
     fetcher.fetch(Sample(key="x", shard_id=0, index=0, url=url))  # a new thread's session prunes the dead ones
     assert list(fetcher._sessions) == [threading.current_thread()]
@@ -488,13 +503,14 @@ LOOPBACK_BLOCKED = "blocked: 127.0.0.1 is a loopback address (set allow_private_
 
 
 def test_loopback_is_blocked_by_default_and_never_contacted(http_server):
-    url = add_route(http_server, "blocked", lambda r: send_bytes(r, BODY))
+    url = add_route(http_server, f"blocked_{FETCHER.name}", lambda r: send_bytes(r, BODY))  # its own log
     error = fetch_error(url, allow_private_networks=False, retries=2, retry_backoff=10)
     assert error.message == LOOPBACK_BLOCKED
     assert error.error_type == "blocked"
     assert error.status == "failed_to_download"
     assert not error.retryable
-    assert not [path for path, _headers in http_server.requests if path.startswith("/test_http/blocked/")]
+    blocked_path = f"/test_http/blocked_{FETCHER.name}/"
+    assert not [path for path, _headers in http_server.requests if path.startswith(blocked_path)]
     assert fetch(url, allow_private_networks=True).body == BODY
 
 
@@ -563,7 +579,7 @@ def fetch_outcome(fetcher: HttpFetcher, url: str) -> str:
     return "ok"
 
 
-def namespace_scenario() -> None:
+def namespace_scenario(fetcher_name: str = "http") -> None:
     """Run inside ``unshare --net --mount``; prints the outcomes of fetches with the default options.
 
     The namespace has a "public" server, names in /etc/hosts for it and for
@@ -581,7 +597,8 @@ def namespace_scenario() -> None:
     public = FaultServer(BODY, host=PUBLIC_ADDRESS)
     loopback = FaultServer(BODY, port=public.port)  # same port: a name for both reaches either
     port = public.port
-    fetcher = HttpFetcher(HttpFetcher.Options(timeout=1.0))
+    cls = next(cls for cls in HTTP_FETCHERS if cls.name == fetcher_name)
+    fetcher = cls(cls.Options(timeout=1.0))
     outcomes = {name: fetch_outcome(fetcher, url) for name, url in {
         "public": public.url("/image/direct"),
         "public_name": f"http://public.test:{port}/image/name",
@@ -617,7 +634,7 @@ def unshare_command():
 def test_default_policy_in_a_private_network_namespace(unshare_command):
     env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
     result = subprocess.run([*unshare_command, sys.executable, "-c",
-                             "from tests.test_http import namespace_scenario; namespace_scenario()"],
+                             f"from tests.test_http import namespace_scenario; namespace_scenario({FETCHER.name!r})"],
                             cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stderr

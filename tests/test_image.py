@@ -16,7 +16,7 @@ import cv2
 import exifread
 import numpy as np
 import pytest
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageOps
 
 from any2ds.errors import ProcessError
 from any2ds.types import FetchResult, Sample, SampleResult
@@ -278,6 +278,21 @@ def test_exif_orientation_is_applied(image_dir):
     # Rotating 90 degrees clockwise puts the stored bottom-left corner (x=0: red 0; y=max: green 255) top-left.
     red, green, _ = pixels[0, 0]
     assert red < 20 and green > 235
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decoded_by_opencv_matches_pillow_upright(orientation, mode):
+    """Plain JPEGs are decoded by OpenCV, oriented by the processor: the same pixels as Pillow's decode
+    with exif_transpose, for every orientation, colour and grayscale."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    source = Image.fromarray(noise(64, 48)).convert(mode)
+    body = encode(source, "JPEG", quality=90, exif=exif)
+    result = run(body, resize_mode="no", encode_format="png", encode_quality=1)
+    with Image.open(io.BytesIO(body)) as opened:
+        expected = np.asarray(ImageOps.exif_transpose(opened))
+    assert np.array_equal(pixels_of(result), expected)
 
 
 def test_sixteen_bit_gray_is_scaled_not_saturated(image_dir):

@@ -110,8 +110,21 @@ def test_keyword_arguments_flat_nested_and_dotted(schema):
 
 def test_builtin_options_answer_to_both_names(schema):
     flat = parse(schema, "--image_size", "64", "--timeout", "2")
-    nested = parse(schema, "--image.image_size", "64", "--http.timeout", "2")
+    nested = parse(schema, "--image.image_size", "64", "--http.timeout", "2", "--fast_http.timeout", "2")
     assert flat.component_values == nested.component_values
+
+
+def test_a_flat_name_shared_by_builtins_sets_each(schema):
+    """Both http fetchers declare img2dataset's flags: --timeout sets the timeout of each, by flag,
+    keyword or YAML key; a namespaced key sets its own only."""
+    for config in (parse(schema, "--timeout", "3", "--allow_private_networks"),
+                   parse(schema, "--timeout=3", "--allow_private_networks", "true"),
+                   schema.parse_kwargs({"url_list": "in.txt", "timeout": 3, "allow_private_networks": True})):
+        for fetcher in ("http", "fast_http"):
+            assert config.component_values[fetcher]["timeout"] == 3.0
+            assert config.component_values[fetcher]["allow_private_networks"] is True
+    config = parse(schema, "--timeout", "3", "--fast_http.retries", "2")
+    assert config.component_values["fast_http"]["retries"] == 2 and config.component_values["http"]["retries"] == 0
 
 
 def test_a_name_taken_by_a_core_option_gets_its_kind(schema):
@@ -147,9 +160,12 @@ def test_flat_values_name_every_option_as_users_do(schema):
 
 
 def test_builtin_flat_names_are_unique():
-    """The built-ins' flat names are img2dataset's flags: each must reach exactly one option."""
+    """The built-ins' flat names are img2dataset's flags: each must reach one option, or the same
+    option declared alike by built-ins of one kind (--timeout: the http fetchers' shared Options)."""
     host = PluginHost.load()
     schema = OptionSchema(host)
     flats = [spec.flat for spec in schema.specs if spec.flat]
-    assert len(flats) == len(set(flats))
+    for flat in set(flats):
+        fields = {spec.field for spec in schema.specs if spec.flat == flat}
+        assert len(fields) == 1, flat
     assert not set(flats) & {spec.key for spec in schema.specs if spec.namespace is None}

@@ -46,7 +46,7 @@ def processor_plugin(cls: type[Processor], **attributes) -> types.SimpleNamespac
 
 def test_plugins_command_lists_names_hooks_and_distribution(capsys):
     assert main(["plugins"]) == 0
-    assert f"http: any2ds {VERSION} (any2ds_plugins.http)\n    fetcher: http\n    hooks: any2ds_register_fetchers\n" \
+    assert f"http: any2ds {VERSION} (any2ds_plugins.http)\n    fetcher: fast_http, http\n    hooks: any2ds_register_fetchers\n" \
         in capsys.readouterr().out
     assert main(["plugins", "--json"]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}

@@ -182,6 +182,41 @@ def test_duplicate_urls_each_keep_their_row(tmp_path, http_server):
     assert stats["count"] == 30 and stats["successes"] == 30
 
 
+@pytest.mark.parametrize("blur", [False, True], ids=["shared_result", "shared_fetch"])
+def test_duplicate_urls_are_fetched_once_per_shard(tmp_path, http_server, blur):
+    """MS-COCO lists each image once per caption. Each URL is fetched once per shard; every row keeps
+    its own key and caption. With no component reading per-row columns the result is shared too;
+    with bbox_col (the image processor reads each row's boxes) each row is processed on its own."""
+    names = ["64_64.jpg", "123_456.jpg", "alpha.png"]
+    rows = [{"url": http_server.url(f"/allowed/{names[i % 3]}?duplicates-{blur}"), "caption": f"caption {i}",
+             "boxes": [[0.0, 0.0, 0.5, 0.5]] if i % 2 else []} for i in range(24)]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "out"
+    options = ["--bbox_col", "boxes"] if blur else []
+    assert run("--url_list", str(path), "--input_format", "parquet", "--caption_col", "caption",
+               "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "12",
+               "--thread_count", "4", *options) == 0
+    fetched = [path for path, _headers in http_server.requests if f"duplicates-{blur}" in path]
+    assert len(fetched) == 3 * 2  # each URL once in each of the 2 shards
+    metadata = sorted(read_metadata(out), key=lambda m: m["key"])
+    assert [m["caption"] for m in metadata] == [row["caption"] for row in rows]
+    assert [m["status"] for m in metadata] == ["success"] * len(rows)
+    assert len({m["key"] for m in metadata}) == len(rows)
+    samples = {s["__key__"]: s for s in wds.WebDataset([str(out / "00000.tar"), str(out / "00001.tar")],
+                                                       shardshuffle=False)}
+    assert sorted(samples) == [m["key"] for m in metadata]
+    for row, m in zip(rows, metadata):
+        sample = samples[m["key"]]
+        assert sample["txt"].decode() == row["caption"] == json.loads(sample["json"])["caption"]
+    by_url: dict[str, set[bytes]] = {}
+    for row, m in zip(rows, metadata):
+        by_url.setdefault((row["url"], bool(row["boxes"])), set()).add(samples[m["key"]]["jpg"])
+    assert all(len(images) == 1 for images in by_url.values())  # the same URL (and boxes): the same image
+    if blur:  # rows with boxes were blurred, the others not: processed per row
+        assert by_url[(rows[0]["url"], False)] != by_url[(rows[3]["url"], True)]
+
+
 @pytest.mark.parametrize("name, content, input_format", [
     ("empty.jsonl", "", "jsonl"), ("empty.json", "[]", "json"), ("empty.txt", "", "txt"),
     ("header_only.csv", "url,caption\n", "csv"),

@@ -8,7 +8,9 @@
 - ``retry``: retryable statuses, Retry-After and backoff;
 - ``framing``: http.client responses matched strictly to their request on a kept-alive connection;
 - ``transport``: requests sessions whose connections obey the attempt's policy and deadline;
-- ``fetcher``: the ``HttpFetcher`` component tying them together.
+- ``fetcher``: the ``HttpFetcher`` component tying them together;
+- ``curl``: libcurl's multi interface run by an asyncio event loop;
+- ``fast``: the ``FastHttpFetcher`` (``fast_http``): the same guarantees, on libcurl.
 
 ``addresses``, ``deadline``, ``hosts`` and ``robots_txt`` do not depend on requests, so other
 fetchers can reuse them.
@@ -17,9 +19,11 @@ fetchers can reuse them.
 from __future__ import annotations
 
 from any2ds import hookimpl
+from any2ds_plugins.http.fast import FastHttpFetcher
 from any2ds_plugins.http.fetcher import HttpFetcher
 
 
 @hookimpl
 def any2ds_register_fetchers(register):
     register(HttpFetcher)
+    register(FastHttpFetcher)

@@ -1,0 +1,483 @@
+"""The ``fast_http`` fetcher: the ``http`` fetcher's guarantees, with libcurl doing the protocol work.
+
+Every fetch of a worker process runs on the process's event loop, on one
+libcurl multi handle (``curl``): connecting, TLS, parsing and framing
+responses and keep-alive happen in C, off the GIL. Per request it costs
+about a twentieth of the CPU of ``http`` (requests) and a fifth of aiohttp's
+(docs/performance.md), and no thread per fetch: ``thread_count`` fetches in
+flight are ``thread_count`` transfers on one thread.
+
+What ``http`` guarantees holds here too, with the same options, messages and
+error types: one total deadline per attempt (libcurl's timeout, cut to the
+time left at each redirect hop); the address policy checked on the address
+each new connection is opened to (libcurl's open-socket callback) and on the
+address each request goes out on (its pre-request callback), at every hop;
+http(s) only, also after a redirect; body and redirect caps; X-Robots-Tag;
+retries only for transient failures, with backoff and Retry-After; the user
+agent; and responses framed strictly (informational responses skipped up to
+a limit, 101 refused, a response followed by bytes past its end refused and
+its connection closed, a connection with bytes waiting never reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import certifi
+import pycurl
+from any2ds_plugins.http.addresses import AddressPolicy, BlockedAddress, resolve
+from any2ds_plugins.http.curl import CurlDriver, Transfer
+from any2ds_plugins.http.deadline import Attempt
+from any2ds_plugins.http.fetcher import HttpFetcher
+from any2ds_plugins.http.framing import MAX_INTERIM_RESPONSES
+from any2ds_plugins.http.retry import retry_delay, status_error
+from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
+from requests.utils import get_environ_proxies, requote_uri, select_proxy
+
+from any2ds import Fetcher, FetchError, FetchResult, Sample
+
+T = TypeVar("T")
+
+# Error and redirect bodies up to this size are read so their connection can be reused (as ``http``).
+DRAIN_LIMIT = 64 * 1024
+DNS_SECONDS = 60.0
+MAX_DNS_ENTRIES = 10_000
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+REQUEST_HEADERS = ["Accept: */*", "Accept-Encoding: gzip, deflate", "Connection: keep-alive"]
+PROXY_VARIABLES = (b"http_proxy", b"https_proxy", b"all_proxy", b"HTTP_PROXY", b"HTTPS_PROXY", b"ALL_PROXY")
+# The process environment as bytes: os.environ and os.environb share it; a plain dict lookup per
+# variable (their own lookups encode the key and raise KeyError for a missing one: ~1 us each).
+_ENVIRONMENT = getattr(os.environb, "_data", os.environb)
+# How libcurl's failures read, in the words of the ``http`` fetcher (http.client's and the OS's).
+GOT_NOTHING = "Remote end closed connection without response"
+INCOMPLETE_HEAD = "connection closed inside the response head"
+OVERRUN = "more data than the response's Content-Length or chunked framing holds"
+_SSL_CODES = frozenset({pycurl.E_SSL_CONNECT_ERROR, pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CERTPROBLEM,
+                        pycurl.E_SSL_CIPHER, pycurl.E_SSL_CACERT_BADFILE, pycurl.E_SSL_ISSUER_ERROR,
+                        pycurl.E_SSL_PINNEDPUBKEYNOTMATCH, pycurl.E_SSL_INVALIDCERTSTATUS})
+# A URL of these characters only (no '%', no space, nothing non-ASCII) is sent as it is.
+_PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]*")
+# One header field: its name and its value without surrounding blanks.
+_FIELD = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
+_BAD_URL_CODES = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
+
+
+class _Redirect(Exception):
+    """A redirect whose body is not worth reading: the transfer stops at its head (and its connection)."""
+
+
+class _Response:
+    """The final response of one hop, read from its head lines."""
+
+    def __init__(self, head: list[bytes]) -> None:
+        status_line, _, fields = b"".join(head).decode("latin-1").partition("\n")
+        _version, status, *reason = status_line.split(None, 2)
+        self.status = int(status)
+        self.reason = reason[0].strip() if reason else ""
+        self.fields: list[tuple[str, str]] = _FIELD.findall(fields)
+        self.headers = dict(self.fields)  # as sent; a repeated header's values joined with ", " (as urllib3)
+        if len(self.headers) != len(self.fields):
+            self.headers = {}
+            for name, value in self.fields:
+                self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
+        self._lower = {name.lower(): value for name, value in self.headers.items()}
+
+    def header(self, name: str) -> str | None:
+        """A header's value by its lower-case name (repeated ones joined), or None."""
+        return self._lower.get(name)
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a header, by its lower-case name."""
+        return [value for field, value in self.fields if field.lower() == name] if name in self._lower else []
+
+    @property
+    def content_length(self) -> int | None:
+        try:
+            return int(self._lower["content-length"])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def redirect_location(self) -> str | None:
+        if self.status not in REDIRECT_STATUSES:
+            return None
+        location = self.header("location")
+        # As requests: http.client decodes headers as latin-1, servers mostly send UTF-8.
+        return location.encode("latin-1").decode("utf-8", "replace") if location is not None else None
+
+
+class FastHttpFetcher(Fetcher):
+    """GETs http(s) URLs with libcurl's multi interface on the worker's event loop.
+
+    Same options as ``http`` (its ``Options``), same checks, messages and error
+    types; see the module's docstring and ``HttpFetcher``.
+    """
+
+    name = "fast_http"
+    schemes = ("http", "https")
+    Options = HttpFetcher.Options
+
+    def __init__(self, options: HttpFetcher.Options) -> None:
+        super().__init__(options)
+        self.token = (options.user_agent_token or "").strip().lower() or None
+        self.user_agent = user_agent(self.token)
+        directives = options.disallowed_header_directives
+        if directives is None:
+            directives = DEFAULT_DISALLOWED_DIRECTIVES
+        self.disallowed = frozenset(d.strip().lower() for d in directives)
+        self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
+        self._fd_by_port: dict[int, int] = {}  # local port of a connection -> its socket
+        self._dns: dict[tuple[str, int], tuple[float, list | None]] = {}  # (host, port) -> (until, getaddrinfo)
+        self._verdicts: dict[str, BlockedAddress | None] = {}  # address -> refusal, for the pre-request check
+        self._drivers: dict[asyncio.AbstractEventLoop, CurlDriver] = {}
+        self._own_loop: asyncio.AbstractEventLoop | None = None  # for fetch(), made on first use
+        self._lock = threading.Lock()
+
+    # -- the two ways in ----------------------------------------------------
+
+    async def fetch_async(self, sample: Sample) -> FetchResult:
+        """Attempt until success, a permanent failure, or ``retries`` extra attempts are spent."""
+        url = sample.url.strip()
+        number = 1
+        while True:
+            try:
+                return await self._attempt(url, number)
+            except FetchError as error:
+                if not error.retryable or number > self.options.retries:
+                    raise
+                await asyncio.sleep(retry_delay(error, number, self.options.retry_backoff,
+                                                self.options.max_retry_after))
+            number += 1
+
+    def fetch(self, sample: Sample) -> FetchResult:
+        """The same, from any thread, on an event loop of the fetcher's own (callers without a loop)."""
+        return self._run_on_own_loop(self.fetch_async(sample))
+
+    def _run_on_own_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._own_loop is None:
+                self._own_loop = asyncio.new_event_loop()
+                threading.Thread(target=self._own_loop.run_forever, name="any2ds-fast-http", daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._own_loop).result()
+
+    def close(self) -> None:
+        """Close every loop's multi handle on its loop. A worker's loop is being stopped when its
+        components close: its driver is closed there if the loop gets to it, else with the process."""
+        own_loop, self._own_loop = self._own_loop, None
+        for loop, driver in list(self._drivers.items()):
+            if loop is own_loop:
+                asyncio.run_coroutine_threadsafe(_call(driver.close), loop).result()
+            elif loop.is_running():
+                loop.call_soon_threadsafe(driver.close)
+            elif not loop.is_closed():
+                driver.close()
+        self._drivers.clear()
+        if own_loop is not None:
+            own_loop.call_soon_threadsafe(own_loop.stop)
+
+    # -- an attempt ---------------------------------------------------------
+
+    def _driver(self) -> CurlDriver:
+        loop = asyncio.get_running_loop()
+        driver = self._drivers.get(loop)
+        if driver is None:
+            driver = self._drivers[loop] = CurlDriver(loop)
+        return driver
+
+    async def _attempt(self, url: str, number: int) -> FetchResult:
+        """One attempt: request, follow redirects, check, read the body; all before one deadline."""
+        driver = self._driver()
+        transfer = driver.idle.pop() if driver.idle else Transfer(self._set_up)
+        attempt = Attempt(self.options.timeout, self.policy)
+        try:
+            url = _prepared(url)
+            response = await self._request(driver, transfer, url, attempt)
+            redirects = 0
+            while (location := response.redirect_location) is not None:
+                if redirects == self.options.max_redirects:
+                    raise FetchError(f"Exceeded {self.options.max_redirects} redirects.",
+                                     error_type="redirect")
+                url = urljoin(url, location)
+                scheme = urlsplit(url).scheme.lower()
+                if scheme not in self.schemes:
+                    raise FetchError(f"redirect to unsupported URL scheme {scheme!r}",
+                                     error_type="redirect")
+                url = _prepared(url)
+                redirects += 1
+                response = await self._request(driver, transfer, url, attempt)
+            body = transfer.body()
+            encoding = response.header("content-encoding")
+            if encoding is not None:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, _decoded, body, encoding, self.options.max_body_bytes)
+            if len(body) > self.options.max_body_bytes:
+                raise self._too_large()
+            return FetchResult(body=body, url=url, content_type=response.header("content-type"),
+                               headers=response.headers, attempts=number)
+        finally:
+            transfer.chunks.clear()
+            driver.idle.append(transfer)
+
+    async def _request(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt) -> _Response:
+        """One hop: the final response to a GET of ``url``, its body in ``transfer``; a status error
+        raised (after reading a small body, so the connection serves again)."""
+        remaining = attempt.remaining()
+        proxy = _proxy_for(url)
+        transfer.via_proxy = proxy is not None
+        if proxy is not None and not self.policy.allows_everything:  # the proxy resolves; check the target here
+            target = urlsplit(url)
+            await asyncio.get_running_loop().run_in_executor(
+                None, attempt.check_host, target.hostname, target.port or (443 if target.scheme == "https" else 80))
+            remaining = attempt.remaining()
+        handle = transfer.handle
+        if proxy is None:
+            target = urlsplit(url)
+            resolved = await self._resolve(target.hostname, target.port or (443 if target.scheme == "https" else 80),
+                                           attempt)
+            if resolved is not None:
+                handle.setopt(pycurl.RESOLVE, [resolved])
+                remaining = attempt.remaining()
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.PROXY, proxy or "")
+        handle.setopt(pycurl.TIMEOUT_MS, max(1, int(remaining * 1000)))
+        transfer.prepare(self._check_head)
+        code, message = await driver.perform(transfer)
+        if isinstance(transfer.abort, _Redirect):
+            return transfer.response
+        if transfer.abort is not None:
+            raise transfer.abort
+        if code:
+            raise self._failure(code, message, url, driver, transfer, attempt)
+        if not transfer.head_complete:  # libcurl takes what came before the connection closed as a head
+            raise FetchError(INCOMPLETE_HEAD, retryable=True, error_type="connect")
+        transfer.check_head()  # a response without body bytes: checked now
+        if transfer.overrun:
+            raise FetchError(OVERRUN, retryable=False, error_type="protocol")
+        response = transfer.response
+        if response.status >= 400:
+            raise status_error(response.status, response.reason, response.header("retry-after"))
+        return response
+
+    async def _resolve(self, host: str, port: int, attempt: Attempt) -> str | None:
+        """For a host name, libcurl's ``RESOLVE`` entry of its allowed addresses; None for an IP literal.
+
+        Names are resolved here rather than by libcurl, as the ``http`` fetcher resolves them:
+        with the same resolver call, within the deadline, and refused at once when no address is
+        allowed (libcurl, left to itself, would also wait for answers of the other address family).
+        Answers are kept ``DNS_SECONDS``, as libcurl's own cache keeps them.
+        """
+        key = (host, port)
+        known = self._dns.get(key)
+        now = time.monotonic()
+        if known is None or known[0] < now:
+            try:
+                socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+                known = (math.inf, None)  # an IP literal: libcurl connects to it, checked as it opens the socket
+            except (socket.gaierror, UnicodeError):
+                try:
+                    infos = await asyncio.get_running_loop().run_in_executor(None, resolve, host, port,
+                                                                             attempt.remaining())
+                except OSError as exc:  # socket.gaierror, a resolver too slow to answer included
+                    raise FetchError(str(exc), retryable=True, error_type="dns") from exc
+                known = (now + DNS_SECONDS, infos)
+            if len(self._dns) > MAX_DNS_ENTRIES:
+                self._dns.clear()
+            self._dns[key] = known
+        infos = known[1]
+        if infos is None:
+            return None
+        allowed = [info[4][0] for info in infos if self.policy.refusal(info[4][0]) is None]
+        if not allowed:
+            raise self.policy.refusal(infos[0][4][0])
+        return f"{host}:{port}:" + ",".join(f"[{address}]" if ":" in address else address for address in allowed)
+
+    def _check_head(self, transfer: Transfer) -> None:
+        """The final response head, checked when its first body bytes arrive (or after a transfer
+        without any): informational responses (a few) skipped, 101 refused; error statuses and
+        redirects with bodies not worth reading, X-Robots-Tag refusals and oversized bodies stop
+        the transfer there, and close its connection. Sets ``transfer.response``."""
+        heads = transfer.heads()
+        interim = sum(1 for head in heads if head[0].split(None, 2)[1][:1] == b"1")
+        response = transfer.response = _Response(heads[-1])
+        if response.status == 101:
+            raise FetchError("unexpected 101 Switching Protocols response (no upgrade was requested)",
+                             retryable=False, error_type="protocol")
+        if interim > MAX_INTERIM_RESPONSES:
+            raise FetchError(f"more than {MAX_INTERIM_RESPONSES} informational (1xx) responses",
+                             retryable=False, error_type="protocol")
+        status = response.status
+        if status >= 400 or response.redirect_location is not None:
+            length = response.content_length
+            if length is None or length > DRAIN_LIMIT:  # not worth reading: drop the connection instead
+                if status >= 400:
+                    raise status_error(status, response.reason, response.header("retry-after"))
+                raise _Redirect()
+            return
+        if self.disallowed and robots_refused(response.values("x-robots-tag"), self.token, self.disallowed):
+            raise FetchError("Use of image disallowed by X-Robots-Tag directive", retryable=False,
+                             error_type="opt_out")
+        length = response.content_length
+        if length is not None and length > self.options.max_body_bytes:
+            raise self._too_large()
+
+    def _failure(self, code: int, message: str, url: str, driver: CurlDriver, transfer: Transfer,
+                 attempt: Attempt) -> FetchError:
+        """libcurl's failure ``code`` as the ``http`` fetcher words and classifies the same failure."""
+        if transfer.refusals and code in (pycurl.E_COULDNT_CONNECT, pycurl.E_ABORTED_BY_CALLBACK):
+            # Every address refused: name an IPv4 one if any (libcurl tries ::1 before 127.0.0.1 for
+            # localhost, where the resolver lists 127.0.0.1 first, as the http fetcher reports it).
+            return min(transfer.refusals, key=lambda refused: refused[0] != socket.AF_INET)[1]
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            # As ``http``: the total deadline's message when the server was sending, just too slowly.
+            final_head = transfer.head_complete and transfer.heads()[-1][0].split(None, 2)[1][:1] != b"1"
+            if any(transfer.chunks) or (driver.received_since_start(transfer) and not final_head):
+                return attempt.deadline_error()
+            return FetchError("timed out", retryable=True, error_type="timeout")
+        if code == pycurl.E_FILESIZE_EXCEEDED:
+            return self._too_large()
+        if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
+            return FetchError(message, retryable=True, error_type="dns")
+        if code in _SSL_CODES:
+            detail = message.removeprefix("SSL certificate problem: ")
+            if code == pycurl.E_PEER_FAILED_VERIFICATION:
+                message = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {detail}"
+            return FetchError(message, retryable=False, error_type="tls")
+        if code in _BAD_URL_CODES:
+            return FetchError(f"Invalid URL {url!r}: {message}", retryable=False, error_type="invalid_url")
+        if code == pycurl.E_GOT_NOTHING:
+            message = GOT_NOTHING
+        elif code == pycurl.E_PARTIAL_FILE and transfer.heads():
+            expected, got = _Response(transfer.heads()[-1]).content_length, sum(map(len, transfer.chunks))
+            if expected is not None:
+                message = f"IncompleteRead({got} bytes read, {expected - got} more expected)"
+        else:
+            errno = transfer.handle.getinfo(pycurl.OS_ERRNO)
+            if errno and code in (pycurl.E_COULDNT_CONNECT, pycurl.E_RECV_ERROR, pycurl.E_SEND_ERROR):
+                message = f"[Errno {errno}] {os.strerror(errno)}"
+        return FetchError(message, retryable=True, error_type="connect")
+
+    def _too_large(self) -> FetchError:
+        return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,
+                          error_type="too_large")
+
+    # -- a handle's settings and its connection callbacks --------------------
+
+    def _set_up(self, handle: pycurl.Curl, transfer: Transfer) -> None:
+        """The options every request of ``handle`` shares."""
+        handle.setopt(pycurl.USERAGENT, self.user_agent)
+        handle.setopt(pycurl.HTTPHEADER, REQUEST_HEADERS)
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.FOLLOWLOCATION, 0)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.MAXFILESIZE_LARGE, self.options.max_body_bytes)  # the raw body; decoded: _decoded
+        handle.setopt(pycurl.OPENSOCKETFUNCTION, lambda purpose, address: self._open_socket(transfer, address))
+        handle.setopt(pycurl.PREREQFUNCTION, lambda remote, _local, _port, local_port: self._before_request(
+            transfer, remote, local_port))
+        if self.options.ignore_ssl_certificate:
+            handle.setopt(pycurl.SSL_VERIFYPEER, 0)
+            handle.setopt(pycurl.SSL_VERIFYHOST, 0)
+        else:  # the CA bundle requests would use, REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE included
+            handle.setopt(pycurl.CAINFO, os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                          or certifi.where())
+
+    def _open_socket(self, transfer: Transfer, address: Any) -> int:
+        """A socket for libcurl to connect to ``address``, if the policy allows it (the proxy is
+        trusted); a refused address is skipped, the transfer fails with its refusal if none is left."""
+        family, kind, protocol, where = address
+        if not transfer.via_proxy:
+            refusal = self.policy.refusal(where[0])
+            if refusal is not None:
+                transfer.refusals.append((family, refusal))
+                return pycurl.SOCKET_BAD
+        try:
+            sock = socket.socket(family, kind, protocol)
+        except OSError:
+            return pycurl.SOCKET_BAD
+        transfer.opened_fd = sock.detach()  # libcurl owns it now, and closes it
+        return transfer.opened_fd
+
+    def _before_request(self, transfer: Transfer, remote: str, local_port: int) -> int:
+        """Just before a request goes out, on a new or a reused connection: the address it goes to
+        is allowed (a second check, after the socket's), and which socket carries it."""
+        if transfer.opened_fd >= 0:  # a new connection: remember its socket for when it is reused
+            self._fd_by_port[local_port], transfer.opened_fd = transfer.opened_fd, -1
+        transfer.connected_fd = self._fd_by_port.get(local_port, -1)
+        if transfer.via_proxy:
+            return pycurl.PREREQFUNC_OK
+        if remote not in self._verdicts:
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+            self._verdicts[remote] = self.policy.refusal(remote)
+        refusal = self._verdicts[remote]
+        if refusal is not None:
+            transfer.refusals.append((socket.AF_UNSPEC, refusal))
+            return pycurl.PREREQFUNC_ABORT
+        return pycurl.PREREQFUNC_OK
+
+
+def _call(function):
+    async def call():
+        function()
+    return call()
+
+
+def _prepared(url: str) -> str:
+    """``url`` as requests would send it (percent-encoded as UTF-8, the host IDNA-encoded); a URL
+    without a host fails as requests fails it."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise FetchError(f"Invalid URL {url!r}: No host supplied", retryable=False, error_type="invalid_url")
+    if not parts.netloc.isascii():
+        try:
+            host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise FetchError(f"Invalid URL {url!r}: URL has an invalid label.", retryable=False,
+                             error_type="invalid_url") from exc
+        netloc = parts.netloc.rsplit("@", 1)
+        netloc[-1] = netloc[-1].lower().replace(parts.hostname, host)
+        parts = parts._replace(netloc="@".join(netloc))
+        url = parts.geturl()
+    return url if _PLAIN_URL.fullmatch(url) else requote_uri(url)
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy requests would use for ``url`` (environment variables, no_proxy), or None."""
+    if not any(name in _ENVIRONMENT for name in PROXY_VARIABLES):
+        return None
+    return select_proxy(url, get_environ_proxies(url))
+
+
+def _decoded(body: bytes, encodings: str, limit: int) -> bytes:
+    """``body`` decoded from its Content-Encoding(s) (gzip, deflate; others are left as they are),
+    at most ``limit`` + 1 bytes of it, as urllib3 decodes for requests."""
+    for encoding in reversed([e.strip().lower() for e in encodings.split(",")]):
+        if encoding in ("gzip", "x-gzip"):
+            body = _inflate(body, 16 + zlib.MAX_WBITS, limit)
+        elif encoding == "deflate":
+            try:
+                body = _inflate(body, zlib.MAX_WBITS, limit)
+            except FetchError:  # raw deflate, as some servers send it
+                body = _inflate(body, -zlib.MAX_WBITS, limit)
+    return body
+
+
+def _inflate(data: bytes, window_bits: int, limit: int) -> bytes:
+    try:
+        inflater = zlib.decompressobj(window_bits)
+        out = inflater.decompress(data, limit + 1)
+        while inflater.eof and inflater.unused_data and window_bits > 16 and len(out) <= limit:  # gzip members
+            data, inflater = inflater.unused_data, zlib.decompressobj(window_bits)
+            out += inflater.decompress(data, limit + 1 - len(out))
+    except zlib.error as exc:
+        raise FetchError(str(exc), retryable=False, error_type="protocol") from exc
+    return out
