@@ -104,6 +104,8 @@ def _markdown(doc: str) -> str:
             lines.append(f"*Changed in hook spec {match[1]}: {match[2]}*")
         elif line.startswith(" ") and lines and lines[-1].startswith("- "):
             lines[-1] += " " + line.strip()  # a field's continuation line
+        elif line.startswith(" ") and lines and lines[-1].startswith("*Changed in hook spec "):
+            lines[-1] = f"{lines[-1][:-1]}\n{line.strip()}*"  # a version note's continuation line
         else:
             lines.append(line)
     return _LITERAL.sub(r"`\1`", _ROLE.sub(r"`\1`", "\n".join(lines)))
@@ -129,24 +131,30 @@ One table per component: the core's options, then each built-in plugin's. A comp
 option `x` is given as `--<component>.x` on the command line, as `x` in the YAML section
 `<component>:`, or as `download(<component>={"x": ...})`; the built-in plugins' options also
 answer to the flat name listed second (img2dataset's flags: `--image_size`, `image_size:`,
-`download(image_size=...)`). Defaults are written as in YAML, which is also how flags read
+`download(image_size=...)`); a flat name several of them share, such as `--timeout`, sets each
+of them. Defaults are written as in YAML, which is also how flags read
 their values: `null` for none, `.inf` for infinity, `[a, b]` for a list."""
 
 
 def option_reference(host: PluginHost | None = None) -> str:
     """The Markdown reference of every option :func:`documented_options` returns."""
+    host = host or PluginHost.load(strict=False)
+    schema = OptionSchema(host)
     parts = [OPTIONS_INTRODUCTION]
     for title, specs in documented_options(host):
         kind, _, name = title.partition(" ")
         heading = "Core" if not name else f"{kind.capitalize()} `{name}`"
-        rows = "\n".join(_option_row(spec) for spec in specs)
+        rows = "\n".join(_option_row(spec, schema.shared(spec)) for spec in specs)
         parts.append(f"## {heading}\n\n| option | type | default | description |\n|---|---|---|---|\n{rows}")
     return "\n\n".join(parts)
 
 
-def _option_row(spec: OptionSpec) -> str:
-    flags = [f"--{spec.key}", *([f"--{spec.flat}"] if spec.flat and spec.flat != spec.key else [])]
-    names = "<br>".join(f"`{flag}`" for flag in flags)
+def _option_row(spec: OptionSpec, shared: Sequence[OptionSpec] = ()) -> str:
+    """A table row; ``shared``: the options ``spec``'s flat name sets, if several (``--timeout``)."""
+    flags = [f"`--{spec.key}`", *([f"`--{spec.flat}`"] if spec.flat and spec.flat != spec.key else [])]
+    if others := [other for other in shared if other.key != spec.key]:
+        flags[-1] += " (also sets " + ", ".join(f"[`{other.key}`](#{other.key})" for other in others) + ")"
+    names = "<br>".join(flags)
     cells = [f'<a id="{spec.key}"></a>{names}', _type_text(spec.field.type),
              _default_text(spec.field.name, field_default(spec.field)), _cell(spec.field.metadata.get("help", ""))]
     return f"| {' | '.join(cells)} |"

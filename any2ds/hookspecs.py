@@ -88,7 +88,7 @@ def any2ds_register_fetchers(register: Callable[[type[Fetcher]], None]) -> None:
     """Register fetchers: classes deriving from :class:`any2ds.Fetcher`.
 
     Called at startup, in the main process and in every worker. The
-    ``fetchers`` option lists the fetchers a run enables (default ``[http]``);
+    ``fetchers`` option lists the fetchers a run enables (default ``[fast_http]``);
     each sample goes to the enabled fetcher whose ``schemes`` contain the
     URL's scheme, and a URL no enabled fetcher claims becomes a failed sample.
     A fetcher implements ``fetch`` (run on a thread) or ``fetch_async`` (run on

@@ -84,6 +84,12 @@ class OptionSchema:
             if spec.flat:
                 self._by_flat.setdefault(spec.flat, []).append(spec)
 
+    def shared(self, spec: OptionSpec) -> list[OptionSpec]:
+        """Every option ``spec``'s flat name sets when that name is shared (``--timeout``:
+        ``http.timeout`` and ``fast_http.timeout``), in --help's order; [] if it is not."""
+        specs = self._by_flat.get(spec.flat, []) if spec.flat and spec.flat not in CORE_OPTION_NAMES else []
+        return specs if len(specs) > 1 else []
+
     def _component_groups(self, host: PluginHost) -> list[OptionGroup]:
         registrations = [r for r in host.component_classes() if options_fields(r.cls.Options)]
         # Built-ins first: their names and flat names are taken before any third party's.

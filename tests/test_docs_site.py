@@ -18,6 +18,7 @@ import pytest
 
 import any2ds
 from any2ds import cli, docs
+from any2ds.config import CoreOptions, field_default
 from any2ds.manager import PluginHost
 from any2ds.options import OptionSchema
 from any2ds.testing import read_dataset, serve_directory
@@ -100,7 +101,15 @@ def test_the_reference_renders_types_defaults_and_third_party_options_stay_out()
     assert ('| <a id="image.resize_mode"></a>`--image.resize_mode`<br>`--resize_mode` | `no`, `keep_ratio`, '
             '`keep_ratio_largest`, `center_crop` or `border` | `border` |') in reference
     assert '| <a id="caption_col"></a>`--caption_col` | `str` or null | `null` |' in reference
-    assert "| `int` | `536870912` (512 MiB) |" in reference and "| `float` | `.inf` |" in reference
+    in_flight = field_default(attrs.fields_dict(CoreOptions)["max_bytes_in_flight"])
+    assert f"| `int` | `{in_flight}` ({docs._binary_size(in_flight)}) |" in reference
+    assert "| `float` | `.inf` |" in reference
+    # A flat name two fetchers share is listed with both, each row naming the other.
+    assert ('<a id="http.timeout"></a>`--http.timeout`<br>`--timeout` (also sets [`fast_http.timeout`]'
+            '(#fast_http.timeout))') in reference
+    assert ('<a id="fast_http.timeout"></a>`--fast_http.timeout`<br>`--timeout` (also sets [`http.timeout`]'
+            '(#http.timeout))') in reference
+    assert "`--image_size` (also" not in reference
     assert "&lt;output_folder>/&lt;name>.lance" in reference  # no raw HTML tag in a cell
 
     host = PluginHost.load(plugins=[SharpenPlugin()])
