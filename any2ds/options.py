@@ -21,6 +21,7 @@ validators alone can fail a run.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,8 +88,12 @@ class OptionSchema:
     def shared(self, spec: OptionSpec) -> list[OptionSpec]:
         """Every option ``spec``'s flat name sets when that name is shared (``--timeout``:
         ``http.timeout`` and ``fast_http.timeout``), in --help's order; [] if it is not."""
-        specs = self._by_flat.get(spec.flat, []) if spec.flat and spec.flat not in CORE_OPTION_NAMES else []
-        return specs if len(specs) > 1 else []
+        return self.shared_flats().get(spec.flat, []) if spec.flat else []
+
+    def shared_flats(self) -> dict[str, list[OptionSpec]]:
+        """Each flat name several options share (``timeout``), with the options it sets."""
+        return {flat: specs for flat, specs in self._by_flat.items()
+                if len(specs) > 1 and flat not in CORE_OPTION_NAMES}
 
     def _component_groups(self, host: PluginHost) -> list[OptionGroup]:
         registrations = [r for r in host.component_classes() if options_fields(r.cls.Options)]
@@ -130,7 +135,27 @@ class OptionSchema:
                     # fire (img2dataset's CLI) accepts a bare --flag as True; keep that working.
                     kwargs.update(nargs="?", const=True)
                 arguments.add_argument(*names, **kwargs)
+            if group is self.groups[0] and (shared := self.shared_flats()):
+                self._add_shared_flags(parser, shared)
         return parser
+
+    @staticmethod
+    def _add_shared_flags(parser: ArgumentParser, shared: Mapping[str, Sequence[OptionSpec]]) -> None:
+        """List each shared flat name in --help, right after the core options. Parsing never
+        meets them (:meth:`_expand_shared` and :meth:`nest` give their value to each option they
+        set), and their default is SUPPRESS: they add no key to a parsed namespace."""
+        arguments = parser.add_argument_group(
+            "shared flags", description="img2dataset's flags that several built-in components declare: each sets "
+                                        "the option of every one of them.")
+        for flat, specs in shared.items():
+            field = specs[0].field
+            text = f"Sets {' and '.join(spec.key for spec in specs)}: {field.metadata.get('help', '')}"
+            kwargs: dict[str, Any] = {
+                "type": field.type, "default": argparse.SUPPRESS,  # hence the default written in the help
+                "help": f"{text.replace('%', '%%')} (type: %(type)s, default: {_yaml_text(field_default(field))})"}
+            if field.type is bool:
+                kwargs.update(nargs="?", const=True)
+            arguments.add_argument(f"--{flat}", **kwargs)
 
     def known_names(self) -> set[str]:
         """Every name an option may be given by: keys, flat names and namespaces."""
@@ -263,6 +288,11 @@ def _names(values: Mapping[str, Any], namespaces: set[str]) -> list[str]:
         else:
             names.append(name)
     return names
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` as YAML writes it inline (``null``, ``.inf``, ``[a, b]``), as --help shows defaults."""
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
 
 
 def _flat_name(field: attrs.Attribute) -> str:

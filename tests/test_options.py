@@ -127,6 +127,18 @@ def test_a_flat_name_shared_by_builtins_sets_each(schema):
     assert config.component_values["fast_http"]["retries"] == 2 and config.component_values["http"]["retries"] == 0
 
 
+def test_help_lists_each_shared_flat_name_with_the_options_it_sets(schema):
+    """img2dataset's users find --timeout in --help, though it is no parser alias: it names both
+    options it sets and adds nothing to a parsed namespace (--print_config stays re-readable)."""
+    text = " ".join(schema.parser().format_help().split())
+    assert ("--timeout TIMEOUT Sets fast_http.timeout and http.timeout: Total seconds per request attempt: "
+            "connect, redirects and the whole body. (type: float, default: 10.0)") in text
+    assert "--allow_private_networks [{true,false}] Sets fast_http.allow_private_networks and" in text
+    assert "--image_size IMAGE_SIZE" in text  # an unshared flat name stays an alias of its option
+    namespace = schema.parser().parse_object(schema.nest({"url_list": "in.txt", "timeout": 5}))
+    assert "timeout" not in namespace.as_dict() and namespace.as_dict()["http"]["timeout"] == 5.0
+
+
 def test_a_name_taken_by_a_core_option_gets_its_kind(schema):
     assert schema.namespaces[("writer", "processors")] == "processors_writer"
     config = parse(schema, "--processors_writer.level", "9", "--processors", "[image]")
