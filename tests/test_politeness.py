@@ -26,6 +26,7 @@ import pytest
 from any2ds.testing import read_dataset, send_bytes
 from any2ds.types import Sample
 from any2ds_plugins.http import hosts
+from any2ds_plugins.http.fast import FastHttpFetcher
 from any2ds_plugins.http.fetcher import HttpFetcher
 from any2ds_plugins.http.hosts import HostLimits, HostTable, shared_table, state_directory
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, ROBOTS_TXT_REFUSAL
@@ -154,9 +155,18 @@ def servers():
         server.close()
 
 
-def run_cli(tmp_path: Path, urls: list[str], shard_size: int, *flags: str) -> dict[str, dict]:
-    """``any2ds download`` in a subprocess with 2 worker processes and the default 256 threads each;
-    returns the metadata rows by URL."""
+HTTP_FETCHERS = {"http": HttpFetcher, "fast_http": FastHttpFetcher}
+
+
+@pytest.fixture(params=sorted(HTTP_FETCHERS))
+def fetcher_name(request) -> str:
+    """Each http fetcher keeps the same limits."""
+    return request.param
+
+
+def run_cli(tmp_path: Path, urls: list[str], shard_size: int, fetcher: str, *flags: str) -> dict[str, dict]:
+    """``any2ds download`` with ``fetcher`` in a subprocess with 2 worker processes and the default 256
+    threads each (256 transfers in flight for fast_http); returns the metadata rows by URL."""
     table = pa.table({"url": urls})
     pq.write_table(table, tmp_path / "urls.parquet")
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
@@ -164,14 +174,15 @@ def run_cli(tmp_path: Path, urls: list[str], shard_size: int, *flags: str) -> di
     command = [sys.executable, "-m", "any2ds", "download", "--url_list", str(tmp_path / "urls.parquet"),
                "--input_format", "parquet", "--output_folder", str(tmp_path / "out"), "--output_format", "parquet",
                "--processors", "[]", "--processes_count", "2", "--number_sample_per_shard", str(shard_size),
-               "--allow_private_networks", "true", "--retries", "0", "--observers", "[]", *flags]
+               "--allow_private_networks", "true", "--retries", "0", "--observers", "[]",
+               "--fetchers", f"[{fetcher}]", *flags]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     dataset = read_dataset(tmp_path / "out")
     return {row["url"]: row for row in dataset.rows}
 
 
-def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_path, servers):
+def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_path, servers, fetcher_name):
     """Connections per host stay under the cap over both processes; robots.txt is fetched once per host and
     its refusals are rows of their own type; a 429 holds back every process's requests to its host."""
     cap = 4
@@ -192,7 +203,8 @@ def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_
                 + [failing_robots.url(f"/s{shard}/{i}") for i in range(5)])
         random.Random(shard).shuffle(urls)
         shards.append(urls)
-    rows = run_cli(tmp_path, shards[0] + shards[1], len(shards[0]), "--http.max_connections_per_host", str(cap),
+    rows = run_cli(tmp_path, shards[0] + shards[1], len(shards[0]), fetcher_name,
+                   f"--{fetcher_name}.max_connections_per_host", str(cap),
                    "--respect_robots_txt", "true", "--user_agent_token", "politebot")
 
     everyone = [crowded, rules, no_robots, failing_robots, throttling]
@@ -230,11 +242,11 @@ def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_
     assert len(after) > 100
 
 
-def test_request_rate_per_host_is_shared_by_two_processes(tmp_path, servers):
+def test_request_rate_per_host_is_shared_by_two_processes(tmp_path, servers, fetcher_name):
     rate = 8.0
     first, second = servers(), servers()
     urls = [server.url(f"/s{shard}/{i}") for shard in range(2) for server in (first, second) for i in range(12)]
-    rows = run_cli(tmp_path, urls, 24, "--http.max_requests_per_second_per_host", str(rate))
+    rows = run_cli(tmp_path, urls, 24, fetcher_name, f"--{fetcher_name}.max_requests_per_second_per_host", str(rate))
     assert {row["status"] for row in rows.values()} == {"success"}
     # Starts are spaced 1/rate apart; an arrival lags its start by a connection's set-up, which a busy
     # machine may stretch: SCHEDULING_SLACK allows for that in every window of WINDOW arrivals.
@@ -348,9 +360,10 @@ def test_without_ofd_locks_the_cap_holds_among_threads(monkeypatch, tmp_path):
 # -- robots.txt through one fetcher ------------------------------------------------------------------
 
 
-def fetch_all(urls: list[str], threads: int = 32, **options) -> dict[str, object]:
-    fetcher = HttpFetcher(HttpFetcher.Options(allow_private_networks=True, respect_robots_txt=True, timeout=5.0,
-                                              **options))
+def fetch_all(urls: list[str], fetcher_name: str, threads: int = 32, **options) -> dict[str, object]:
+    """Each URL fetched by a ``fetcher_name`` fetcher called from ``threads`` threads."""
+    fetcher = HTTP_FETCHERS[fetcher_name](HttpFetcher.Options(allow_private_networks=True, respect_robots_txt=True,
+                                                              timeout=5.0, **options))
     outcomes: dict[str, object] = {}
 
     def work(i: int) -> None:
@@ -370,21 +383,21 @@ def fetch_all(urls: list[str], threads: int = 32, **options) -> dict[str, object
     return outcomes
 
 
-def test_robots_txt_without_token_applies_the_star_group_and_is_fetched_once(servers):
+def test_robots_txt_without_token_applies_the_star_group_and_is_fetched_once(servers, fetcher_name):
     server = servers(robots=(200, b"User-agent: *\nDisallow: /private\nAllow: /private/open\n"))
     urls = [server.url(f"/private/{i}") for i in range(20)] + [server.url(f"/private/open/{i}") for i in range(20)]
-    outcomes = fetch_all(urls)
+    outcomes = fetch_all(urls, fetcher_name)
     assert server.robots_fetches == 1
     refused = {url for url, outcome in outcomes.items() if getattr(outcome, "error_type", None) == ROBOTS_TXT_REFUSAL}
     assert refused == set(urls[:20])  # the longest match wins: /private/open is allowed
     assert sorted(server.paths()) == sorted(f"/private/open/{i}" for i in range(20))
 
 
-def test_unreachable_robots_txt_disallows_and_a_huge_one_is_read_in_part(servers):
+def test_unreachable_robots_txt_disallows_and_a_huge_one_is_read_in_part(servers, fetcher_name):
     silent = servers()
     silent.close()  # nothing listens there any more: connection refused
     huge = servers(robots=(200, b"User-agent: *\n" + b"Disallow: /a\n" * (ROBOTS_MAX_BYTES // 12) + b"Disallow: /b\n"))
-    outcomes = fetch_all([silent.url("/x"), huge.url("/a"), huge.url("/b")], threads=1)
+    outcomes = fetch_all([silent.url("/x"), huge.url("/a"), huge.url("/b")], fetcher_name, threads=1)
     assert outcomes[silent.url("/x")].error_type == ROBOTS_TXT_REFUSAL
     assert "robots.txt unreachable (connect)" in outcomes[silent.url("/x")].message
     assert outcomes[huge.url("/a")].error_type == ROBOTS_TXT_REFUSAL

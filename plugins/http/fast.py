@@ -30,6 +30,7 @@ import threading
 import time
 import zlib
 from collections.abc import Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -40,8 +41,10 @@ from any2ds_plugins.http.curl import CurlDriver, Transfer
 from any2ds_plugins.http.deadline import Attempt
 from any2ds_plugins.http.fetcher import HttpFetcher
 from any2ds_plugins.http.framing import MAX_INTERIM_RESPONSES
-from any2ds_plugins.http.retry import retry_delay, status_error
+from any2ds_plugins.http.hosts import HostLimits, host_key, shared_table, state_directory
+from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
+from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer, RobotsTxt
 from requests.utils import get_environ_proxies, requote_uri, select_proxy
 
 from any2ds import Fetcher, FetchError, FetchResult, Sample
@@ -54,6 +57,13 @@ DNS_SECONDS = 60.0
 MAX_DNS_ENTRIES = 10_000
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REQUEST_HEADERS = ["Accept: */*", "Accept-Encoding: gzip, deflate", "Connection: keep-alive"]
+# Under a per-host cap a connection slot is a connection: one request per connection (as ``http``).
+ONE_REQUEST_HEADERS = ["Accept: */*", "Accept-Encoding: gzip, deflate", "Connection: close"]
+# Threads that wait in the kernel, off the event loop: for a host's connection slot (they depend on
+# nothing but transfers in flight), and for robots.txt verdicts (which may need slots): two pools, so
+# that robots.txt waits can never hold every thread a slot wait needs.
+SLOT_WAIT_THREADS = 64
+ROBOTS_WAIT_THREADS = 16
 PROXY_VARIABLES = (b"http_proxy", b"https_proxy", b"all_proxy", b"HTTP_PROXY", b"HTTPS_PROXY", b"ALL_PROXY")
 # The process environment as bytes: os.environ and os.environb share it; a plain dict lookup per
 # variable (their own lookups encode the key and raise KeyError for a missing one: ~1 us each).
@@ -136,6 +146,13 @@ class FastHttpFetcher(Fetcher):
             directives = DEFAULT_DISALLOWED_DIRECTIVES
         self.disallowed = frozenset(d.strip().lower() for d in directives)
         self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
+        directory = state_directory()
+        table = shared_table(directory)
+        self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
+        self.keep_alive = not options.max_connections_per_host
+        self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
+                           if options.respect_robots_txt else None)
+        self._waits: dict[str, ThreadPoolExecutor] = {}  # "slots", "robots": made on first use
         self._fd_by_port: dict[int, int] = {}  # local port of a connection -> its socket
         self._dns: dict[tuple[str, int], tuple[float, list | None]] = {}  # (host, port) -> (until, getaddrinfo)
         self._verdicts: dict[str, BlockedAddress | None] = {}  # address -> refusal, for the pre-request check
@@ -184,6 +201,9 @@ class FastHttpFetcher(Fetcher):
         self._drivers.clear()
         if own_loop is not None:
             own_loop.call_soon_threadsafe(own_loop.stop)
+        for pool in self._waits.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._waits.clear()
 
     # -- an attempt ---------------------------------------------------------
 
@@ -194,14 +214,19 @@ class FastHttpFetcher(Fetcher):
             driver = self._drivers[loop] = CurlDriver(loop)
         return driver
 
-    async def _attempt(self, url: str, number: int) -> FetchResult:
-        """One attempt: request, follow redirects, check, read the body; all before one deadline."""
+    async def _attempt(self, url: str, number: int, *, robots_txt: bool = True) -> FetchResult:
+        """One attempt: robots.txt, the host's turn, then the request, its redirects (each hop
+        checked and given its host's turn) and body, all before one deadline (which starts once
+        the host's turn has come). ``robots_txt`` false: robots.txt itself, cut at ROBOTS_MAX_BYTES."""
         driver = self._driver()
         transfer = driver.idle.pop() if driver.idle else Transfer(self._set_up)
-        attempt = Attempt(self.options.timeout, self.policy)
+        turn = _HostTurn(self)
         try:
             url = _prepared(url)
-            response = await self._request(driver, transfer, url, attempt)
+            await self._check_robots_txt(url, turn, robots_txt)
+            await turn.go(url)
+            attempt = Attempt(self.options.timeout, self.policy)
+            response = await self._request(driver, transfer, url, attempt, number, robots_txt)
             redirects = 0
             while (location := response.redirect_location) is not None:
                 if redirects == self.options.max_redirects:
@@ -214,23 +239,108 @@ class FastHttpFetcher(Fetcher):
                                      error_type="redirect")
                 url = _prepared(url)
                 redirects += 1
-                response = await self._request(driver, transfer, url, attempt)
+                await self._check_robots_txt(url, turn, robots_txt)
+                await turn.go(url)
+                response = await self._request(driver, transfer, url, attempt, number, robots_txt)
             body = transfer.body()
             encoding = response.header("content-encoding")
             if encoding is not None:
                 body = await asyncio.get_running_loop().run_in_executor(
                     None, _decoded, body, encoding, self.options.max_body_bytes)
-            if len(body) > self.options.max_body_bytes:
+            if not robots_txt:
+                body = body[:ROBOTS_MAX_BYTES]
+            elif len(body) > self.options.max_body_bytes:
                 raise self._too_large()
             return FetchResult(body=body, url=url, content_type=response.header("content-type"),
                                headers=response.headers, attempts=number)
         finally:
+            turn.leave()
             transfer.chunks.clear()
             driver.idle.append(transfer)
 
-    async def _request(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt) -> _Response:
+    async def _check_robots_txt(self, url: str, turn: _HostTurn, applies: bool) -> None:
+        """Refuse ``url`` if robots.txt disallows it. The attempt leaves its host first: fetching
+        a robots.txt takes a turn of its own, and an attempt holds one host's turn at a time. The
+        verdict may wait for another process's fetch of the same robots.txt: on a waiting thread."""
+        if self.robots_txt is None or not applies:
+            return
+        turn.leave()
+        loop = asyncio.get_running_loop()
+
+        def fetch(robots_url: str) -> RobotsAnswer:  # on the waiting thread: the fetch runs on the loop
+            return asyncio.run_coroutine_threadsafe(self._fetch_robots_txt(robots_url), loop).result()
+
+        refusal = await loop.run_in_executor(self._wait_pool("robots"), self.robots_txt.refusal, url, fetch)
+        if refusal is not None:
+            raise refusal
+
+    async def _fetch_robots_txt(self, url: str) -> RobotsAnswer:
+        """One attempt at a robots.txt, under the same address policy, deadline and host limits."""
+        try:
+            result = await self._attempt(url, 1, robots_txt=False)
+        except BlockedAddress:
+            raise  # the row fails for its address, not for robots.txt
+        except HTTPStatusError as error:
+            return RobotsAnswer(error.http_status)
+        except FetchError as error:
+            if error.error_type == "redirect":
+                return RobotsAnswer(404)  # no robots.txt to be found: RFC 9309 treats it as unavailable
+            return RobotsAnswer(None, problem=error.error_type)
+        return RobotsAnswer(200, result.body)
+
+    async def _enter_host(self, key: str) -> tuple[int, int] | None:
+        """A connection slot on ``key`` (at once if one is free, else from a waiting thread), then
+        its start time; returns the slot. A cancelled wait gives back the slot it gets later."""
+        slot = None
+        if self.hosts.max_connections:
+            slot = self.hosts.table.try_acquire_slot(key, self.hosts.max_connections)
+            if slot is None:
+                waiting = self._wait_pool("slots").submit(self.hosts.table.acquire_slot, key,
+                                                          self.hosts.max_connections)
+                try:
+                    slot = await asyncio.wrap_future(waiting)
+                except asyncio.CancelledError:
+                    waiting.add_done_callback(self._give_back_slot)
+                    raise
+        try:
+            delay = self.hosts.start_delay(key)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        except BaseException:
+            self.hosts.leave(slot)
+            raise
+        return slot
+
+    def _give_back_slot(self, waiting: Future) -> None:
+        if not waiting.cancelled() and waiting.exception() is None:
+            self.hosts.leave(waiting.result())
+
+    def _wait_pool(self, kind: str) -> ThreadPoolExecutor:
+        pool = self._waits.get(kind)
+        if pool is None:
+            with self._lock:
+                pool = self._waits.get(kind)
+                if pool is None:
+                    pool = self._waits[kind] = ThreadPoolExecutor(
+                        SLOT_WAIT_THREADS if kind == "slots" else ROBOTS_WAIT_THREADS,
+                        thread_name_prefix=f"any2ds-fast-http-{kind}")
+        return pool
+
+    async def _request(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt,
+                       number: int, robots_txt: bool) -> _Response:
         """One hop: the final response to a GET of ``url``, its body in ``transfer``; a status error
-        raised (after reading a small body, so the connection serves again)."""
+        raised (after reading a small body, so the connection serves again). A 429, a 503 or any
+        error with ``Retry-After`` slows the host down for everyone, as long as a retry would wait."""
+        try:
+            return await self._hop(driver, transfer, url, attempt, robots_txt)
+        except HTTPStatusError as error:
+            if error.slows_host:
+                self.hosts.slow_down(host_key(url), retry_delay(error, number, self.options.retry_backoff,
+                                                                 self.options.max_retry_after))
+            raise
+
+    async def _hop(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt,
+                   robots_txt: bool) -> _Response:
         remaining = attempt.remaining()
         proxy = _proxy_for(url)
         transfer.via_proxy = proxy is not None
@@ -250,7 +360,7 @@ class FastHttpFetcher(Fetcher):
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.PROXY, proxy or "")
         handle.setopt(pycurl.TIMEOUT_MS, max(1, int(remaining * 1000)))
-        transfer.prepare(self._check_head)
+        transfer.prepare(self._check_head if robots_txt else self._check_robots_txt_head)
         code, message = await driver.perform(transfer)
         if isinstance(transfer.abort, _Redirect):
             return transfer.response
@@ -301,7 +411,12 @@ class FastHttpFetcher(Fetcher):
             raise self.policy.refusal(infos[0][4][0])
         return f"{host}:{port}:" + ",".join(f"[{address}]" if ":" in address else address for address in allowed)
 
-    def _check_head(self, transfer: Transfer) -> None:
+    def _check_robots_txt_head(self, transfer: Transfer) -> None:
+        """``_check_head`` for a robots.txt: its X-Robots-Tag speaks of the file, not of the site's
+        pages, and a large one is cut (at ROBOTS_MAX_BYTES), not refused."""
+        self._check_head(transfer, page=False)
+
+    def _check_head(self, transfer: Transfer, page: bool = True) -> None:
         """The final response head, checked when its first body bytes arrive (or after a transfer
         without any): informational responses (a few) skipped, 101 refused; error statuses and
         redirects with bodies not worth reading, X-Robots-Tag refusals and oversized bodies stop
@@ -322,6 +437,8 @@ class FastHttpFetcher(Fetcher):
                 if status >= 400:
                     raise status_error(status, response.reason, response.header("retry-after"))
                 raise _Redirect()
+            return
+        if not page:
             return
         if self.disallowed and robots_refused(response.values("x-robots-tag"), self.token, self.disallowed):
             raise FetchError("Use of image disallowed by X-Robots-Tag directive", retryable=False,
@@ -375,7 +492,8 @@ class FastHttpFetcher(Fetcher):
     def _set_up(self, handle: pycurl.Curl, transfer: Transfer) -> None:
         """The options every request of ``handle`` shares."""
         handle.setopt(pycurl.USERAGENT, self.user_agent)
-        handle.setopt(pycurl.HTTPHEADER, REQUEST_HEADERS)
+        handle.setopt(pycurl.HTTPHEADER, REQUEST_HEADERS if self.keep_alive else ONE_REQUEST_HEADERS)
+        handle.setopt(pycurl.FORBID_REUSE, 0 if self.keep_alive else 1)
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
@@ -423,6 +541,30 @@ class FastHttpFetcher(Fetcher):
             transfer.refusals.append((socket.AF_UNSPEC, refusal))
             return pycurl.PREREQFUNC_ABORT
         return pycurl.PREREQFUNC_OK
+
+
+class _HostTurn:
+    """An attempt's turn at one host at a time (``HostTurn``'s asynchronous twin): ``go(url)``
+    leaves the current host and waits for the URL's."""
+
+    def __init__(self, fetcher: FastHttpFetcher) -> None:
+        self.fetcher = fetcher
+        self.key: str | None = None
+        self._slot: tuple[int, int] | None = None
+
+    async def go(self, url: str) -> None:
+        key = host_key(url)
+        if key == self.key:
+            return
+        self.leave()
+        self._slot = await self.fetcher._enter_host(key)
+        self.key = key
+
+    def leave(self) -> None:
+        if self.key is None:
+            return
+        slot, self._slot, self.key = self._slot, None, None
+        self.fetcher.hosts.leave(slot)
 
 
 def _call(function):

@@ -191,6 +191,11 @@ class SharedLocks:
         self._released = threading.Condition(self._pool_lock)
 
 
+def _slot_base(key: str) -> int:
+    """The offset of ``key``'s first connection slot in the lock file."""
+    return SLOT_REGION + (key_hash(key) % (1 << HOST_HASH_BITS)) * MAX_CONNECTIONS_PER_HOST
+
+
 def _flock(kind: int, offset: int) -> bytes:
     """A ``struct flock`` for one byte at ``offset`` (l_pid 0, as OFD locks require)."""
     return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
@@ -210,15 +215,22 @@ class HostTable:
 
     def acquire_slot(self, key: str, cap: int) -> tuple[int, int]:
         """Hold one of ``key``'s ``cap`` connection slots, waiting for one if all are taken."""
-        base = SLOT_REGION + ((key_hash(key) % (1 << HOST_HASH_BITS)) * MAX_CONNECTIONS_PER_HOST)
+        slot = self.try_acquire_slot(key, cap)
+        if slot is not None:
+            return slot
+        offset = _slot_base(key) + random.randrange(cap)
+        return self.locks.lock(offset), offset
+
+    def try_acquire_slot(self, key: str, cap: int) -> tuple[int, int] | None:
+        """Hold one of ``key``'s ``cap`` connection slots if one is free, without waiting."""
+        base = _slot_base(key)
         first = random.randrange(cap)  # spread holders over the slots: fewer collisions when trying them
         for i in range(cap):
             offset = base + (first + i) % cap
             fd = self.locks.try_lock(offset)
             if fd is not None:
                 return fd, offset
-        offset = base + first
-        return self.locks.lock(offset), offset
+        return None
 
     def release_slot(self, slot: tuple[int, int]) -> None:
         self.locks.unlock(*slot)
@@ -338,14 +350,18 @@ class HostLimits:
         """Wait for a connection slot on ``key``, then for its next start time; returns the slot."""
         slot = self.table.acquire_slot(key, self.max_connections) if self.max_connections else None
         try:
-            delay = self.table.reserve_start(key, self.interval) - time.time()
+            delay = self.start_delay(key)
             if delay > 0:
                 time.sleep(delay)
         except BaseException:
-            if slot is not None:
-                self.table.release_slot(slot)
+            self.leave(slot)
             raise
         return slot
+
+    def start_delay(self, key: str) -> float:
+        """Seconds until the next request to ``key`` may start, that start taken (the pacing and
+        everyone's back-off); call it holding a slot."""
+        return self.table.reserve_start(key, self.interval) - time.time()
 
     def leave(self, slot: tuple[int, int] | None) -> None:
         if slot is not None:
