@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,10 +61,30 @@ def read_metadata(out: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist()
 
 
+# Each answer of long_run's server route waits this long: with thread_count 4 and 2 processes, at
+# most 8 / 0.06 = 133 rows (7 shards) a second whatever the CPU, about what 2 cores resize anyway.
+LONG_RUN_DELAY = 0.06
+
+
+def long_run_urls(server, rows: int) -> list[str]:
+    """The URLs of :func:`long_run`: each distinct (a URL listed twice in a shard is fetched and
+    processed once), so that every row costs a fetch and a resize, and each answered late."""
+    return [server.url(f"/delayed/{IMAGES[i % 7]}?row={i}") for i in range(rows)]
+
+
+def _delayed(server) -> Callable[[BaseHTTPRequestHandler], None]:
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        time.sleep(LONG_RUN_DELAY)
+        server.routes["/allowed/"](request)
+    return handler
+
+
 def long_run(tmp_path, server, rows: int) -> tuple[list[str], Path]:
-    """A CLI command slow enough to interrupt (rows x 512 px lanczos), and its output folder."""
+    """A CLI command slow enough to interrupt (rows x 512 px lanczos, each URL answered after
+    LONG_RUN_DELAY), and its output folder."""
+    server.route("/delayed/", _delayed(server))
     path = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist([{"url": server.url(f"/allowed/{IMAGES[i % 7]}")} for i in range(rows)]), path)
+    pq.write_table(pa.Table.from_pylist([{"url": url} for url in long_run_urls(server, rows)]), path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "any2ds", "download", "--url_list", str(path), "--input_format", "parquet",
            "--output_folder", str(out), "--output_format", "webdataset", "--number_sample_per_shard", "20",

@@ -20,7 +20,14 @@ import webdataset as wds
 
 import any2ds
 from any2ds.metadata import TRUNCATION_MARK
-from tests.test_download import IMAGES, assert_complete_webdataset, long_run, read_metadata, run, wait_for_shards
+from tests.test_download import (
+    assert_complete_webdataset,
+    long_run,
+    long_run_urls,
+    read_metadata,
+    run,
+    wait_for_shards,
+)
 
 NASTY_TEXT = [
     "line one\nline two\r\nline three",
@@ -168,7 +175,7 @@ def test_repeated_sigkill_at_random_points_then_resume(tmp_path, http_server):
     assert_complete_webdataset(out, shards=25, rows=500)
     metadata = read_metadata(out)
     assert len(metadata) == 500 and {m["status"] for m in metadata} == {"success"}
-    assert [m["url"] for m in metadata] == [http_server.url(f"/allowed/{IMAGES[i % 7]}") for i in range(500)]
+    assert [m["url"] for m in metadata] == long_run_urls(http_server, 500)
 
 
 def test_duplicate_urls_each_keep_their_row(tmp_path, http_server):
