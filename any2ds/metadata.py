@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 import pyarrow as pa
@@ -170,3 +170,20 @@ class MetadataParquetWriter:
         with self._target.fs.open(self._target.path(".parquet"), "wb") as f:
             pq.write_table(table, f, row_group_size=ROW_GROUP_SIZE)
         self._records = []
+
+
+def read_parquet(f: BinaryIO, columns: Sequence[str] | None = None) -> pa.Table:
+    """A parquet file read whole from a Python file object (an fsspec file) on this thread:
+    the ``columns`` it has among those given, or all of them.
+
+    Not ``pq.read_table(f)``: pyarrow's thread pools read a Python file through the GIL, and a
+    pool thread may drop the last reference to the Python-owned buffers a read made (its read
+    cache, its column readers) after the read returned. Should the interpreter be exiting
+    then, that thread's PyGILState_Ensure ends it (pthread_exit) inside a C++ destructor:
+    std::terminate, "terminate called without an active exception", SIGABRT at exit. Without
+    pre-buffering (no I/O pool) and with use_threads=False (no CPU pool), no pool thread
+    touches the file or its buffers.
+    """
+    parquet = pq.ParquetFile(f, pre_buffer=False)
+    present = None if columns is None else [name for name in columns if name in parquet.schema_arrow.names]
+    return parquet.read(columns=present, use_threads=False)

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
-import pyarrow.parquet as pq
 
 from any2ds.components import ShardWriter, Writer
-from any2ds.metadata import MetadataParquetWriter, to_json
+from any2ds.metadata import MetadataParquetWriter, read_parquet, to_json
 
 if TYPE_CHECKING:
     from any2ds.metadata import MetadataLayout
@@ -168,7 +167,7 @@ def split_file_name(name: str) -> tuple[str, str]:
 def read_metadata(output: OutputFolder, shard_name: str) -> list[dict[str, Any]]:
     """The rows of a committed shard's ``<shard>.parquet``."""
     with output.fs.open(output.join(f"{shard_name}.parquet"), "rb") as f:
-        return pq.read_table(f).to_pylist()
+        return read_parquet(f).to_pylist()
 
 
 class _SampleFilesShardWriter(MetadataShardWriter):

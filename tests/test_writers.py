@@ -318,6 +318,31 @@ def test_parquet_flushes_a_row_group_once_enough_media_is_buffered(tmp_path, mon
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [1, 1, 1, 3]
 
 
+# Counts this process's threads around read_parquet, in an interpreter whose pyarrow pools have not started.
+COUNT_READ_THREADS = """
+import os, sys
+from any2ds.metadata import read_parquet
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+with open(sys.argv[1], "rb") as f:
+    table = read_parquet(f, ["key", "absent"])
+print(table.column_names, table.num_rows, threads() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_reading_a_parquet_back_starts_no_pyarrow_thread(tmp_path):
+    """pq.read_table(<a Python file>) reads on pyarrow's pools; a pool thread may free the Python
+    buffers of the read after it returned, and if the interpreter is exiting then, the process
+    aborts ("terminate called without an active exception"). read_parquet reads on its caller."""
+    path = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"key": ["a", "b"], "status": ["success", "failed_to_download"]}), path)
+    result = subprocess.run([sys.executable, "-c", COUNT_READ_THREADS, str(path)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['key']", "2", "0"]
+
+
 def test_parquet_rejects_a_stream_named_like_a_metadata_column(tmp_path):
     layout = MetadataLayout.build(pa.schema([]), [], False, [], media_streams=["url"])
     target = OutputFolder(str(tmp_path), OOM).target(0)

@@ -24,9 +24,9 @@ import fsspec.parquet
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from any2ds.errors import ConfigError
+from any2ds.metadata import read_parquet
 from any2ds.output import RUN_DIR, STATS_SUFFIX, SUMMARY_FILE, TMP_DIR
 from any2ds.storage import Storage
 
@@ -200,9 +200,7 @@ def _read_shard_rows(fs: fsspec.AbstractFileSystem, path: str) -> ShardRows | Ex
         # Fetches the footer, then only the byte ranges of these columns' chunks.
         with fsspec.parquet.open_parquet_file(path, fs=fs, columns=list(METADATA_COLUMNS), engine="pyarrow",
                                               footer_sample_size=FOOTER_BYTES) as f:
-            parquet = pq.ParquetFile(f)
-            present = [name for name in METADATA_COLUMNS if name in parquet.schema_arrow.names]
-            table = parquet.read(columns=present)
+            table = read_parquet(f, METADATA_COLUMNS)  # on this thread, no pyarrow pool: see read_parquet
     except Exception as exc:  # noqa: BLE001 - any reader error is reported, not raised
         return exc
     return shard_rows(table)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
+from any2ds.metadata import read_parquet
 
 # A row group is written once either limit is reached, so a shard's media is
 # never all in memory (img2dataset used 100-row groups).
@@ -58,7 +59,7 @@ class ParquetWriter(Writer):
     def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
         for shard_name in output.done_shard_names():
             with output.fs.open(output.join(f"{shard_name}.parquet"), "rb") as f:
-                table = pq.read_table(f)
+                table = read_parquet(f)  # not pq.read_table: see read_parquet
             yield from rows_and_media(table)
 
 
