@@ -280,12 +280,8 @@ class FastHttpFetcher(Fetcher):
             result = await self._attempt(url, 1, robots_txt=False)
         except BlockedAddress:
             raise  # the row fails for its address, not for robots.txt
-        except HTTPStatusError as error:
-            return RobotsAnswer(error.http_status)
         except FetchError as error:
-            if error.error_type == "redirect":
-                return RobotsAnswer(404)  # no robots.txt to be found: RFC 9309 treats it as unavailable
-            return RobotsAnswer(None, problem=error.error_type)
+            return RobotsAnswer.of_failure(error)
         return RobotsAnswer(200, result.body)
 
     async def _enter_host(self, key: str) -> tuple[int, int] | None:

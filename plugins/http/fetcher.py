@@ -31,7 +31,7 @@ from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt,
 from any2ds_plugins.http.hosts import (
     MAX_CONNECTIONS_PER_HOST, HostLimits, HostTurn, host_key, shared_table, state_directory,
 )
-from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
+from any2ds_plugins.http.retry import retry_delay, status_error
 from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer, RobotsTxt
 from any2ds_plugins.http.transport import as_fetch_error, guarded_session, is_stale_connection
@@ -238,12 +238,8 @@ class HttpFetcher(Fetcher):
                 result = self._get(session, turn, url, 1, robots_txt=False)
         except BlockedAddress:
             raise  # the row fails for its address, not for robots.txt
-        except HTTPStatusError as error:
-            return RobotsAnswer(error.http_status)
         except FetchError as error:
-            if error.error_type == "redirect":
-                return RobotsAnswer(404)  # no robots.txt to be found: RFC 9309 treats it as unavailable
-            return RobotsAnswer(None, problem=error.error_type)
+            return RobotsAnswer.of_failure(error)
         return RobotsAnswer(200, result.body)
 
     def _request(self, session: requests.Session, url: str, attempt: Attempt) -> requests.Response:

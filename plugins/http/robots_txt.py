@@ -38,6 +38,7 @@ from protego import Protego
 
 from any2ds import FetchError
 from any2ds_plugins.http.hosts import HOST_HASH_BITS, ROBOTS_REGION, SharedLocks, authority, key_hash
+from any2ds_plugins.http.retry import HTTPStatusError
 
 ROBOTS_TXT_REFUSAL = "opt_out"  # the error type of every row robots.txt refuses, as of an X-Robots-Tag refusal
 ROBOTS_MAX_BYTES = 500 * 1024
@@ -55,6 +56,17 @@ class RobotsAnswer:
     status: int | None
     body: bytes = b""
     problem: str = ""
+
+    @classmethod
+    def of_failure(cls, error: FetchError) -> RobotsAnswer:
+        """What a robots.txt fetch that failed with ``error`` answered: its error status; a 404
+        for a redirect loop or one off http(s) (RFC 9309 treats the file as unavailable); else no
+        answer (the site is unreachable)."""
+        if isinstance(error, HTTPStatusError):
+            return cls(error.http_status)
+        if error.error_type == "redirect":
+            return cls(404)
+        return cls(None, problem=error.error_type)
 
 
 @attrs.frozen
