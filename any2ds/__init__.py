@@ -26,7 +26,7 @@ from any2ds.errors import (
 )
 from any2ds.hookspecs import HOOKSPEC_VERSION, hookimpl
 from any2ds.mediatypes import MediaType, detect_media_type
-from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, to_json
+from any2ds.metadata import TRUNCATION_MARK, MetadataLayout, MetadataParquetWriter, read_parquet, to_json
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.progress import RunProgress, ShardProgress
 from any2ds.storage import Storage
@@ -69,7 +69,7 @@ __all__ = [
     "KeyFormat", "InputSource", "RunProgress", "ShardProgress",
     # output
     "OutputFolder", "ShardTarget", "Storage", "MetadataLayout", "MetadataParquetWriter", "TRUNCATION_MARK",
-    "caption_text", "sample_files", "split_file_name", "read_metadata", "to_json",
+    "caption_text", "sample_files", "split_file_name", "read_metadata", "read_parquet", "to_json",
     # errors and helpers
     "Any2dsError", "ConfigError", "PluginError", "SampleError", "FetchError", "ProcessError", "VerifyError",
     "ERROR_TYPES", "clean_message", "detect_media_type",

@@ -9,8 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer
-from any2ds.metadata import read_parquet
+from any2ds import MetadataLayout, OutputFolder, SampleResult, ShardTarget, ShardWriter, Writer, read_parquet
 
 # A row group is written once either limit is reached, so a shard's media is
 # never all in memory (img2dataset used 100-row groups).
