@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from any2ds.output import SUMMARY_FILE
 from any2ds.testing import serve_directory
 
 # (extension, soundfile format, subtype, sample rate, channels): what audio sites serve.
@@ -88,7 +89,7 @@ def run_any2ds(args: argparse.Namespace, work: Path, paths: list[str], folder: P
         cpu_before, server_before, start = children_cpu(), self_cpu(), time.perf_counter()
         subprocess.run(command, check=True, env={**os.environ, "NO_PROXY": "127.0.0.1"})
         wall = time.perf_counter() - start
-        summary = json.loads((work / "out" / "run_summary.json").read_text())
+        summary = json.loads((work / "out" / SUMMARY_FILE).read_text())
         if summary["successes"] != len(paths):
             sys.exit(f"any2ds stored {summary['successes']} of {len(paths)} files: {summary['error_types']}")
         return wall, children_cpu() - cpu_before, self_cpu() - server_before
