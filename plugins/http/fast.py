@@ -36,18 +36,18 @@ from urllib.parse import urljoin, urlsplit
 
 import certifi
 import pycurl
-from any2ds_plugins.http.addresses import AddressPolicy, BlockedAddress, resolve
+from any2ds_plugins.http.addresses import BlockedAddress, resolve
 from any2ds_plugins.http.curl import CurlDriver, Transfer
 from any2ds_plugins.http.deadline import Attempt
-from any2ds_plugins.http.fetcher import HttpFetcher
+from any2ds_plugins.http.fetcher import HttpFetcher, SiteManners
 from any2ds_plugins.http.framing import MAX_INTERIM_RESPONSES
-from any2ds_plugins.http.hosts import HostLimits, host_key, shared_table, state_directory
+from any2ds_plugins.http.hosts import host_key
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
-from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
-from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer, RobotsTxt
+from any2ds_plugins.http.robots import robots_refused
+from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer
 from requests.utils import get_environ_proxies, requote_uri, select_proxy
 
-from any2ds import Fetcher, FetchError, FetchResult, Sample
+from any2ds import FetchError, FetchResult, Sample
 
 T = TypeVar("T")
 
@@ -126,7 +126,7 @@ class _Response:
         return location.encode("latin-1").decode("utf-8", "replace") if location is not None else None
 
 
-class FastHttpFetcher(Fetcher):
+class FastHttpFetcher(SiteManners):
     """GETs http(s) URLs with libcurl's multi interface on the worker's event loop.
 
     Same options as ``http`` (its ``Options``), same checks, messages and error
@@ -139,19 +139,6 @@ class FastHttpFetcher(Fetcher):
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
-        self.token = (options.user_agent_token or "").strip().lower() or None
-        self.user_agent = user_agent(self.token)
-        directives = options.disallowed_header_directives
-        if directives is None:
-            directives = DEFAULT_DISALLOWED_DIRECTIVES
-        self.disallowed = frozenset(d.strip().lower() for d in directives)
-        self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
-        directory = state_directory()
-        table = shared_table(directory)
-        self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
-        self.keep_alive = not options.max_connections_per_host
-        self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
-                           if options.respect_robots_txt else None)
         self._waits: dict[str, ThreadPoolExecutor] = {}  # "slots", "robots": made on first use
         self._fd_by_port: dict[int, int] = {}  # local port of a connection -> its socket
         self._dns: dict[tuple[str, int], tuple[float, list | None]] = {}  # (host, port) -> (until, getaddrinfo)

@@ -43,7 +43,30 @@ _DRAIN_LIMIT = 64 * 1024
 _ONE_REQUEST_PER_CONNECTION = {"Connection": "close"}
 
 
-class HttpFetcher(Fetcher):
+class SiteManners(Fetcher):
+    """What both http fetchers (``http``, ``fast_http``) derive from their options, the same
+    way: the user agent and its token, the X-Robots-Tag directives refused, the address policy,
+    the per-host limits (shared by the machine's processes) and robots.txt."""
+
+    def __init__(self, options: HttpFetcher.Options) -> None:
+        super().__init__(options)
+        self.token = (options.user_agent_token or "").strip().lower() or None
+        self.user_agent = user_agent(self.token)
+        directives = options.disallowed_header_directives
+        if directives is None:
+            directives = DEFAULT_DISALLOWED_DIRECTIVES
+        self.disallowed = frozenset(d.strip().lower() for d in directives)
+        self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
+        directory = state_directory()
+        table = shared_table(directory)
+        self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
+        # Under a per-host cap a connection slot is a connection: one request per connection.
+        self.keep_alive = not options.max_connections_per_host
+        self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
+                           if options.respect_robots_txt else None)
+
+
+class HttpFetcher(SiteManners):
     """GETs http(s) URLs with ``requests``: one session per thread, its connections kept alive when
     there is no cap per host (under one, a connection carries one request: docs/politeness.md).
 
@@ -105,22 +128,9 @@ class HttpFetcher(Fetcher):
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
-        self.token = (options.user_agent_token or "").strip().lower() or None
-        self.user_agent = user_agent(self.token)
-        directives = options.disallowed_header_directives
-        if directives is None:
-            directives = DEFAULT_DISALLOWED_DIRECTIVES
-        self.disallowed = frozenset(d.strip().lower() for d in directives)
         if options.ignore_ssl_certificate:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-        self.policy = AddressPolicy(options.allow_private_networks, options.allow_link_local)
         self._reaper = DeadlineReaper(REAPER_GRACE)
-        directory = state_directory()
-        table = shared_table(directory)
-        self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
-        self.keep_alive = not options.max_connections_per_host  # see _ONE_REQUEST_PER_CONNECTION
-        self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
-                           if options.respect_robots_txt else None)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: dict[threading.Thread, requests.Session] = {}
