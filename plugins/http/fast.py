@@ -39,20 +39,20 @@ import pycurl
 from any2ds_plugins.http.addresses import BlockedAddress, resolve
 from any2ds_plugins.http.curl import CurlDriver, Transfer
 from any2ds_plugins.http.deadline import Attempt
-from any2ds_plugins.http.fetcher import HttpFetcher, SiteManners
-from any2ds_plugins.http.framing import MAX_INTERIM_RESPONSES
-from any2ds_plugins.http.hosts import host_key
+from any2ds_plugins.http.fetcher import DRAIN_LIMIT, HttpFetcher, SiteManners
+from any2ds_plugins.http.framing import (
+    INCOMPLETE_HEAD, MAX_INTERIM_RESPONSES, OVERRUN, TOO_MANY_INTERIM, UNEXPECTED_101,
+)
+from any2ds_plugins.http.hosts import HostTurn, host_key, port_of
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import robots_refused
-from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer
+from any2ds_plugins.http.robots_txt import RobotsAnswer
 from requests.utils import get_environ_proxies, requote_uri, select_proxy
 
 from any2ds import FetchError, FetchResult, Sample
 
 T = TypeVar("T")
 
-# Error and redirect bodies up to this size are read so their connection can be reused (as ``http``).
-DRAIN_LIMIT = 64 * 1024
 DNS_SECONDS = 60.0
 MAX_DNS_ENTRIES = 10_000
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -70,8 +70,6 @@ PROXY_VARIABLES = (b"http_proxy", b"https_proxy", b"all_proxy", b"HTTP_PROXY", b
 _ENVIRONMENT = getattr(os.environb, "_data", os.environb)
 # How libcurl's failures read, in the words of the ``http`` fetcher (http.client's and the OS's).
 GOT_NOTHING = "Remote end closed connection without response"
-INCOMPLETE_HEAD = "connection closed inside the response head"
-OVERRUN = "more data than the response's Content-Length or chunked framing holds"
 _SSL_CODES = frozenset({pycurl.E_SSL_CONNECT_ERROR, pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CERTPROBLEM,
                         pycurl.E_SSL_CIPHER, pycurl.E_SSL_CACERT_BADFILE, pycurl.E_SSL_ISSUER_ERROR,
                         pycurl.E_SSL_PINNEDPUBKEYNOTMATCH, pycurl.E_SSL_INVALIDCERTSTATUS})
@@ -204,7 +202,7 @@ class FastHttpFetcher(SiteManners):
     async def _attempt(self, url: str, number: int, *, robots_txt: bool = True) -> FetchResult:
         """One attempt: robots.txt, the host's turn, then the request, its redirects (each hop
         checked and given its host's turn) and body, all before one deadline (which starts once
-        the host's turn has come). ``robots_txt`` false: robots.txt itself, cut at ROBOTS_MAX_BYTES."""
+        the host's turn has come). ``robots_txt`` false: robots.txt itself (cut when it is parsed)."""
         driver = self._driver()
         transfer = driver.idle.pop() if driver.idle else Transfer(self._set_up)
         turn = _HostTurn(self)
@@ -234,10 +232,8 @@ class FastHttpFetcher(SiteManners):
             if encoding is not None:
                 body = await asyncio.get_running_loop().run_in_executor(
                     None, _decoded, body, encoding, self.options.max_body_bytes)
-            if not robots_txt:
-                body = body[:ROBOTS_MAX_BYTES]
-            elif len(body) > self.options.max_body_bytes:
-                raise self._too_large()
+            if robots_txt and len(body) > self.options.max_body_bytes:  # a robots.txt is cut when parsed
+                raise self.too_large()
             return FetchResult(body=body, url=url, content_type=response.header("content-type"),
                                headers=response.headers, attempts=number)
         finally:
@@ -317,9 +313,7 @@ class FastHttpFetcher(SiteManners):
         try:
             return await self._hop(driver, transfer, url, attempt, robots_txt)
         except HTTPStatusError as error:
-            if error.slows_host:
-                self.hosts.slow_down(host_key(url), retry_delay(error, number, self.options.retry_backoff,
-                                                                 self.options.max_retry_after))
+            self.slow_down_after(error, url, number)
             raise
 
     async def _hop(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt,
@@ -327,16 +321,14 @@ class FastHttpFetcher(SiteManners):
         remaining = attempt.remaining()
         proxy = _proxy_for(url)
         transfer.via_proxy = proxy is not None
+        target = urlsplit(url)
         if proxy is not None and not self.policy.allows_everything:  # the proxy resolves; check the target here
-            target = urlsplit(url)
             await asyncio.get_running_loop().run_in_executor(
-                None, attempt.check_host, target.hostname, target.port or (443 if target.scheme == "https" else 80))
+                None, attempt.check_host, target.hostname, port_of(target))
             remaining = attempt.remaining()
         handle = transfer.handle
         if proxy is None:
-            target = urlsplit(url)
-            resolved = await self._resolve(target.hostname, target.port or (443 if target.scheme == "https" else 80),
-                                           attempt)
+            resolved = await self._resolve(target.hostname, port_of(target), attempt)
             if resolved is not None:
                 handle.setopt(pycurl.RESOLVE, [resolved])
                 remaining = attempt.remaining()
@@ -396,7 +388,7 @@ class FastHttpFetcher(SiteManners):
 
     def _check_robots_txt_head(self, transfer: Transfer) -> None:
         """``_check_head`` for a robots.txt: its X-Robots-Tag speaks of the file, not of the site's
-        pages, and a large one is cut (at ROBOTS_MAX_BYTES), not refused."""
+        pages, and a large one is cut when parsed (at ROBOTS_MAX_BYTES), not refused."""
         self._check_head(transfer, page=False)
 
     def _check_head(self, transfer: Transfer, page: bool = True) -> None:
@@ -408,11 +400,9 @@ class FastHttpFetcher(SiteManners):
         interim = sum(1 for head in heads if head[0].split(None, 2)[1][:1] == b"1")
         response = transfer.response = _Response(heads[-1])
         if response.status == 101:
-            raise FetchError("unexpected 101 Switching Protocols response (no upgrade was requested)",
-                             retryable=False, error_type="protocol")
+            raise FetchError(UNEXPECTED_101, retryable=False, error_type="protocol")
         if interim > MAX_INTERIM_RESPONSES:
-            raise FetchError(f"more than {MAX_INTERIM_RESPONSES} informational (1xx) responses",
-                             retryable=False, error_type="protocol")
+            raise FetchError(TOO_MANY_INTERIM, retryable=False, error_type="protocol")
         status = response.status
         if status >= 400 or response.redirect_location is not None:
             length = response.content_length
@@ -428,7 +418,7 @@ class FastHttpFetcher(SiteManners):
                              error_type="opt_out")
         length = response.content_length
         if length is not None and length > self.options.max_body_bytes:
-            raise self._too_large()
+            raise self.too_large()
 
     def _failure(self, code: int, message: str, url: str, driver: CurlDriver, transfer: Transfer,
                  attempt: Attempt) -> FetchError:
@@ -444,7 +434,7 @@ class FastHttpFetcher(SiteManners):
                 return attempt.deadline_error()
             return FetchError("timed out", retryable=True, error_type="timeout")
         if code == pycurl.E_FILESIZE_EXCEEDED:
-            return self._too_large()
+            return self.too_large()
         if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
             return FetchError(message, retryable=True, error_type="dns")
         if code in _SSL_CODES:
@@ -465,10 +455,6 @@ class FastHttpFetcher(SiteManners):
             if errno and code in (pycurl.E_COULDNT_CONNECT, pycurl.E_RECV_ERROR, pycurl.E_SEND_ERROR):
                 message = f"[Errno {errno}] {os.strerror(errno)}"
         return FetchError(message, retryable=True, error_type="connect")
-
-    def _too_large(self) -> FetchError:
-        return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,
-                          error_type="too_large")
 
     # -- a handle's settings and its connection callbacks --------------------
 
@@ -526,28 +512,21 @@ class FastHttpFetcher(SiteManners):
         return pycurl.PREREQFUNC_OK
 
 
-class _HostTurn:
-    """An attempt's turn at one host at a time (``HostTurn``'s asynchronous twin): ``go(url)``
+class _HostTurn(HostTurn):
+    """An attempt's turn at one host at a time, waited for on the event loop: ``go(url)``
     leaves the current host and waits for the URL's."""
 
     def __init__(self, fetcher: FastHttpFetcher) -> None:
+        super().__init__(fetcher.hosts)
         self.fetcher = fetcher
-        self.key: str | None = None
-        self._slot: tuple[int, int] | None = None
 
-    async def go(self, url: str) -> None:
+    async def go(self, url: str) -> None:  # type: ignore[override] - awaited here
         key = host_key(url)
         if key == self.key:
             return
         self.leave()
         self._slot = await self.fetcher._enter_host(key)
         self.key = key
-
-    def leave(self) -> None:
-        if self.key is None:
-            return
-        slot, self._slot, self.key = self._slot, None, None
-        self.fetcher.hosts.leave(slot)
 
 
 def _call(function):

@@ -31,14 +31,14 @@ from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt,
 from any2ds_plugins.http.hosts import (
     MAX_CONNECTIONS_PER_HOST, HostLimits, HostTurn, host_key, shared_table, state_directory,
 )
-from any2ds_plugins.http.retry import retry_delay, status_error
+from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import DEFAULT_DISALLOWED_DIRECTIVES, robots_refused, user_agent
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer, RobotsTxt
 from any2ds_plugins.http.transport import as_fetch_error, guarded_session, is_stale_connection
 
 _CHUNK = 64 * 1024
 # Error and redirect bodies up to this size are read so their connection can be reused.
-_DRAIN_LIMIT = 64 * 1024
+DRAIN_LIMIT = 64 * 1024
 # Under a cap per host, a connection is a slot: it carries one request, and both ends close it after.
 _ONE_REQUEST_PER_CONNECTION = {"Connection": "close"}
 
@@ -64,6 +64,17 @@ class SiteManners(Fetcher):
         self.keep_alive = not options.max_connections_per_host
         self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
                            if options.respect_robots_txt else None)
+
+    def slow_down_after(self, error: HTTPStatusError, url: str, number: int) -> None:
+        """A 429, a 503 or any error with ``Retry-After`` (on attempt ``number``) slows ``url``'s host
+        down for everyone: no request to it starts before the delay a retry would wait."""
+        if error.slows_host:
+            self.hosts.slow_down(host_key(url), retry_delay(error, number, self.options.retry_backoff,
+                                                            self.options.max_retry_after))
+
+    def too_large(self) -> FetchError:
+        return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,
+                          error_type="too_large")
 
 
 class HttpFetcher(SiteManners):
@@ -288,9 +299,7 @@ class HttpFetcher(SiteManners):
         """
         if response.status_code >= 400:
             error = status_error(response.status_code, response.reason, response.headers.get("Retry-After"))
-            if error.slows_host:
-                delay = retry_delay(error, number, self.options.retry_backoff, self.options.max_retry_after)
-                self.hosts.slow_down(host_key(response.url), delay)
+            self.slow_down_after(error, response.url, number)
             self._discard(response, attempt)
             raise error
         if not x_robots_tag:
@@ -301,7 +310,7 @@ class HttpFetcher(SiteManners):
                              error_type="opt_out")
         length = _content_length(response)
         if length is not None and length > self.options.max_body_bytes:
-            raise self._too_large()
+            raise self.too_large()
 
     def _read_body(self, response: requests.Response, attempt: Attempt, limit: int, *, cut: bool = False) -> bytes:
         """The decoded body, at most ``limit`` bytes (more fails, or with ``cut`` is left unread), read
@@ -332,26 +341,22 @@ class HttpFetcher(SiteManners):
                 if cut:
                     chunks.append(chunk[:limit - size])
                     return b"".join(chunks)
-                raise self._too_large()
+                raise self.too_large()
             chunks.append(chunk)
 
     def _discard(self, response: requests.Response, attempt: Attempt) -> None:
         """Drop a redirect's or error's body, keeping the connection (if connections are kept alive)
         when the body is small."""
         length = _content_length(response)
-        if not self.keep_alive or length is None or length > _DRAIN_LIMIT:
+        if not self.keep_alive or length is None or length > DRAIN_LIMIT:
             response.close()
             return
         try:
-            self._read_body(response, attempt, _DRAIN_LIMIT)
+            self._read_body(response, attempt, DRAIN_LIMIT)
         except (FetchError, urllib3.exceptions.HTTPError, OSError):
             response.close()
         else:
             response.raw.release_conn()
-
-    def _too_large(self) -> FetchError:
-        return FetchError(f"body larger than {self.options.max_body_bytes} bytes", retryable=False,
-                          error_type="too_large")
 
 
 def _content_length(response: requests.Response) -> int | None:

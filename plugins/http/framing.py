@@ -36,6 +36,11 @@ from http import HTTPStatus
 
 # Informational responses accepted before the final one: real servers send one or two.
 MAX_INTERIM_RESPONSES = 10
+# How an answer that does not frame cleanly is worded, by both http fetchers.
+INCOMPLETE_HEAD = "connection closed inside the response head"
+UNEXPECTED_101 = "unexpected 101 Switching Protocols response (no upgrade was requested)"
+TOO_MANY_INTERIM = f"more than {MAX_INTERIM_RESPONSES} informational (1xx) responses"
+OVERRUN = "more data than the response's Content-Length or chunked framing holds"
 
 
 class UnframedResponse(http.client.HTTPException):
@@ -81,19 +86,19 @@ class FramedResponse(http.client.HTTPResponse):
             if self.fp is reader:  # http.client drops its reader when it fails
                 self.fp = reader.fp
         if not reader.last_line:
-            raise IncompleteHead("connection closed inside the response head")
+            raise IncompleteHead(INCOMPLETE_HEAD)
 
     def _read_status(self):
         for _ in range(MAX_INTERIM_RESPONSES + 1):
             version, status, reason = super()._read_status()
             if status == HTTPStatus.SWITCHING_PROTOCOLS:
                 self._shut_down()
-                raise UnframedResponse("unexpected 101 Switching Protocols response (no upgrade was requested)")
+                raise UnframedResponse(UNEXPECTED_101)
             if not 100 <= status < 200:
                 return version, status, reason
             http.client.parse_headers(self.fp)  # an informational response is a head only
         self._shut_down()
-        raise UnframedResponse(f"more than {MAX_INTERIM_RESPONSES} informational (1xx) responses")
+        raise UnframedResponse(TOO_MANY_INTERIM)
 
     # The body's readers: each ends the response at its framed end and fails an overrun.
 
@@ -110,7 +115,7 @@ class FramedResponse(http.client.HTTPResponse):
         if self.fp is not None and self._at_framed_end():
             self._close_conn()  # Python < 3.13's read1 leaves the response open there
         if self._overrun:
-            raise UnframedResponse("more data than the response's Content-Length or chunked framing holds")
+            raise UnframedResponse(OVERRUN)
         return result
 
     def _read_and_discard_trailer(self) -> None:

@@ -66,6 +66,11 @@ def host_key(url: str) -> str:
     return authority(urlsplit(url))
 
 
+def port_of(parts: SplitResult) -> int:
+    """The port an http(s) URL goes to: its own, else its scheme's default."""
+    return parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
+
+
 def authority(parts: SplitResult) -> str:
     """``host:port`` of a split URL (see ``host_key``)."""
     try:

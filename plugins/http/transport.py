@@ -21,6 +21,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from any2ds import FetchError
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT
 from any2ds_plugins.http.framing import FramedResponse, UnframedResponse
+from any2ds_plugins.http.hosts import port_of
 
 # Hosts whose idle connection each thread keeps; bounds idle sockets to threads x this.
 HOSTS_PER_THREAD = 2
@@ -169,5 +170,5 @@ class _GuardedAdapter(HTTPAdapter):
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         if select_proxy(request.url, proxies):
             target = urlsplit(request.url)
-            CURRENT_ATTEMPT.get().check_host(target.hostname, target.port or (443 if target.scheme == "https" else 80))
+            CURRENT_ATTEMPT.get().check_host(target.hostname, port_of(target))
         return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
