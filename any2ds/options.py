@@ -90,6 +90,10 @@ class OptionSchema:
         ``http.timeout`` and ``fast_http.timeout``), in --help's order; [] if it is not."""
         return self.shared_flats().get(spec.flat, []) if spec.flat else []
 
+    def _flat_specs(self, name: str) -> list[OptionSpec]:
+        """The component options the flat name ``name`` sets (a core option's name sets none)."""
+        return self._by_flat.get(name, []) if name not in CORE_OPTION_NAMES else []
+
     def shared_flats(self) -> dict[str, list[OptionSpec]]:
         """Each flat name several options share (``timeout``), with the options it sets."""
         return {flat: specs for flat, specs in self._by_flat.items()
@@ -198,7 +202,7 @@ class OptionSchema:
             arg = argv[i]
             i += 1
             name, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-            specs = self._by_flat.get(name, []) if name not in CORE_OPTION_NAMES else []
+            specs = self._flat_specs(name)
             if len(specs) < 2:
                 expanded.append(arg)
                 continue
@@ -236,8 +240,7 @@ class OptionSchema:
         by_key = {spec.key: spec for spec in self.specs if spec.namespace is not None}
         namespaces = set(self.namespaces.values())
         for name, value in values.items():
-            specs = [by_key[name]] if name in by_key else (
-                self._by_flat.get(name, []) if name not in CORE_OPTION_NAMES else [])
+            specs = [by_key[name]] if name in by_key else self._flat_specs(name)
             for spec in specs:
                 put(spec, value, name)
             if specs:

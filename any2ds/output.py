@@ -31,7 +31,7 @@ STATS_SUFFIX = "_stats.json"
 # <shard>_stats.json (img2dataset's resume, stats counters) must not see them.
 RUN_DIR = "_any2ds"
 SUMMARY_FILE = f"{RUN_DIR}/run_summary.json"
-_STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
+STATS_NAME = re.compile(r"^(\d+)" + re.escape(STATS_SUFFIX) + "$")  # a shard's stats file: its id
 
 
 class OutputFolder:
@@ -59,7 +59,7 @@ class OutputFolder:
             return []
         self.fs.invalidate_cache(self.root)
         names = [match.group(1) for path in self.fs.ls(self.root, detail=False)
-                 if (match := _STATS_NAME.match(path.rstrip("/").rsplit("/", 1)[-1]))]
+                 if (match := STATS_NAME.match(path.rstrip("/").rsplit("/", 1)[-1]))]
         return sorted(names, key=int)
 
     def shard_stats(self) -> dict[str, dict[str, Any]]:
@@ -87,15 +87,12 @@ class OutputFolder:
         # The temporary files of unfinished shards may be another machine's, at work on other
         # shards of this folder: each is dropped when its own shard is next written (target()).
         self._drop_temporary(lambda shard_id: shard_id in done)
-        return self.resume_point(mode)
+        return _resume(mode, done)
 
     def resume_point(self, mode: str) -> tuple[set[int], int]:
         """What a run in ``mode`` would do, changing nothing: (shard ids to skip, id of the first
         new shard)."""
-        done = set() if mode == "overwrite" else self.done_shards()
-        if mode == "extend":
-            return set(), (max(done) + 1 if done else 0)
-        return done, 0
+        return _resume(mode, set() if mode == "overwrite" else self.done_shards())
 
     def target(self, shard_id: int) -> ShardTarget:
         """A fresh set of temporary paths for shard ``shard_id`` (see :class:`ShardTarget`), the
@@ -233,6 +230,13 @@ def shard_digest(files: dict[str, str]) -> str:
     """One sha256 over a shard's ``{file name: sha256}``: the lines ``<sha256>  <name>``, sorted."""
     lines = "".join(f"{digest}  {name}\n" for name, digest in sorted(files.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _resume(mode: str, done: set[int]) -> tuple[set[int], int]:
+    """(shard ids to skip, id of the first new shard) of a run in ``mode`` over the shards ``done``."""
+    if mode == "extend":
+        return set(), (max(done) + 1 if done else 0)
+    return done, 0
 
 
 def file_sha256(f: BinaryIO) -> str:

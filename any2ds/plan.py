@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
+from any2ds.output import RUN_DIR, TMP_DIR
 from any2ds.run import Run
 from any2ds.sharding import ShardCutter, counted_shards
 from any2ds.types import shard_name
@@ -81,8 +81,8 @@ def _estimate(run: Run, done: int, rows: int | None, shards: int) -> tuple[int |
     output = run.output
     if done:
         stored = sum(size for path, size in output.fs.du(output.root, total=False).items()
-                     if not path[len(output.root) + 1:].startswith(("_tmp", "_any2ds")))
-        done_rows = sum(_count(output, name) for name in output.done_shard_names())
+                     if not path[len(output.root) + 1:].startswith((TMP_DIR, RUN_DIR)))
+        done_rows = sum(int(stats.get("count", 0)) for stats in output.shard_stats().values())
         if rows is not None and done_rows:
             return rows * stored // done_rows, f"{_size(stored / done_rows)} per row in the {done} shard(s) done"
         return shards * stored // done, f"{_size(stored / done)} per shard in the {done} shard(s) done"
@@ -96,11 +96,6 @@ def _estimate(run: Run, done: int, rows: int | None, shards: int) -> tuple[int |
     described = "; ".join(f"{name}: {estimate[1]}" for name, estimate in estimates) or "no processor stores media"
     return rows * per_sample, (f"assuming every sample succeeds and stores {_size(per_sample)} ({described}); "
                                "metadata not counted")
-
-
-def _count(output: Any, name: str) -> int:
-    stats = output.read_json(f"{name}_stats.json") or {}
-    return int(stats.get("count", 0))
 
 
 def resume_command(argv: Sequence[str], mode: str) -> str:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from any2ds.errors import ConfigError
 from any2ds.metadata import read_parquet
-from any2ds.output import RUN_DIR, STATS_SUFFIX, SUMMARY_FILE, TMP_DIR
+from any2ds.output import RUN_DIR, STATS_NAME, STATS_SUFFIX, SUMMARY_FILE, TMP_DIR
 from any2ds.storage import Storage
 
 REPORT_VERSION = 1
@@ -48,7 +48,6 @@ HOST_COMPACTION_ROWS = 1_000_000
 HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
 # A parquet footer is at most a few KB for a shard; 64 KB fetches it in one request.
 FOOTER_BYTES = 64 * 1024
-_STATS_NAME = re.compile(r"^(\d+)" + re.escape(STATS_SUFFIX) + "$")
 _TMP_SHARD = re.compile(r"^(\d+)-")
 # Keys of a stats file that are not a status count (img2dataset's and any2ds's).
 _STATS_FIELDS = {"count", "successes", "duration", "start_time", "end_time", "status_dict", "error_types"}
@@ -99,7 +98,7 @@ def collect_report(url: str, top: int = 10, storage: Storage = Storage()) -> dic
     fs.invalidate_cache(root)  # a running folder changes between two reports of one process
     entries = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in fs.ls(root, detail=True)}
     summary = _read_json(fs, f"{root}/{SUMMARY_FILE}")
-    stems = sorted(match.group(1) for match in map(_STATS_NAME.match, entries) if match)
+    stems = sorted(match.group(1) for match in map(STATS_NAME.match, entries) if match)
     if not stems and summary is None:
         raise ConfigError(f"{url}: not an any2ds or img2dataset output folder "
                           f"(no <shard>{STATS_SUFFIX} and no {SUMMARY_FILE})")
