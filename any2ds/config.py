@@ -7,7 +7,9 @@ rebuild the run's components from.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
@@ -183,3 +185,8 @@ class RunConfig:
         (for run_summary.json and experiment trackers); secrets in storage_options are redacted."""
         core = {**attrs.asdict(self.core), "storage_options": redacted(self.core.storage_options)}
         return {**core, **{ns: dict(values) for ns, values in self.component_values.items()}}
+
+    def digest(self) -> str:
+        """An id of this config, for what a process builds once per config (take it once: a
+        config pickled again after travelling may give other bytes)."""
+        return hashlib.sha256(pickle.dumps(self)).hexdigest()

@@ -12,10 +12,8 @@ shared, so the child builds its own on first use.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
-import pickle
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -110,7 +108,7 @@ class Pipeline:
         except BaseException:
             built.close()
             raise
-        self._setup(config, hashlib.sha256(pickle.dumps(config)).hexdigest())
+        self._setup(config, config.digest())
         self._stages(built)
 
     def _setup(self, config: RunConfig, config_id: str) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import mimetypes
-import pickle
 import queue
 import threading
 import time
@@ -489,7 +487,7 @@ class ShardTask:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self._config_id = hashlib.sha256(pickle.dumps(config)).hexdigest()
+        self._config_id = config.digest()
 
     def runner(self) -> ShardRunner:
         with _RUNNERS_LOCK:
