@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import attrs
 
-from any2ds import SampleError
+from any2ds import SampleError, split_file_name
 from any2ds_plugins.readers.common import one_line
 
 DRAIN_BYTES = 1024 * 1024
@@ -150,11 +150,9 @@ def split_member_name(name: str) -> tuple[str, str]:
     """(key, extension) by the webdataset convention: the key is the path up to the first dot of
     the base name (``a/00001.seg.png`` -> ``a/00001``, ``seg.png``). A base name starting with a
     dot (``.DS_Store``) has no key part: the whole name is the key, with no extension."""
-    folder, base = posixpath.split(name)
-    stem, _dot, extension = base.partition(".")
-    if not stem:
+    if not posixpath.basename(name).partition(".")[0]:
         return name, ""
-    return (f"{folder}/{stem}" if folder else stem), extension
+    return split_file_name(name)
 
 
 @contextlib.contextmanager
