@@ -15,6 +15,7 @@ from typing import Any
 
 from any2ds.errors import Any2dsError
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
+from any2ds.metadata import settle_pandas_probe
 from any2ds.options import DOWNLOAD_DESCRIPTION, OptionSchema, read_plugins
 from any2ds.plan import plan
 from any2ds.report import REPORT_HELP, run_report
@@ -31,6 +32,7 @@ def _run(argv: Sequence[str]) -> Run:
     """The run the download flags ``argv`` describe, checked: config, plugins, input files."""
     specs, argv = read_plugins(argv)
     host = PluginHost.load(local_plugins=specs)
+    settle_pandas_probe()  # the CLI's process runs any2ds alone
     return Run(host, OptionSchema(host).parse_args(argv))
 
 

@@ -283,9 +283,17 @@ ShardFunction = Callable[..., "ShardStats"]
 
 
 class Distributor(Component):
-    """Runs shard tasks somewhere: local processes, Spark, Ray."""
+    """Runs shard tasks somewhere: local processes, Spark, Ray.
+
+    ``dedicated_workers``: True when every worker is a process this distributor starts
+    for the run and runs nothing else (``multiprocessing``). The core may then make
+    process-wide choices there that a process shared with other work (a Spark executor,
+    a Ray worker, the caller's own) must not get: today, pyarrow is told pandas is absent
+    when no plugin imported it (see the plugin guide).
+    """
 
     kind = "distributor"
+    dedicated_workers = False
 
     def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
             progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:

@@ -84,7 +84,7 @@ class Run:
         skip, first_id = self.output.prepare(core.incremental_mode)
         start = time.time()
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
-        task = ShardTask(self.config)
+        task = ShardTask(self.config, self.pipeline.distributor.dedicated_workers)
         totals = RunTotals()
         self._notify("run_started", self.config)
         self._count_totals(skip, first_id)

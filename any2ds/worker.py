@@ -35,7 +35,7 @@ from any2ds.fetching import FetchStage, ReplaceablePool
 from any2ds.intake import ShardIntake
 from any2ds.limits import ByteBudget
 from any2ds.manager import PluginHost
-from any2ds.metadata import MetadataLayout
+from any2ds.metadata import MetadataLayout, settle_pandas_probe
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.pipeline import SamplePipeline
 from any2ds.processing import CORE, ProcessingStage, failed_result, failure
@@ -421,9 +421,13 @@ class ShardWrite:
 class ShardRunner:
     """Runs shards for one process: plugins, pools and output built once, reused per shard."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, dedicated_process: bool = False) -> None:
+        """``dedicated_process``: this process runs nothing but this runner's shards (see
+        :attr:`~any2ds.Distributor.dedicated_workers`)."""
         _limit_malloc_arenas()
         self.stages = SampleStages.load(config)
+        if dedicated_process:
+            settle_pandas_probe()
         self.pipeline = self.stages.pipeline
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         self.intake = ShardIntake(self.pipeline.reader, self.pipeline.row_intake())
@@ -485,15 +489,16 @@ class ShardTask:
     second while samples finish; the distributor carries these to the main process.
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, dedicated_workers: bool = False) -> None:
         self.config = config
+        self.dedicated_workers = dedicated_workers  # Distributor.dedicated_workers of the run's distributor
         self._config_id = config.digest()
 
     def runner(self) -> ShardRunner:
         with _RUNNERS_LOCK:
             runner = _RUNNERS.get(self._config_id)
             if runner is None:
-                runner = _RUNNERS[self._config_id] = ShardRunner(self.config)
+                runner = _RUNNERS[self._config_id] = ShardRunner(self.config, self.dedicated_workers)
             return runner
 
     def __call__(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:

@@ -35,6 +35,7 @@ class MultiprocessingDistributor(Distributor):
     """
 
     name = "multiprocessing"
+    dedicated_workers = True
 
     def run(self, shards: Iterable[Shard], task: ShardFunction, config: RunConfig,
             progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:

@@ -1,0 +1,107 @@
+"""pyarrow's pandas probe in the processes any2ds runs alone (metadata.settle_pandas_probe).
+
+pyarrow's first conversion of Python values imports pandas when it is installed (44 MB and
+0.3 s per process). The CLI's process and multiprocessing workers let the probe find pandas
+absent, unless a plugin imported it; a shared process (the caller's, with download()) is left
+alone. Each run is a fresh interpreter: this test process may have imported pandas already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("pandas")
+
+# A processor and an observer that record, per process, whether pandas is imported and the type
+# pyarrow gives a categorical pandas Series, when the plugin itself imported pandas.
+RECORDER = '''
+import json, os, sys
+from pathlib import Path
+import pyarrow as pa
+from any2ds import Observer, Processor, hookimpl
+{import_pandas}
+LOG = Path(os.environ["ANY2DS_TEST_LOG"])
+
+def seen(where):
+    entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules}}
+    if "pandas" in sys.modules:
+        pd = sys.modules["pandas"]
+        entry["categorical"] = str(pa.array(pd.Series(pd.Categorical(["a", "b", "a"]))).type)
+    with LOG.open("a") as f:
+        f.write(json.dumps(entry) + "\\n")
+
+class Recorder(Processor):
+    name = "recorder"
+    def process(self, fetched, result):
+        seen(f"worker shard {{result.sample.shard_id}}")
+
+class MainRecorder(Observer):
+    name = "main_recorder"
+    def run_completed(self, summary):
+        seen("main")
+
+@hookimpl
+def any2ds_register_processors(register):
+    register(Recorder)
+
+@hookimpl
+def any2ds_register_observers(register):
+    register(MainRecorder)
+'''
+
+
+def _run(tmp_path, http_server, import_pandas: bool, command: list[str]) -> list[dict]:
+    plugin = tmp_path / "recorder.py"
+    plugin.write_text(RECORDER.format(import_pandas="import pandas" if import_pandas else ""))
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(http_server.url(f"/allowed/{n}") + "\n" for n in ("64_64.jpg", "128_96.png") * 2))
+    log = tmp_path / "log.jsonl"
+    args = dict(url_list=str(urls), output_folder=str(tmp_path / "out"), allow_private_networks=True,
+                number_sample_per_shard=2, processes_count=1, thread_count=2, plugins=[str(plugin)],
+                processors=["image", "recorder"], observers=["main_recorder"], output_format="dummy")
+    subprocess.run([*command, json.dumps(args)], check=True, env={**os.environ, "ANY2DS_TEST_LOG": str(log)}, timeout=300)
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+CLI = [sys.executable, "-c", textwrap.dedent("""
+    import json, sys
+    from any2ds.cli import main
+    args = json.loads(sys.argv[1])
+    flags = ["download"]
+    for name, value in args.items():
+        flags += [f"--{name}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
+    sys.exit(main(flags))
+""")]
+LIBRARY = [sys.executable, "-c", textwrap.dedent("""
+    import json, sys
+    import any2ds
+    if __name__ == "__main__":
+        any2ds.download(**json.loads(sys.argv[1]), distributor="inprocess")
+""")]
+
+
+def test_cli_and_its_workers_never_import_pandas(tmp_path, http_server):
+    log = _run(tmp_path, http_server, import_pandas=False, command=CLI)
+    # Without the settled probe, the first shard's metadata table imported pandas in the worker,
+    # and the second shard's samples saw it.
+    assert {entry["where"] for entry in log} == {"worker shard 0", "worker shard 1", "main"}
+    assert not any(entry["pandas"] for entry in log), log
+
+
+def test_a_plugin_that_imports_pandas_keeps_pyarrows_pandas_support(tmp_path, http_server):
+    log = _run(tmp_path, http_server, import_pandas=True, command=CLI)
+    assert {entry["where"] for entry in log} == {"worker shard 0", "worker shard 1", "main"}
+    assert all(entry["categorical"].startswith("dictionary<") for entry in log), log
+
+
+def test_a_callers_process_is_left_alone(tmp_path, http_server):
+    """download() runs in the caller's process, which may use pandas later: pyarrow's probe is not
+    touched there (the in-process distributor runs shards in that process too)."""
+    log = _run(tmp_path, http_server, import_pandas=False, command=LIBRARY)
+    assert log and all(entry["pandas"] for entry in log if entry["where"] != "worker shard 0"), log
