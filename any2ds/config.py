@@ -86,8 +86,9 @@ class CoreOptions:
         None, "Threads per worker process running verify/decode/resize/encode; default: cores / processes_count."
     )
     max_bytes_in_flight: int = option(
-        32 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing; no new fetch "
-                    "starts while they exceed it.", at_least(1)
+        16 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing, and of processed "
+                    "results waiting for their turn to be written; no new fetch starts while they exceed it.",
+        at_least(1)
     )
     sample_timeout: float = option(
         300.0, "Watchdog: a sample still in its fetch, or in its processing, this many seconds after that "

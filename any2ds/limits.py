@@ -1,10 +1,11 @@
-"""What one worker process may hold at once: bytes of fetched bodies."""
+"""What one worker process may hold at once: bytes of fetched bodies and of results waiting to be written."""
 
 from __future__ import annotations
 
 
 class ByteBudget:
-    """Bytes of fetched bodies a worker holds, from the end of their fetch to the end of their processing.
+    """Bytes a worker holds of its samples: a body from the end of its fetch to the end of its
+    processing, then its result's media until the result is written.
 
     A body that has arrived is already in memory, so it is always counted;
     the budget bounds memory by admission instead: while it is :attr:`full`,

@@ -85,9 +85,9 @@ class SampleFlow:
     samples' order when ``ordered`` (a shard's files are then the same from run to run), else as
     they complete.
 
-    In order, a result waits for those before it; the fetched bytes it holds stay counted in the
-    byte budget until it leaves, so a slow sample at the head holds back at most
-    ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
+    In order, a result waits for those before it; the bytes it holds (its media once processed,
+    its body before) stay counted in the byte budget until it leaves, so a slow sample at the head
+    holds back at most ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
 
     A URL listed several times in the shard (``repeats``: URL -> occurrences, those over one) is
     fetched once, by its first sample; the others get its result, each with its own key, caption
@@ -255,7 +255,17 @@ class SampleFlow:
                 self._done(job, failure(job.sample, error, job.fetcher.name))
             return
         job.fetched = None  # the result holds what it keeps of the body
-        self._done(job, future.result() if error is None else failure(job.sample, error, CORE, "failed_to_process"))
+        result = future.result() if error is None else failure(job.sample, error, CORE, "failed_to_process")
+        self._hold_result(job, result)
+        self._done(job, result)
+
+    def _hold_result(self, job: SampleJob, result: SampleResult) -> None:
+        """A processed sample waiting to leave holds its result's media (and bytes its sample brought),
+        no longer the body: counting that would fill the budget with bodies already freed (a photo
+        is about three times its 256 px thumbnail), stopping fetches behind a slow sample sooner."""
+        kept = sum(len(media.data) for media in result.media.values()) + len(job.sample.data or b"")
+        self.budget.release(job.held_bytes - kept)
+        job.held_bytes = kept
 
     def _finish(self, job: SampleJob) -> None:
         """``job`` leaves the flow. Its future's done-callback refers back to it: a finished

@@ -128,6 +128,42 @@ def test_no_fetch_starts_while_the_budget_is_full():
     assert sample_flow.budget.held == 0
 
 
+class Shrink(Processor):
+    """Stores one byte per sample; holds sample 0 until ``gate`` is set."""
+
+    name = "shrink"
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__(None)
+        self.gate = gate
+
+    def process(self, fetched: FetchResult, result: SampleResult) -> None:
+        if result.sample.index == 0:
+            self.gate.wait(30)
+        result.media["bin"] = Media(b"y", "bin")
+
+
+def test_processed_results_waiting_in_order_count_their_media_not_their_body():
+    """Sample 0 is held in processing; the others are processed and wait behind it, in order. They
+    hold one byte each, not their 30-byte bodies, so fetching goes on instead of stopping after
+    ceil(100 / 30) of them."""
+    gate = threading.Event()
+    fetcher = BytesFetcher(size=30)
+    sample_flow = flow(fetcher, [Shrink(gate)], threads=2, cpu=2, budget=100)
+    out: list[SampleResult] = []
+    consumer = threading.Thread(target=lambda: out.extend(sample_flow.results(iter(samples(50)))))
+    consumer.start()
+    deadline = time.monotonic() + 10
+    while fetcher.calls < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fetcher.calls == 50 and out == []  # all fetched, none written: sample 0 is first
+    assert sample_flow.budget.held == 30 + 49  # sample 0's body, and 49 one-byte results
+    gate.set()
+    consumer.join(30)
+    assert [r.sample.index for r in out] == list(range(50))
+    assert sample_flow.budget.held == 0
+
+
 # -- the fetch stage ------------------------------------------------------------------------------
 
 
