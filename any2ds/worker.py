@@ -105,7 +105,7 @@ class SampleFlow:
         self.ordered = ordered
         self.fetch_limit = core.thread_count
         self.budget = ByteBudget(core.max_bytes_in_flight)
-        self.watchdog = Watchdog(core.sample_timeout)
+        self.watchdog = Watchdog(core.sample_timeout, time.monotonic())
         self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
         self._live: set[SampleJob] = set()
         self._fetches = 0
@@ -215,10 +215,10 @@ class SampleFlow:
         self._run(job, self.cpu_pool.submit(process))
 
     def _handle_events(self) -> None:
-        """Wait for the next finished stage (at most until the watchdog's next deadline), then
+        """Wait for the next finished stage (at most until the watchdog's next look), then
         take every stage that finished meanwhile."""
         try:
-            job = self._events.get(timeout=self.watchdog.wait(self._live, time.monotonic()))
+            job = self._events.get(timeout=self.watchdog.wait(time.monotonic()))
         except queue.Empty:
             return
         while True:

@@ -32,6 +32,7 @@ from any2ds.pipeline import SamplePipeline
 from any2ds.processing import ProcessingStage
 from any2ds.sharding import ShardCutter
 from any2ds.types import InputSource, SampleResult
+from any2ds.watchdog import Watchdog
 from any2ds.worker import SampleFlow
 
 KEYS = KeyFormat(10000, 5)
@@ -236,6 +237,29 @@ def test_an_async_fetcher_keeps_many_fetches_in_flight_on_one_thread():
     assert len(results) == 40 and all(r.media["bin"].data == b"async" for r in results.values())
     assert fetcher.peak == 40 and len(fetcher.threads) == 1
     sample_flow.fetching.close()
+
+
+def test_the_watchdog_looks_over_the_stages_once_per_interval():
+    """Every look visits every sample in flight: once per check_interval, not once per event."""
+
+    class Job:
+        def __init__(self, started):
+            self.started = started
+
+    class Jobs:
+        looks = 0
+
+        def __iter__(self):
+            Jobs.looks += 1
+            return iter([Job(0.0), Job(9.5), Job(None)])
+
+    watchdog = Watchdog(10.0, now=0.0)
+    assert watchdog.check_interval == 1.0 and watchdog.wait(0.25) == 0.75
+    assert watchdog.overdue(Jobs(), 0.5) == [] and Jobs.looks == 0 and watchdog.wait(1.5) == 0.0
+    overdue = watchdog.overdue(Jobs(), 10.5)  # due: the stage started at 0 is 10.5 s old
+    assert [job.started for job in overdue] == [0.0] and Jobs.looks == 1 and watchdog.wait(10.5) == 1.0
+    assert watchdog.overdue(Jobs(), 11.0) == [] and Jobs.looks == 1  # the next look is at 11.5
+    assert Watchdog(0.5, now=0.0).check_interval == 0.05
 
 
 def test_the_watchdog_cancels_a_stuck_coroutine():
