@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -162,6 +163,8 @@ class ProgressReceiver:
 
     def close(self) -> None:
         self._open = False
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
+            waker.sendto(b"", self.address)  # ends the thread's wait now, not RECEIVE_SECONDS later
         self._thread.join()
         self._socket.close()
         shutil.rmtree(self._folder, ignore_errors=True)

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +26,7 @@ from any2ds.sharding import ShardCutter, counted_shards
 from any2ds.testing import download_in_process, send_bytes, serve_directory
 from any2ds.types import InputSource
 
+from any2ds_plugins import multiprocessing as multiprocessing_distributor
 from any2ds_plugins.readers.parquet import ParquetReader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +143,17 @@ def test_a_failing_channel_stops_reports_not_the_shard():
     reporter = ShardReporter(1, broken)
     reporter.add(Result(True))
     assert len(calls) == 1  # the start failed: no more tries
+
+def test_the_receiver_stops_at_once_when_closed(monkeypatch):
+    """close() wakes the receiving thread instead of waiting out its poll (here made a minute long)."""
+    monkeypatch.setattr(multiprocessing_distributor, "RECEIVE_SECONDS", 60.0)
+    received = []
+    receiver = multiprocessing_distributor.ProgressReceiver.open(received.append)
+    closing = threading.Thread(target=receiver.close)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive() and received == []
+
 
 
 @pytest.mark.parametrize("sizes, per_shard, skip, first_id", [
