@@ -264,7 +264,8 @@ class SampleFlow:
         no longer the body: counting that would fill the budget with bodies already freed (a photo
         is about three times its 256 px thumbnail), stopping fetches behind a slow sample sooner."""
         kept = sum(len(media.data) for media in result.media.values()) + len(job.sample.data or b"")
-        self.budget.release(job.held_bytes - kept)
+        self.budget.release(job.held_bytes)
+        self.budget.add(kept)  # more than the body when a small image is enlarged
         job.held_bytes = kept
 
     def _finish(self, job: SampleJob) -> None:
