@@ -140,8 +140,10 @@ def markdown(results: dict) -> str:
     ceiling = results.get("ceiling")
     if ceiling:
         share = f"; any2ds reaches **{ceiling['any2ds_share']:.0%}** of it" if ceiling.get("any2ds_share") else ""
+        low, high = ceiling["images_per_second_range"]
         lines += ["", f"Compute ceiling (any2ds's image processor in a tight loop over the same files, "
-                  f"{ceiling['processes']} processes): {ceiling['images_per_second']:.0f} images/s, "
+                  f"{ceiling['processes']} processes, measured after each repeat of the runs above, median of "
+                  f"{len(ceiling['measures'])}): {ceiling['images_per_second']:.0f} ({low:.0f}-{high:.0f}) images/s, "
                   f"{ceiling['cpu_ms_per_image']:.2f} CPU ms / image{share}."]
     quality = results.get("psnr")
     if quality:

@@ -22,6 +22,7 @@ import math
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -128,11 +129,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bench = _Bench(work, psutil.Process(server.process.pid), server.requests_served)
         url_list = corpus.write_url_list(work / "urls.txt", server.base_url,
                                          corpus.url_rows(names[:distinct], args.rows, args.duplicates, args.seed))
-        psnr_source = _main_runs(bench, tools, url_list, args, settings, keep_any2ds_output=not args.no_psnr)
-        best = report.best_by_tool(report.summarize(bench.runs))
-        if not args.no_ceiling:
+        ceilings: list[dict] = []
+
+        def ceiling() -> None:
             _say("compute ceiling")
-            results["ceiling"] = measure_ceiling(corpus_dir, names[:distinct], settings, os.cpu_count() or 1)
+            ceilings.append(measure_ceiling(corpus_dir, names[:distinct], settings, os.cpu_count() or 1))
+
+        psnr_source = _main_runs(bench, tools, url_list, args, settings, keep_any2ds_output=not args.no_psnr,
+                                 after_each_repeat=None if args.no_ceiling else ceiling)
+        best = report.best_by_tool(report.summarize(bench.runs))
+        if ceilings:
+            results["ceiling"] = _ceiling_summary(ceilings)
         if psnr_source is not None:
             _say("PSNR against full-resolution decodes")
             results["psnr"] = psnr_report(psnr_source, corpus_dir, settings, os.cpu_count() or 1)
@@ -164,9 +171,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _main_runs(bench: _Bench, tools: Sequence[Tool], url_list: Path, args: argparse.Namespace,
-               settings: Settings, keep_any2ds_output: bool) -> Path | None:
+               settings: Settings, keep_any2ds_output: bool,
+               after_each_repeat: Callable[[], None] | None = None) -> Path | None:
     """Every tool at every thread count, ``repeats`` times, alternating (order reversed every other
-    repeat); returns the output folder of any2ds's first complete run, kept for the PSNR check."""
+    repeat), then ``after_each_repeat`` (the ceiling, measured between the tools' runs, so that it
+    meets the same load); returns the output folder of any2ds's first complete run, kept for the
+    PSNR check."""
     kept = None
     for repeat in range(args.repeats):
         for threads in args.threads:
@@ -178,7 +188,19 @@ def _main_runs(bench: _Bench, tools: Sequence[Tool], url_list: Path, args: argpa
                     kept = output
                 elif keep:
                     shutil.rmtree(output, ignore_errors=True)
+        if after_each_repeat is not None:
+            after_each_repeat()
     return kept
+
+
+def _ceiling_summary(measures: list[dict]) -> dict:
+    """The ceiling measured once per repeat: the median images/s and CPU per image, and every measure."""
+    rates = sorted(measure["images_per_second"] for measure in measures)
+    cpu = sorted(measure["cpu_ms_per_image"] for measure in measures if measure["cpu_ms_per_image"] is not None)
+    return {"processes": measures[0]["processes"], "images": measures[0]["images"],
+            "failures": max(measure["failures"] for measure in measures),
+            "images_per_second": statistics.median(rates), "images_per_second_range": [rates[0], rates[-1]],
+            "cpu_ms_per_image": statistics.median(cpu) if cpu else None, "measures": measures}
 
 
 def _memory_runs(bench: _Bench, tools: Sequence[Tool], best: dict, files: Sequence[str], base_url: str,

@@ -40,6 +40,8 @@ def test_one_command_runs_any2ds_measures_the_ceiling_memory_and_psnr(tiny_corpu
     assert figures["best"]["any2ds"]["thread_count"] == 4
     assert figures["ratios"] is None  # only one tool ran
     assert figures["ceiling"]["images"] == ROWS and figures["ceiling"]["failures"] == 0
+    assert len(figures["ceiling"]["measures"]) == 1  # one per repeat
+    assert figures["ceiling"]["images_per_second_range"] == [figures["ceiling"]["images_per_second"]] * 2
     assert figures["ceiling"]["any2ds_share"] > 0
     assert figures["psnr"]["compared"] == ROWS and figures["psnr"]["passed"]
     assert all(worst["db"] is not None for worst in figures["psnr"]["worst"])  # only images that differ
