@@ -8,6 +8,7 @@ here measures the run's duration: the assertions are on the times the servers re
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import random
@@ -329,6 +330,46 @@ def test_a_killed_process_leaks_no_slot_and_its_back_off_stays():
     assert len(got) == 2  # both slots of the killed process came back at once
     for slot in got:
         limits.leave(slot)
+
+
+def test_fast_http_hands_slots_to_its_waiting_attempts_in_order_and_leaks_none():
+    """fast_http's line of attempts waiting for a host's slots (cap 2, both held elsewhere): a
+    cancelled attempt leaves the line, the others get the slots in order as they are freed, and
+    every slot comes back at the end."""
+    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2))
+    table = fetcher.hosts.table
+    key = f"line-{random.random()}:80"
+    held = [table.acquire_slot(key, 2) for _ in range(2)]
+
+    async def scenario() -> list[str]:
+        got: list[str] = []
+
+        async def attempt(name: str) -> None:
+            slot = await fetcher._enter_host(key)
+            got.append(name)
+            await asyncio.sleep(0.05)
+            fetcher.hosts.leave(slot)
+
+        first = asyncio.create_task(attempt("first"))
+        await asyncio.sleep(0.05)
+        cancelled = asyncio.create_task(attempt("cancelled"))
+        await asyncio.sleep(0.05)
+        last = asyncio.create_task(attempt("last"))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await asyncio.sleep(0.01)
+        assert got == [] and len(fetcher._slot_queue().waiting[key]) == 2
+        for slot in held:
+            table.release_slot(slot)
+        await asyncio.wait_for(asyncio.gather(first, last), 10)
+        await asyncio.sleep(0.2)  # the cancelled attempt's waiting thread gives back what it gets
+        return got
+
+    try:
+        assert asyncio.run(scenario()) == ["first", "last"]
+        assert [table.try_acquire_slot(key, 2) is not None for _ in range(2)] == [True, True]
+    finally:
+        fetcher.close()
 
 
 def test_without_ofd_locks_the_cap_holds_among_threads(monkeypatch, tmp_path):

@@ -221,16 +221,19 @@ class HostTable:
     def acquire_slot(self, key: str, cap: int) -> tuple[int, int]:
         """Hold one of ``key``'s ``cap`` connection slots, waiting for one if all are taken."""
         slot = self.try_acquire_slot(key, cap)
-        if slot is not None:
-            return slot
+        return slot if slot is not None else self.wait_for_slot(key, cap)
+
+    def wait_for_slot(self, key: str, cap: int) -> tuple[int, int]:
+        """Hold one of ``key``'s ``cap`` connection slots, chosen at random, waiting for it in the kernel."""
         offset = _slot_base(key) + random.randrange(cap)
         return self.locks.lock(offset), offset
 
-    def try_acquire_slot(self, key: str, cap: int) -> tuple[int, int] | None:
-        """Hold one of ``key``'s ``cap`` connection slots if one is free, without waiting."""
+    def try_acquire_slot(self, key: str, cap: int, tries: int | None = None) -> tuple[int, int] | None:
+        """Hold one of ``key``'s ``cap`` connection slots if one is free, without waiting; ``tries``:
+        how many slots to try, from a random one (all of them by default)."""
         base = _slot_base(key)
         first = random.randrange(cap)  # spread holders over the slots: fewer collisions when trying them
-        for i in range(cap):
+        for i in range(cap if tries is None else min(tries, cap)):
             offset = base + (first + i) % cap
             fd = self.locks.try_lock(offset)
             if fd is not None:
