@@ -530,8 +530,9 @@ class _SlotQueue:
 
     With attempts of this process already waiting for a host, its slots are taken: a new attempt
     tries one slot, not all of them (a scan of 32 taken slots cost 88 us of CPU), then waits in
-    line. Each waiting attempt has a thread blocked in the kernel on one slot; whichever slot such
-    a thread gets goes to the first in line. A freed slot goes to a thread blocked on it, of any
+    line. Each waiting attempt asks for a thread that blocks in the kernel on one slot (at most
+    SLOT_WAIT_THREADS at once; the others wait their turn for a thread); whichever slot such a
+    thread gets goes to the first in line. A freed slot goes to a thread blocked on it, of any
     process: this process does not take back what it frees ahead of the others. Used on its loop only.
     """
 
