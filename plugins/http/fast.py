@@ -575,25 +575,28 @@ class _SlotQueue:
         if error is None:
             self._hand(key, blocked.result())
             return
-        line = self.waiting.get(key)
-        while line:  # the lock file failed: the first in line fails with it
-            turn = line.popleft()
-            if not turn.done():
-                turn.set_exception(error)
-                break
-        self._tidy(key)
+        turn = self._first_in_line(key)
+        if turn is not None:  # the lock file failed: the first in line fails with it
+            turn.set_exception(error)
 
     def _hand(self, key: str, slot: tuple[int, int]) -> None:
         """``slot`` to the first attempt in line for ``key``, or back if none waits."""
+        turn = self._first_in_line(key)
+        if turn is None:
+            self.table.release_slot(slot)
+        else:
+            turn.set_result(slot)
+
+    def _first_in_line(self, key: str) -> asyncio.Future | None:
+        """The first attempt still waiting for ``key`` (cancelled ones are passed over), out of the line."""
         line = self.waiting.get(key)
-        while line:
-            turn = line.popleft()
-            if not turn.done():  # not cancelled
-                turn.set_result(slot)
-                self._tidy(key)
-                return
+        turn = None
+        while line and turn is None:
+            candidate = line.popleft()
+            if not candidate.done():
+                turn = candidate
         self._tidy(key)
-        self.table.release_slot(slot)
+        return turn
 
     def _leave_line(self, key: str, turn: asyncio.Future) -> None:
         line = self.waiting.get(key)
