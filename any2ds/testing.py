@@ -92,6 +92,7 @@ X_ROBOTS_TAG_REFUSAL = "noai, noimageai, noindex, noimageindex, nofollow"
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+    disable_nagle_algorithm = True  # as real servers do for kept-alive connections (else 40 ms per answer)
 
     def log_message(self, *args):  # keep test output clean
         pass
