@@ -54,6 +54,7 @@ def most_at_once(windows: list[tuple[float, float]]) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as web servers do for kept-alive connections (else 40 ms per answer)
 
     def log_message(self, *args):
         pass
@@ -61,6 +62,10 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.opened = self.server.owner.connection_opened()  # type: ignore[attr-defined]
+
+    def finish(self):
+        super().finish()
+        self.opened[2] = time.monotonic()
 
     def do_GET(self):
         self.server.owner.answer(self)  # type: ignore[attr-defined]
@@ -88,7 +93,7 @@ class HostServer:
         self.retry_after = retry_after
         self.robots_fetches = 0
         self.requests: list[tuple[str, float, float]] = []  # path, arrival, answer
-        self.connections: list[list[float]] = []  # [opened, last answer]
+        self.connections: list[list[float]] = []  # [opened, last answer, closed (inf while open)]
         self.throttled_at: float | None = None
         self._lock = threading.Lock()
         self._httpd = _Server((self.address, 0), _Handler)
@@ -101,7 +106,7 @@ class HostServer:
         return f"http://{self.address}:{self.port}{path}"
 
     def connection_opened(self) -> list[float]:
-        record = [time.monotonic(), time.monotonic()]
+        record = [time.monotonic(), time.monotonic(), float("inf")]
         with self._lock:
             self.connections.append(record)
         return record
@@ -213,7 +218,7 @@ def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_
         assert most_at_once([(arrived, answered) for _, arrived, answered in server.requests]) <= cap
         # A connection is open from its first byte to its last answer: a kept-alive connection idling
         # while its client waits for another host would show here as one more open connection.
-        assert most_at_once([(opened, last) for opened, last in server.connections]) <= cap
+        assert most_at_once([(opened, last) for opened, last, _ in server.connections]) <= cap
         assert server.robots_fetches == 1
     assert most_at_once([(arrived, answered) for _, arrived, answered in crowded.requests]) == cap  # the cap was reached
 
@@ -345,10 +350,10 @@ def test_fast_http_hands_slots_to_its_waiting_attempts_in_order_and_leaks_none()
         got: list[str] = []
 
         async def attempt(name: str) -> None:
-            slot = await fetcher._enter_host(key)
+            host = await fetcher._enter_host(key)
             got.append(name)
             await asyncio.sleep(0.05)
-            fetcher.hosts.leave(slot)
+            host.owner.leave(host)
 
         first = asyncio.create_task(attempt("first"))
         await asyncio.sleep(0.05)
@@ -358,7 +363,7 @@ def test_fast_http_hands_slots_to_its_waiting_attempts_in_order_and_leaks_none()
         await asyncio.sleep(0.05)
         cancelled.cancel()
         await asyncio.sleep(0.01)
-        assert got == [] and len(fetcher._slot_queue().waiting[key]) == 2
+        assert got == [] and len(fetcher._connections().hosts[key].line) == 2
         for slot in held:
             table.release_slot(slot)
         await asyncio.wait_for(asyncio.gather(first, last), 10)
@@ -370,6 +375,91 @@ def test_fast_http_hands_slots_to_its_waiting_attempts_in_order_and_leaks_none()
         assert [table.try_acquire_slot(key, 2) is not None for _ in range(2)] == [True, True]
     finally:
         fetcher.close()
+
+
+def test_fast_http_keeps_connections_alive_under_the_cap_and_closes_idle_ones(servers):
+    """Under a cap of 2, 80 requests from 4 threads go over a few kept-alive connections, at most 2
+    open at once; once idle they are closed and both slots are free again."""
+    server = servers()
+    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
+    key = hosts.host_key(server.url("/"))
+    try:
+        def work(first: int) -> None:
+            for i in range(first, 80, 4):
+                assert fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=server.url(f"/k/{i}"))).attempts == 1
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert len(server.requests) == 80
+        assert len(server.connections) <= 20  # reused: about 2 per HOLD_SECONDS, not 80
+        assert most_at_once([(opened, last) for opened, last, _ in server.connections]) <= 2
+        table = fetcher.hosts.table
+        deadline = time.monotonic() + 10
+        free: list = []
+        while len(free) < 2 and time.monotonic() < deadline:  # the idle connections' slots come back
+            slot = table.try_acquire_slot(key, 2)
+            if slot is None:
+                time.sleep(0.02)
+            else:
+                free.append(slot)
+        assert len(free) == 2
+        for slot in free:
+            table.release_slot(slot)
+        while time.monotonic() < deadline and any(closed == float("inf") for _, _, closed in server.connections):
+            time.sleep(0.02)
+        assert all(closed < float("inf") for _, _, closed in server.connections)  # closed, not left open
+    finally:
+        fetcher.close()
+
+
+def _fetch_for_long(url_prefix: str, count: int, threads: int) -> None:
+    """A process fetching ``count`` URLs from ``threads`` threads through one fast_http fetcher (cap 2)."""
+    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
+
+    def work(first: int) -> None:
+        for i in range(first, count, threads):
+            fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=f"{url_prefix}/{i}"))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    fetcher.close()
+
+
+def test_fast_http_keeping_connections_alive_does_not_shut_out_another_process(servers):
+    """A process keeping both slots of a host (cap 2) busy with kept-alive connections, with attempts
+    always waiting for more, gives slots back within HOLD_SECONDS: a process that starts later is
+    served long before the first one is done."""
+    server = servers(delay=0.01)
+    context = multiprocessing.get_context("spawn")
+    busy = context.Process(target=_fetch_for_long, args=(server.url("/a"), 1500, 3))
+    busy.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert busy.is_alive() and len(server.requests) >= 50
+        later = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
+        try:
+            for i in range(2):
+                later.fetch(Sample(key=str(i), shard_id=0, index=i, url=server.url(f"/b/{i}")))
+        finally:
+            later.close()
+        busy.join(120)
+        assert busy.exitcode == 0
+    finally:
+        if busy.is_alive():
+            busy.kill()
+    arrivals = {path: arrived for path, arrived, _ in server.requests}
+    first_done = max(arrived for path, arrived in arrivals.items() if path.startswith("/a/"))
+    assert len(arrivals) == 1502
+    assert max(arrivals["/b/0"], arrivals["/b/1"]) < first_done
+    assert most_at_once([(opened, last) for opened, last, _ in server.connections]) <= 2
 
 
 def test_without_ofd_locks_the_cap_holds_among_threads(monkeypatch, tmp_path):

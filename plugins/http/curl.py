@@ -37,9 +37,13 @@ class Transfer:
       the first chunk is kept (raising stops the transfer: ``abort`` holds
       the error);
     - ``notes``: libcurl's debug messages, read for overruns of the framing;
-    - ``started``, ``connected_fd``, ``opened_fd``: when the request began and
-      which socket carries it; ``via_proxy``, ``refusals``: set by the fetcher's
-      connection callbacks.
+    - ``started``, ``connected_fd``, ``opened_fds``: when the request began,
+      which socket carries it, the sockets opened for it (two when libcurl
+      races an IPv6 and an IPv4 address); ``via_proxy``, ``refusals``: set by
+      the fetcher's connection callbacks;
+    - ``host``, ``on_fd``, ``one_request``: the fetcher's, kept with the handle:
+      the host's state the attempt was admitted to, the socket whose request it
+      counts as carrying, whether the handle closes its connection after each request.
     """
 
     def __init__(self, setup: Callable[[pycurl.Curl, Transfer], None]) -> None:
@@ -50,10 +54,14 @@ class Transfer:
         self.on_head: Callable[[Transfer], None] | None = None
         self.abort: Exception | None = None
         self.response: object = None  # what on_head made of the final head
-        self.connected_fd = self.opened_fd = -1
+        self.connected_fd = -1
+        self.opened_fds: list[int] = []
         self.via_proxy = False
         self.refusals: list[tuple[int, Exception]] = []  # (address family, why) of each refused address
         self.started = 0.0
+        self.host: object = None
+        self.on_fd = -1
+        self.one_request = False
         self.future: asyncio.Future | None = None
         handle = self.handle
         handle.setopt(pycurl.HEADERFUNCTION, self.lines.append)
@@ -72,7 +80,8 @@ class Transfer:
         self.on_head = on_head
         self.abort = None
         self.response = None
-        self.connected_fd = self.opened_fd = -1
+        self.connected_fd = -1
+        self.opened_fds.clear()
         self.refusals.clear()
         self.started = time.monotonic()
 
@@ -142,11 +151,13 @@ class CurlDriver:
         self._readable_at: dict[int, float] = {}  # fd -> monotonic time it last became readable
         self._transfers: dict[pycurl.Curl, Transfer] = {}
         self.idle: list[Transfer] = []  # transfers between requests, kept with their handles' settings
+        self.last_start = 0.0  # monotonic time the last transfer was handed to libcurl
 
     async def perform(self, transfer: Transfer) -> tuple[int, str]:
         """Run ``transfer`` (its options set); return libcurl's result code and message (0, "" when done)."""
         future = transfer.future = self.loop.create_future()
         self._transfers[transfer.handle] = transfer
+        self.last_start = time.monotonic()
         self.multi.add_handle(transfer.handle)
         try:
             return await future

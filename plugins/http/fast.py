@@ -5,7 +5,9 @@ libcurl multi handle (``curl``): connecting, TLS, parsing and framing
 responses and keep-alive happen in C, off the GIL. Per request it costs
 about a twentieth of the CPU of ``http`` (requests) and a fifth of aiohttp's
 (docs/performance.md), and no thread per fetch: ``thread_count`` fetches in
-flight are ``thread_count`` transfers on one thread.
+flight are ``thread_count`` transfers on one thread. Under a per-host cap its
+connections are kept alive, each holding one of the host's slots
+(``host_connections``).
 
 What ``http`` guarantees holds here too, with the same options, messages and
 error types: one total deadline per attempt (libcurl's timeout, cut to the
@@ -22,16 +24,17 @@ its connection closed, a connection with bytes waiting never reused).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import re
 import socket
 import threading
 import time
+import weakref
 import zlib
-from collections import deque
 from collections.abc import Coroutine
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -44,7 +47,10 @@ from any2ds_plugins.http.fetcher import DRAIN_LIMIT, HttpFetcher, SiteManners
 from any2ds_plugins.http.framing import (
     INCOMPLETE_HEAD, MAX_INTERIM_RESPONSES, OVERRUN, TOO_MANY_INTERIM, UNEXPECTED_101,
 )
-from any2ds_plugins.http.hosts import HostTurn, host_key, port_of
+from any2ds_plugins.http.host_connections import (
+    IDLE_SECONDS, DaemonThreads, HostConnections, HostState, socket_inode,
+)
+from any2ds_plugins.http.hosts import host_key, port_of
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
@@ -56,12 +62,15 @@ T = TypeVar("T")
 
 DNS_SECONDS = 60.0
 MAX_DNS_ENTRIES = 10_000
+MAX_REMEMBERED_CONNECTIONS = 65_536  # sockets known by address (for a timeout's message), forgotten past this
+MAX_OWN_SOCKETS = 4096  # sockets opened, kept for a fork; past this the closed ones are forgotten
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REQUEST_HEADERS = ["Accept: */*", "Accept-Encoding: gzip, deflate", "Connection: keep-alive"]
-# Under a per-host cap a connection slot is a connection: one request per connection (as ``http``).
+# Through a proxy under a per-host cap (its slot is counted per attempt), and a request retiring its
+# connection: one request on the connection.
 ONE_REQUEST_HEADERS = ["Accept: */*", "Accept-Encoding: gzip, deflate", "Connection: close"]
 # Threads that wait in the kernel, off the event loop: for a host's connection slot (they depend on
-# nothing but transfers in flight), and for robots.txt verdicts (which may need slots): two pools, so
+# nothing but connections in use), and for robots.txt verdicts (which may need slots): two pools, so
 # that robots.txt waits can never hold every thread a slot wait needs.
 SLOT_WAIT_THREADS = 64
 ROBOTS_WAIT_THREADS = 16
@@ -138,14 +147,16 @@ class FastHttpFetcher(SiteManners):
 
     def __init__(self, options: HttpFetcher.Options) -> None:
         super().__init__(options)
-        self._waits: dict[str, ThreadPoolExecutor] = {}  # "slots", "robots": made on first use
-        self._fd_by_port: dict[int, int] = {}  # local port of a connection -> its socket
+        self._waits: dict[str, ThreadPoolExecutor | DaemonThreads] = {}  # "slots", "robots": made on first use
+        self._fd_by_address: dict[tuple[str, int, str, int], int] = {}  # a connection's addresses -> its socket
         self._dns: dict[tuple[str, int], tuple[float, list | None]] = {}  # (host, port) -> (until, getaddrinfo)
         self._verdicts: dict[str, BlockedAddress | None] = {}  # address -> refusal, for the pre-request check
         self._drivers: dict[asyncio.AbstractEventLoop, CurlDriver] = {}
-        self._slot_queues: dict[asyncio.AbstractEventLoop, _SlotQueue] = {}
+        self._host_connections: dict[asyncio.AbstractEventLoop, HostConnections] = {}
         self._own_loop: asyncio.AbstractEventLoop | None = None  # for fetch(), made on first use
         self._lock = threading.Lock()
+        self._sockets: dict[int, int | None] = {}  # fd -> inode of the sockets opened for libcurl
+        _FETCHERS.add(self)
 
     # -- the two ways in ----------------------------------------------------
 
@@ -179,14 +190,15 @@ class FastHttpFetcher(SiteManners):
         components close: its driver is closed there if the loop gets to it, else with the process."""
         own_loop, self._own_loop = self._own_loop, None
         for loop, driver in list(self._drivers.items()):
+            close = functools.partial(_close_loop_state, driver, self._host_connections.get(loop))
             if loop is own_loop:
-                asyncio.run_coroutine_threadsafe(_call(driver.close), loop).result()
+                asyncio.run_coroutine_threadsafe(_call(close), loop).result()
             elif loop.is_running():
-                loop.call_soon_threadsafe(driver.close)
+                loop.call_soon_threadsafe(close)
             elif not loop.is_closed():
-                driver.close()
+                close()
         self._drivers.clear()
-        self._slot_queues.clear()
+        self._host_connections.clear()
         if own_loop is not None:
             own_loop.call_soon_threadsafe(own_loop.stop)
         for pool in self._waits.values():
@@ -208,7 +220,7 @@ class FastHttpFetcher(SiteManners):
         the host's turn has come). ``robots_txt`` false: robots.txt itself (cut when it is parsed)."""
         driver = self._driver()
         transfer = driver.idle.pop() if driver.idle else Transfer(self._set_up)
-        turn = _HostTurn(self)
+        turn = _HostTurn(self, transfer)
         try:
             url = _prepared(url)
             await self._check_robots_txt(url, turn, robots_txt)
@@ -270,35 +282,39 @@ class FastHttpFetcher(SiteManners):
             return RobotsAnswer.of_failure(error)
         return RobotsAnswer(200, result.body)
 
-    async def _enter_host(self, key: str) -> tuple[int, int] | None:
-        """A connection slot on ``key`` (see ``_SlotQueue``), then its start time; returns the slot."""
-        slots = self._slot_queue() if self.hosts.max_connections else None
-        slot = None if slots is None else await slots.acquire(key)
+    async def _enter_host(self, key: str) -> HostState | None:
+        """Admission to ``key`` under the cap (see ``HostConnections``; None without a cap), then
+        its start time."""
+        host = await self._connections().enter(key) if self.hosts.max_connections else None
         try:
             delay = self.hosts.start_delay(key)
             if delay > 0:
                 await asyncio.sleep(delay)
         except BaseException:
-            self.hosts.leave(slot)
+            if host is not None:
+                host.owner.leave(host)
             raise
-        return slot
+        return host
 
-    def _slot_queue(self) -> _SlotQueue:
+    def _connections(self) -> HostConnections:
         loop = asyncio.get_running_loop()
-        queue = self._slot_queues.get(loop)
-        if queue is None:
-            queue = self._slot_queues[loop] = _SlotQueue(self, loop)
-        return queue
+        connections = self._host_connections.get(loop)
+        if connections is None:
+            driver = self._driver()
+            connections = self._host_connections[loop] = HostConnections(
+                self.hosts.table, self.hosts.max_connections, loop, lambda: self._wait_pool("slots"),
+                lambda: driver.last_start)
+        return connections
 
-    def _wait_pool(self, kind: str) -> ThreadPoolExecutor:
+    def _wait_pool(self, kind: str) -> ThreadPoolExecutor | DaemonThreads:
         pool = self._waits.get(kind)
         if pool is None:
             with self._lock:
                 pool = self._waits.get(kind)
                 if pool is None:
-                    pool = self._waits[kind] = ThreadPoolExecutor(
-                        SLOT_WAIT_THREADS if kind == "slots" else ROBOTS_WAIT_THREADS,
-                        thread_name_prefix=f"any2ds-fast-http-{kind}")
+                    name = f"any2ds-fast-http-{kind}"
+                    pool = self._waits[kind] = (DaemonThreads(SLOT_WAIT_THREADS, name) if kind == "slots"
+                                                else ThreadPoolExecutor(ROBOTS_WAIT_THREADS, thread_name_prefix=name))
         return pool
 
     async def _request(self, driver: CurlDriver, transfer: Transfer, url: str, attempt: Attempt,
@@ -331,8 +347,19 @@ class FastHttpFetcher(SiteManners):
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.PROXY, proxy or "")
         handle.setopt(pycurl.TIMEOUT_MS, max(1, int(remaining * 1000)))
+        # Through a proxy under a cap, and a request retiring its connection (``HostConnections``).
+        one_request = (transfer.via_proxy and bool(self.hosts.max_connections)) or (
+            transfer.host is not None and transfer.host.owner.retires(transfer.host))
+        if one_request != transfer.one_request:
+            handle.setopt(pycurl.HTTPHEADER, ONE_REQUEST_HEADERS if one_request else REQUEST_HEADERS)
+            handle.setopt(pycurl.FORBID_REUSE, int(one_request))
+            transfer.one_request = one_request
         transfer.prepare(self._check_head if robots_txt else self._check_robots_txt_head)
-        code, message = await driver.perform(transfer)
+        try:
+            code, message = await driver.perform(transfer)
+        finally:
+            if transfer.host is not None:
+                transfer.host.owner.carried(transfer.host, transfer)
         if isinstance(transfer.abort, _Redirect):
             return transfer.response
         if transfer.abort is not None:
@@ -457,15 +484,16 @@ class FastHttpFetcher(SiteManners):
     def _set_up(self, handle: pycurl.Curl, transfer: Transfer) -> None:
         """The options every request of ``handle`` shares."""
         handle.setopt(pycurl.USERAGENT, self.user_agent)
-        handle.setopt(pycurl.HTTPHEADER, REQUEST_HEADERS if self.keep_alive else ONE_REQUEST_HEADERS)
-        handle.setopt(pycurl.FORBID_REUSE, 0 if self.keep_alive else 1)
+        handle.setopt(pycurl.HTTPHEADER, REQUEST_HEADERS)
+        if self.hosts.max_connections:  # a kept-alive connection holds a slot: not idle for long
+            handle.setopt(pycurl.MAXAGE_CONN, IDLE_SECONDS)
         handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         handle.setopt(pycurl.MAXFILESIZE_LARGE, self.options.max_body_bytes)  # the raw body; decoded: _decoded
         handle.setopt(pycurl.OPENSOCKETFUNCTION, lambda purpose, address: self._open_socket(transfer, address))
-        handle.setopt(pycurl.PREREQFUNCTION, lambda remote, _local, _port, local_port: self._before_request(
-            transfer, remote, local_port))
+        handle.setopt(pycurl.PREREQFUNCTION, lambda remote, local, port, local_port: self._before_request(
+            transfer, remote, local, port, local_port))
         if self.options.ignore_ssl_certificate:
             handle.setopt(pycurl.SSL_VERIFYPEER, 0)
             handle.setopt(pycurl.SSL_VERIFYHOST, 0)
@@ -486,17 +514,45 @@ class FastHttpFetcher(SiteManners):
             sock = socket.socket(family, kind, protocol)
         except OSError:
             return pycurl.SOCKET_BAD
-        transfer.opened_fd = sock.detach()  # libcurl owns it now, and closes it
-        return transfer.opened_fd
+        fd = sock.detach()  # libcurl owns it now, and closes it
+        transfer.opened_fds.append(fd)
+        if len(self._sockets) > MAX_OWN_SOCKETS:
+            self._sockets = {fd: inode for fd, inode in list(self._sockets.items()) if socket_inode(fd) == inode}
+        self._sockets[fd] = socket_inode(fd)
+        return fd
 
-    def _before_request(self, transfer: Transfer, remote: str, local_port: int) -> int:
+    def _disown_sockets(self) -> None:
+        """In a forked child: each socket still open from the parent's connections becomes
+        /dev/null here, so that what the child does with the parent's libcurl state (its clean-up
+        reads, shuts down and closes connections) never reaches the parent's connections."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd, inode in list(self._sockets.items()):
+                if socket_inode(fd) == inode:
+                    os.dup2(devnull, fd, inheritable=False)
+        finally:
+            os.close(devnull)
+        self._sockets = {}
+
+    def _before_request(self, transfer: Transfer, remote: str, local: str, port: int, local_port: int) -> int:
         """Just before a request goes out, on a new or a reused connection: the address it goes to
-        is allowed (a second check, after the socket's), and which socket carries it."""
-        if transfer.opened_fd >= 0:  # a new connection: remember its socket for when it is reused
-            self._fd_by_port[local_port], transfer.opened_fd = transfer.opened_fd, -1
-        transfer.connected_fd = self._fd_by_port.get(local_port, -1)
+        is allowed (a second check, after the socket's), and which socket carries it (counted
+        under the host's cap). A connection is known by its addresses and ports: a local port
+        alone may serve two connections to different addresses at once."""
+        address = (remote, port, local, local_port)
+        opened = transfer.opened_fds
+        new_fd = -1
+        if opened:  # a new connection: remember its socket for when it is reused
+            new_fd = opened[0] if len(opened) == 1 else _socket_on_port(opened, local_port)
+            opened.clear()
+            if len(self._fd_by_address) > MAX_REMEMBERED_CONNECTIONS:
+                self._fd_by_address.clear()
+            self._fd_by_address[address] = new_fd
+        transfer.connected_fd = self._fd_by_address.get(address, -1)
         if transfer.via_proxy:
             return pycurl.PREREQFUNC_OK
+        if transfer.host is not None:
+            transfer.host.owner.carrying(transfer.host, transfer, address, new_fd)
         if remote not in self._verdicts:
             if len(self._verdicts) > 4096:
                 self._verdicts.clear()
@@ -508,105 +564,61 @@ class FastHttpFetcher(SiteManners):
         return pycurl.PREREQFUNC_OK
 
 
-class _HostTurn(HostTurn):
-    """An attempt's turn at one host at a time, waited for on the event loop: ``go(url)``
-    leaves the current host and waits for the URL's."""
+_FETCHERS: weakref.WeakSet[FastHttpFetcher] = weakref.WeakSet()
 
-    def __init__(self, fetcher: FastHttpFetcher) -> None:
-        super().__init__(fetcher.hosts)
+
+def _disown_parent_sockets() -> None:
+    for fetcher in list(_FETCHERS):
+        fetcher._disown_sockets()
+
+
+os.register_at_fork(after_in_child=_disown_parent_sockets)
+
+
+class _HostTurn:
+    """An attempt's turn at one host at a time, waited for on the event loop: ``go(url)`` leaves
+    the current host and waits for the URL's; the attempt's transfer knows the host it is at."""
+
+    def __init__(self, fetcher: FastHttpFetcher, transfer: Transfer) -> None:
         self.fetcher = fetcher
+        self.transfer = transfer
+        self.key: str | None = None
 
-    async def go(self, url: str) -> None:  # type: ignore[override] - awaited here
+    async def go(self, url: str) -> None:
         key = host_key(url)
         if key == self.key:
             return
         self.leave()
-        self._slot = await self.fetcher._enter_host(key)
+        self.transfer.host = await self.fetcher._enter_host(key)
         self.key = key
 
-
-class _SlotQueue:
-    """The attempts of one event loop waiting for a host's connection slot, first come first served.
-
-    With attempts of this process already waiting for a host, its slots are taken: a new attempt
-    tries one slot, not all of them (a scan of 32 taken slots cost 88 us of CPU), then waits in
-    line. Each waiting attempt asks for a thread that blocks in the kernel on one slot (at most
-    SLOT_WAIT_THREADS at once; the others wait their turn for a thread); whichever slot such a
-    thread gets goes to the first in line. A freed slot goes to a thread blocked on it, of any
-    process: this process does not take back what it frees ahead of the others. Used on its loop only.
-    """
-
-    def __init__(self, fetcher: FastHttpFetcher, loop: asyncio.AbstractEventLoop) -> None:
-        self.fetcher = fetcher
-        self.loop = loop
-        self.table = fetcher.hosts.table
-        self.cap = fetcher.hosts.max_connections
-        self.waiting: dict[str, deque[asyncio.Future]] = {}  # host -> its attempts in line
-
-    async def acquire(self, key: str) -> tuple[int, int]:
-        slot = self.table.try_acquire_slot(key, self.cap, tries=1 if self.waiting.get(key) else None)
-        if slot is not None:
-            return slot
-        turn = self.loop.create_future()
-        self.waiting.setdefault(key, deque()).append(turn)
-        blocked = self.fetcher._wait_pool("slots").submit(self.table.wait_for_slot, key, self.cap)
-        blocked.add_done_callback(lambda done: self._deliver(key, done))
-        try:
-            return await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():  # handed a slot as it was cancelled
-                self.table.release_slot(turn.result())
-            else:
-                self._leave_line(key, turn)
-            raise
-
-    def _deliver(self, key: str, blocked: Future) -> None:
-        """On the waiting thread: the slot it got goes to the loop; once the loop is closed, back."""
-        try:
-            self.loop.call_soon_threadsafe(self._arrived, key, blocked)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            if not blocked.cancelled() and blocked.exception() is None:
-                self.table.release_slot(blocked.result())
-
-    def _arrived(self, key: str, blocked: Future) -> None:
-        if blocked.cancelled():  # the fetcher closed its pools
+    def leave(self) -> None:
+        if self.key is None:
             return
-        error = blocked.exception()
-        if error is None:
-            self._hand(key, blocked.result())
-            return
-        turn = self._first_in_line(key)
-        if turn is not None:  # the lock file failed: the first in line fails with it
-            turn.set_exception(error)
+        host, self.transfer.host, self.key = self.transfer.host, None, None
+        if host is not None:
+            host.owner.leave(host)
 
-    def _hand(self, key: str, slot: tuple[int, int]) -> None:
-        """``slot`` to the first attempt in line for ``key``, or back if none waits."""
-        turn = self._first_in_line(key)
-        if turn is None:
-            self.table.release_slot(slot)
-        else:
-            turn.set_result(slot)
 
-    def _first_in_line(self, key: str) -> asyncio.Future | None:
-        """The first attempt still waiting for ``key`` (cancelled ones are passed over), out of the line."""
-        line = self.waiting.get(key)
-        turn = None
-        while line and turn is None:
-            candidate = line.popleft()
-            if not candidate.done():
-                turn = candidate
-        self._tidy(key)
-        return turn
+def _socket_on_port(fds: list[int], port: int) -> int:
+    """Of the sockets libcurl raced to connect, the one bound to local ``port`` (-1 if none)."""
+    for fd in fds:
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.getsockname()[1] == port:
+                return fd
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return -1
 
-    def _leave_line(self, key: str, turn: asyncio.Future) -> None:
-        line = self.waiting.get(key)
-        if line is not None and turn in line:
-            line.remove(turn)
-        self._tidy(key)
 
-    def _tidy(self, key: str) -> None:
-        if key in self.waiting and not self.waiting[key]:
-            del self.waiting[key]
+def _close_loop_state(driver: CurlDriver, connections: HostConnections | None) -> None:
+    """On its loop: its multi handle closed (its connections with it), then its slots given back."""
+    driver.close()
+    if connections is not None:
+        connections.close()
 
 
 def _call(function):

@@ -60,8 +60,6 @@ class SiteManners(Fetcher):
         directory = state_directory()
         table = shared_table(directory)
         self.hosts = HostLimits(table, options.max_connections_per_host, options.max_requests_per_second_per_host)
-        # Under a per-host cap a connection slot is a connection: one request per connection.
-        self.keep_alive = not options.max_connections_per_host
         self.robots_txt = (RobotsTxt(directory / "robots", table.locks, self.token)
                            if options.respect_robots_txt else None)
 
@@ -141,6 +139,8 @@ class HttpFetcher(SiteManners):
         super().__init__(options)
         if options.ignore_ssl_certificate:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        # Under a per-host cap a request's slot is its connection's: one request per connection.
+        self.keep_alive = not options.max_connections_per_host
         self._reaper = DeadlineReaper(REAPER_GRACE)
         self._local = threading.local()
         self._lock = threading.Lock()

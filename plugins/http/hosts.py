@@ -218,22 +218,25 @@ class HostTable:
 
     # -- connection slots --------------------------------------------------
 
-    def acquire_slot(self, key: str, cap: int) -> tuple[int, int]:
-        """Hold one of ``key``'s ``cap`` connection slots, waiting for one if all are taken."""
+    def acquire_slot(self, key: str, cap: int, wait_on: int | None = None) -> tuple[int, int]:
+        """Hold one of ``key``'s ``cap`` connection slots, waiting in the kernel if all are taken: for
+        slot number ``wait_on``, or one chosen at random."""
         slot = self.try_acquire_slot(key, cap)
-        return slot if slot is not None else self.wait_for_slot(key, cap)
-
-    def wait_for_slot(self, key: str, cap: int) -> tuple[int, int]:
-        """Hold one of ``key``'s ``cap`` connection slots, chosen at random, waiting for it in the kernel."""
-        offset = _slot_base(key) + random.randrange(cap)
+        if slot is not None:
+            return slot
+        offset = self.slot_offset(key, random.randrange(cap) if wait_on is None else wait_on)
         return self.locks.lock(offset), offset
 
-    def try_acquire_slot(self, key: str, cap: int, tries: int | None = None) -> tuple[int, int] | None:
-        """Hold one of ``key``'s ``cap`` connection slots if one is free, without waiting; ``tries``:
-        how many slots to try, from a random one (all of them by default)."""
+    @staticmethod
+    def slot_offset(key: str, index: int) -> int:
+        """Where ``key``'s slot number ``index`` is in the lock file (a held slot is ``(fd, offset)``)."""
+        return _slot_base(key) + index
+
+    def try_acquire_slot(self, key: str, cap: int) -> tuple[int, int] | None:
+        """Hold one of ``key``'s ``cap`` connection slots if one is free, without waiting."""
         base = _slot_base(key)
         first = random.randrange(cap)  # spread holders over the slots: fewer collisions when trying them
-        for i in range(cap if tries is None else min(tries, cap)):
+        for i in range(cap):
             offset = base + (first + i) % cap
             fd = self.locks.try_lock(offset)
             if fd is not None:
