@@ -386,8 +386,9 @@ class HostLimits:
 class HostTurn:
     """A thread's turn at one host at a time: ``go(url)`` leaves the current host and waits for the URL's.
 
-    The fetcher closes a request's connection before its turn ends (under a cap it keeps none
-    alive), so the slot it gives back is a connection closed.
+    The ``http`` fetcher's: it closes a request's connection before its turn ends (under a cap it
+    keeps none alive), so the slot it gives back is a connection closed. ``fast_http`` keeps its
+    connections alive and counts them itself (``host_connections``).
     """
 
     def __init__(self, limits: HostLimits) -> None:
