@@ -177,7 +177,7 @@ class HostConnections:
         ports), just opened on socket ``new_fd``, else (-1) kept alive here. ``transfer.on_fd``:
         the socket the attempt is on (-1: none, or none known; it then counts as pending)."""
         if new_fd >= 0:  # libcurl closes the dead idle connections before it opens one
-            self._forget_closed(host)
+            self._drop_idle(host, shut=False)
         fd = new_fd if new_fd >= 0 else next(
             (fd for fd, connection in host.connections.items() if connection.address == address), -1)
         if transfer.on_fd >= 0:  # a request libcurl resends on another connection
@@ -256,14 +256,7 @@ class HostConnections:
         """Forget the idle connections libcurl closed; once the loop has started no transfer for
         QUIET_SECONDS, shut the idle ones down: their slots are no longer needed."""
         host.sweep = None
-        self._forget_closed(host)
-        if time.monotonic() - self.last_start() >= QUIET_SECONDS:
-            for fd, connection in list(host.connections.items()):
-                if connection.idle_since is not None:
-                    del host.connections[fd]
-                    host.idle -= 1
-                    if connection.inode == socket_inode(fd):
-                        _shut(fd)
+        self._drop_idle(host, shut=time.monotonic() - self.last_start() >= QUIET_SECONDS)
         self._settle(host)
 
     def _ask_for_slots(self, host: HostState) -> None:
@@ -280,13 +273,20 @@ class HostConnections:
             blocked.add_done_callback(lambda done, index=index: self._deliver(host.key, index, done))
 
     @staticmethod
-    def _forget_closed(host: HostState) -> None:
+    def _drop_idle(host: HostState, shut: bool) -> None:
         """Drop the idle connections whose sockets libcurl closed (a server's keep-alive timeout, a
-        connection found dead): their slots are no longer needed."""
+        connection found dead), and with ``shut`` the others too, shut down: their slots are no
+        longer needed."""
         for fd, connection in list(host.connections.items()):
-            if connection.idle_since is not None and connection.inode != socket_inode(fd):
-                del host.connections[fd]
-                host.idle -= 1
+            if connection.idle_since is None:
+                continue
+            ours = connection.inode == socket_inode(fd)
+            if ours and not shut:
+                continue
+            del host.connections[fd]
+            host.idle -= 1
+            if ours:
+                _shut(fd)
 
     def _deliver(self, key: str, index: int, blocked: Future) -> None:
         """On the waiting thread: the slot it got goes to the loop; once closed, back to the table."""
