@@ -384,15 +384,7 @@ def test_fast_http_keeps_connections_alive_under_the_cap_and_closes_idle_ones(se
     fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
     key = hosts.host_key(server.url("/"))
     try:
-        def work(first: int) -> None:
-            for i in range(first, 80, 4):
-                assert fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=server.url(f"/k/{i}"))).attempts == 1
-
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        assert [result.attempts for result in fetch_from_threads(fetcher, server.url("/k"), 80, 4)] == [1] * 80
         assert len(server.requests) == 80
         assert len(server.connections) <= 20  # reused: about 2 per HOLD_SECONDS, not 80
         assert most_at_once([(opened, last) for opened, last, _ in server.connections]) <= 2
@@ -415,19 +407,27 @@ def test_fast_http_keeps_connections_alive_under_the_cap_and_closes_idle_ones(se
         fetcher.close()
 
 
-def _fetch_for_long(url_prefix: str, count: int, threads: int) -> None:
-    """A process fetching ``count`` URLs from ``threads`` threads through one fast_http fetcher (cap 2)."""
-    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
+def fetch_from_threads(fetcher: FastHttpFetcher, url_prefix: str, count: int, threads: int) -> list:
+    """The URLs ``url_prefix/0`` to ``url_prefix/count-1`` fetched by ``fetcher`` from ``threads``
+    threads: their results (a fetch that raised has none)."""
+    results: list = []
 
     def work(first: int) -> None:
         for i in range(first, count, threads):
-            fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=f"{url_prefix}/{i}"))
+            results.append(fetcher.fetch(Sample(key=str(i), shard_id=0, index=i, url=f"{url_prefix}/{i}")))
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    return results
+
+
+def _fetch_for_long(url_prefix: str, count: int, threads: int) -> None:
+    """A process fetching ``count`` URLs from ``threads`` threads through one fast_http fetcher (cap 2)."""
+    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
+    assert len(fetch_from_threads(fetcher, url_prefix, count, threads)) == count
     fetcher.close()
 
 
