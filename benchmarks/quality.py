@@ -2,10 +2,12 @@
 
 The reference decodes each source at full resolution with Pillow (no
 ``draft``, so no shrink-on-load), applies EXIF orientation, then the same
-geometry and interpolation (any2ds's resize plan, cv2) and the same encoding
-(cv2 JPEG at the run's quality). Both are decoded and compared pixel by pixel.
-Images where any2ds does not shrink on load come out identical; the mean is
-taken over the others (those that differ), the stricter figure.
+geometry and interpolation (any2ds's resize plan, applied as with
+``exact_resize``: one cv2 resize at the exact ratio, as img2dataset) and the
+same encoding (cv2 JPEG at the run's quality). Both are decoded and compared
+pixel by pixel. Images any2ds neither shrinks on load nor downscales by area
+through twice the target size (``geometry.AREA_BY_HALVING_MAX_RATIO``) come out
+identical; the mean is taken over the others (those that differ).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def reference(body: bytes, settings: Settings) -> bytes:
     plan = plan_resize(width, height, image_size=settings.image_size, resize_mode=settings.resize_mode,
                        resize_only_if_bigger=False, downscale_interpolation="area",
                        upscale_interpolation="lanczos")
-    pixels = crop_or_pad(scale(pixels, plan), plan)
+    pixels = crop_or_pad(scale(pixels, plan, exact=True), plan)
     if pixels.ndim == 3:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(f".{settings.encode_format}", pixels,

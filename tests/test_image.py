@@ -21,7 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 from any2ds.errors import ProcessError
 from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins.image.blur import blur_boxes, kernel_size
-from any2ds_plugins.image.geometry import plan_resize
+from any2ds_plugins.image.geometry import AREA_BY_HALVING_MAX_RATIO, plan_resize, scale
 from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
 from tests.conftest import encode, gradient
 
@@ -144,6 +144,77 @@ def test_shrink_on_load_with_exif_rotation():
     result = run(body, image_size=100, resize_mode="keep_ratio_largest")
     assert decoded(result, "jpg").size == (56, 100)
     assert (result.metadata["original_width"], result.metadata["original_height"]) == (900, 1600)
+
+
+def psnr(produced: np.ndarray, expected: np.ndarray) -> float:
+    error = np.mean((produced.astype(np.float64) - expected.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10 * math.log10(255.0 ** 2 / error)
+
+
+def area_plan(width: int, height: int, image_size: int):
+    return plan_resize(width, height, image_size=image_size, resize_mode="keep_ratio_largest",
+                       resize_only_if_bigger=False, downscale_interpolation="area", upscale_interpolation="lanczos")
+
+
+def photo_like(width: int, height: int) -> np.ndarray:
+    """Smooth shapes under sensor-like grain: the kind of pixels shrink-on-load leaves to the resize."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    grain = np.random.default_rng(1).normal(0, 12, rows.shape)
+    plane = np.clip(128 + 100 * np.sin(columns / 37.0) * np.cos(rows / 23.0) + grain, 0, 255).astype(np.uint8)
+    return np.dstack([plane, np.roll(plane, 5, axis=1), 255 - plane])
+
+
+@pytest.mark.parametrize("image_size", [1000, 700, 512, 400, 372])  # ratios 1.3, 1.86, 2.54, 3.25, 3.49
+def test_area_downscale_through_twice_the_target_stays_close_to_cv2s(image_size):
+    pixels = photo_like(1300, 1000)
+    plan = area_plan(1300, 1000, image_size)
+    exact = cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA)
+    fast = scale(pixels, plan)
+    assert fast.shape == exact.shape
+    assert psnr(fast, exact) >= 40
+    np.testing.assert_array_equal(scale(pixels, plan, exact=True), exact)
+
+
+@pytest.mark.parametrize("ratio", [2, 4])
+def test_area_downscale_by_two_or_four_is_cv2s_up_to_rounding(ratio):
+    pixels = noise(1024, 768)
+    plan = area_plan(1024, 768, 1024 // ratio)
+    exact = cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA).astype(np.int16)
+    assert np.abs(scale(pixels, plan).astype(np.int16) - exact).max() <= 1
+
+
+@pytest.mark.parametrize("ratio", [1.3, 1.9, 2.6, 3.3])
+def test_area_downscale_through_twice_the_target_keeps_pixels_in_place(ratio):
+    # A bright band 6 pixels wide: its centre of mass in an output row is where cv2's area resize
+    # puts it, within the rounding of 8-bit pixels (up to 0.06); half a source pixel off in either
+    # step would move it by 0.17 or more at these ratios.
+    width, height = 1000, 200
+    pixels = np.zeros((height, width), np.uint8)
+    plan = area_plan(width, height, round(width / ratio))
+    positions = np.arange(plan.scaled_size[0])
+    for column in (137, 500, 861):
+        pixels[:] = 0
+        pixels[:, column:column + 6] = 255
+        exact = cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA)[10]
+        fast = scale(pixels, plan)[10]
+        assert abs(positions @ fast / fast.sum() - positions @ exact / exact.sum()) < 0.1
+
+
+def test_area_downscale_beyond_the_ratio_bound_is_cv2s():
+    pixels = noise(1300, 1000)
+    plan = area_plan(1300, 1000, 1300 // (AREA_BY_HALVING_MAX_RATIO + 1))
+    np.testing.assert_array_equal(scale(pixels, plan),
+                                  cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA))
+
+
+def test_exact_resize_decodes_at_full_resolution_and_resizes_at_the_exact_ratio():
+    body = encode(Image.fromarray(photo_like(2400, 1800)), "JPEG", quality=90)
+    full = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    exact = cv2.resize(full, (133, 100), interpolation=cv2.INTER_AREA)
+    options = {"image_size": 100, "resize_mode": "keep_ratio", "encode_format": "png", "encode_quality": 1}
+    np.testing.assert_array_equal(pixels_of(run(body, exact_resize=True, **options)), exact)
+    shortcut = pixels_of(run(body, **options))
+    assert shortcut.shape == exact.shape and not np.array_equal(shortcut, exact) and psnr(shortcut, exact) >= 35
 
 
 # ----------------------------------------------------------------------------- encoding
