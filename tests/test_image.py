@@ -21,7 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 from any2ds.errors import ProcessError
 from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins.image.blur import blur_boxes, kernel_size
-from any2ds_plugins.image.geometry import AREA_BY_HALVING_MAX_RATIO, plan_resize, scale
+from any2ds_plugins.image.geometry import AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET, plan_resize, scale
 from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
 from tests.conftest import encode, gradient
 
@@ -203,6 +203,16 @@ def test_area_downscale_through_twice_the_target_keeps_pixels_in_place(ratio):
 def test_area_downscale_beyond_the_ratio_bound_is_cv2s():
     pixels = noise(1300, 1000)
     plan = area_plan(1300, 1000, 1300 // (AREA_BY_HALVING_MAX_RATIO + 1))
+    np.testing.assert_array_equal(scale(pixels, plan),
+                                  cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA))
+
+
+def test_area_downscale_to_a_large_target_takes_one_step():
+    # Twice this target would hold more pixels than the source and than the budget: one cv2 resize.
+    side = 1100
+    assert 4 * side * side > max(1300 * 1300, DOUBLED_PIXEL_BUDGET)
+    pixels = noise(1300, 1300)
+    plan = area_plan(1300, 1300, side)
     np.testing.assert_array_equal(scale(pixels, plan),
                                   cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA))
 

@@ -48,6 +48,12 @@ benchmark's photographs after shrink-on-load: within 53.2 dB of cv2's INTER_AREA
 38.9 dB at worst; the PSNR against full decodes kept its mean and minimum (docs/performance.md).
 Beyond this ratio the bilinear step would skip pixels."""
 
+DOUBLED_PIXEL_BUDGET = 2048 * 2048
+"""The two-step area downscale's intermediate (twice the target on each side) holds at most this
+many pixels, or as many as the source when that is more: 12 MB of RGB, every output up to 1024 x
+1024. A larger output is resized in one step, so that a big target does not quadruple the memory
+an image takes."""
+
 Size = tuple[int, int]
 
 
@@ -138,8 +144,8 @@ def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False) -> np.ndarr
     """Resize ``pixels`` (any resolution of the plan's source) to the plan's scaled size; no-op if already there.
 
     Unless ``exact``, an area downscale by at most :data:`AREA_BY_HALVING_MAX_RATIO` goes
-    through twice the target size (see there); any other resize is one cv2 resize at the
-    plan's interpolation, as img2dataset's.
+    through twice the target size (see there), within :data:`DOUBLED_PIXEL_BUDGET`; any other
+    resize is one cv2 resize at the plan's interpolation, as img2dataset's.
     """
     width, height = plan.scaled_size
     source_height, source_width = pixels.shape[:2]
@@ -147,7 +153,8 @@ def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False) -> np.ndarr
         return pixels
     if (not exact and plan.interpolation == cv2.INTER_AREA
             and width < source_width <= AREA_BY_HALVING_MAX_RATIO * width
-            and height < source_height <= AREA_BY_HALVING_MAX_RATIO * height):
+            and height < source_height <= AREA_BY_HALVING_MAX_RATIO * height
+            and 4 * width * height <= max(source_width * source_height, DOUBLED_PIXEL_BUDGET)):
         doubled = cv2.resize(pixels, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(doubled, (width, height), interpolation=cv2.INTER_AREA)
     return cv2.resize(pixels, (width, height), interpolation=plan.interpolation)
