@@ -43,10 +43,10 @@ resample to twice the target size, then the mean of each 2x2 block. cv2's INTER_
 fractional ratio runs a scalar loop over every source pixel: 1.0 ms for 500x375 to 256x192,
 where the two steps take 0.3 ms (its 2x2 mean is vectorised). Up to a ratio of 4 the bilinear
 step reads every source pixel (at 4 it is exactly a 2-pixel mean, so the result is cv2's area
-resize), and the 2x2 mean centres each output pixel on its footprint. Measured on 3,000 of the
-benchmark's photographs after shrink-on-load: within 53.2 dB of cv2's INTER_AREA on average,
-38.9 dB at worst; the PSNR against full decodes kept its mean and minimum (docs/performance.md).
-Beyond this ratio the bilinear step would skip pixels."""
+resize up to rounding), and the 2x2 mean centres each output pixel on its footprint. Measured
+on 3,000 of the benchmark's photographs after shrink-on-load: within 53.2 dB of cv2's INTER_AREA
+on average, 38.9 dB at worst; the PSNR against full decodes kept its mean and minimum
+(docs/performance.md). Beyond this ratio the bilinear step would skip pixels."""
 
 DOUBLED_PIXEL_BUDGET = 2048 * 2048
 """The two-step area downscale's intermediate (twice the target on each side) holds at most this
