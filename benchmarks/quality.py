@@ -74,6 +74,11 @@ def _psnr_of(job: tuple[str, bytes, Settings]) -> float:
                             cv2.IMREAD_UNCHANGED)
     if produced.shape != expected.shape:
         return -math.inf  # a geometry difference is a failure, whatever the pixels
+    return psnr(produced, expected)
+
+
+def psnr(produced: np.ndarray, expected: np.ndarray) -> float:
+    """PSNR (dB) of 8-bit ``produced`` against ``expected``, same shape; infinite when identical."""
     error = np.mean((produced.astype(np.float64) - expected.astype(np.float64)) ** 2)
     return math.inf if error == 0 else 10 * math.log10(255.0 ** 2 / error)
 

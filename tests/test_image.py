@@ -23,6 +23,7 @@ from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins.image.blur import blur_boxes, kernel_size
 from any2ds_plugins.image.geometry import AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET, plan_resize, scale
 from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
+from benchmarks.quality import psnr
 from tests.conftest import encode, gradient
 
 
@@ -144,11 +145,6 @@ def test_shrink_on_load_with_exif_rotation():
     result = run(body, image_size=100, resize_mode="keep_ratio_largest")
     assert decoded(result, "jpg").size == (56, 100)
     assert (result.metadata["original_width"], result.metadata["original_height"]) == (900, 1600)
-
-
-def psnr(produced: np.ndarray, expected: np.ndarray) -> float:
-    error = np.mean((produced.astype(np.float64) - expected.astype(np.float64)) ** 2)
-    return math.inf if error == 0 else 10 * math.log10(255.0 ** 2 / error)
 
 
 def area_plan(width: int, height: int, image_size: int):
