@@ -6,7 +6,7 @@ geometry and interpolation (any2ds's resize plan, applied as with
 ``exact_resize``: one cv2 resize at the exact ratio, as img2dataset) and the
 same encoding (cv2 JPEG at the run's quality). Both are decoded and compared
 pixel by pixel. Images any2ds neither shrinks on load nor downscales by area
-through twice the target size (``geometry.AREA_BY_HALVING_MAX_RATIO``) come out
+through twice the target size (``resize.AREA_BY_HALVING_MAX_RATIO``) come out
 identical; the mean is taken over the others (those that differ).
 """
 
@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from any2ds_plugins.image.geometry import crop_or_pad, plan_resize, scale
+from any2ds_plugins.image.geometry import plan_resize
+from any2ds_plugins.image.resize import crop_or_pad, scale
 
 from benchmarks.tools import Settings
 

@@ -21,8 +21,9 @@ from PIL import ExifTags, Image, ImageOps
 from any2ds.errors import ProcessError
 from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins.image.blur import blur_boxes, kernel_size
-from any2ds_plugins.image.geometry import AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET, plan_resize, scale
+from any2ds_plugins.image.geometry import INTERPOLATIONS, plan_resize
 from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
+from any2ds_plugins.image.resize import AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET, INTERPOLATION_FLAGS, scale
 from benchmarks.quality import psnr
 from tests.conftest import encode, gradient
 
@@ -113,12 +114,16 @@ def test_center_crop_keeps_the_middle():
     np.testing.assert_array_equal(pixels, columns[:, 100:200])
 
 
+def test_every_interpolation_option_has_its_opencv_flag():
+    assert set(INTERPOLATION_FLAGS) == set(INTERPOLATIONS)
+
+
 def test_plan_picks_interpolation_and_skips_identity_resize():
     common = {"resize_only_if_bigger": False, "downscale_interpolation": "area", "upscale_interpolation": "lanczos"}
     shrink = plan_resize(800, 600, image_size=100, resize_mode="keep_ratio", **common)
-    assert shrink.interpolation == cv2.INTER_AREA and shrink.scaled_size == (133, 100) and shrink.shrinks
+    assert shrink.interpolation == "area" and shrink.scaled_size == (133, 100) and shrink.shrinks
     grow = plan_resize(64, 32, image_size=100, resize_mode="keep_ratio_largest", **common)
-    assert grow.interpolation == cv2.INTER_LANCZOS4 and grow.scaled_size == (100, 50) and not grow.shrinks
+    assert grow.interpolation == "lanczos" and grow.scaled_size == (100, 50) and not grow.shrinks
     same = plan_resize(256, 100, image_size=256, resize_mode="keep_ratio_largest", **common)
     assert same.scaled_size == (256, 100) and not same.changes_geometry
     square = plan_resize(256, 256, image_size=256, resize_mode="border", **common)

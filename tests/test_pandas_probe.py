@@ -4,6 +4,9 @@ pyarrow's first conversion of Python values imports pandas when it is installed 
 0.3 s per process). The CLI's process and multiprocessing workers let the probe find pandas
 absent, unless a plugin imported it; a shared process (the caller's, with download()) is left
 alone. Each run is a fresh interpreter: this test process may have imported pandas already.
+
+The same runs check that the main process, which only plans, never imports OpenCV (16 MB and
+30 ms per process); the workers that process images do.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from any2ds import Observer, Processor, hookimpl
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
 
 def seen(where):
-    entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules}}
+    entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules, "cv2": "cv2" in sys.modules}}
     if "pandas" in sys.modules:
         pd = sys.modules["pandas"]
         entry["categorical"] = str(pa.array(pd.Series(pd.Categorical(["a", "b", "a"]))).type)
@@ -105,3 +108,9 @@ def test_a_callers_process_is_left_alone(tmp_path, http_server):
     touched there (the in-process distributor runs shards in that process too)."""
     log = _run(tmp_path, http_server, import_pandas=False, command=LIBRARY)
     assert log and all(entry["pandas"] for entry in log if entry["where"] != "worker shard 0"), log
+
+
+def test_the_main_process_never_imports_opencv(tmp_path, http_server):
+    log = _run(tmp_path, http_server, import_pandas=False, command=CLI)
+    assert {entry["where"]: entry["cv2"] for entry in log} == {
+        "worker shard 0": True, "worker shard 1": True, "main": False}, log
