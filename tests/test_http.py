@@ -234,11 +234,12 @@ def test_concurrent_threads_and_dead_thread_sessions_are_closed(http_server):
     if FETCHER is not HttpFetcher:  # fast_http has no session per thread: its fetches share one event loop
         fetcher.close()
         return
-    assert len(fetcher._sessions) == 16
+    sessions = fetcher._requests()._sessions
+    assert len(sessions) == 16
     fetcher.fetch(Sample(key="x", shard_id=0, index=0, url=url))  # a new thread's session prunes the dead ones
-    assert list(fetcher._sessions) == [threading.current_thread()]
+    assert list(sessions) == [threading.current_thread()]
     fetcher.close()
-    assert not fetcher._sessions
+    assert not sessions
 
 
 @pytest.mark.parametrize("token, expected", [

@@ -8,7 +8,10 @@
 - ``retry``: retryable statuses, Retry-After and backoff;
 - ``framing``: http.client responses matched strictly to their request on a kept-alive connection;
 - ``transport``: requests sessions whose connections obey the attempt's policy and deadline;
-- ``fetcher``: the ``HttpFetcher`` component tying them together;
+- ``manners``: the options both fetchers share, and what they derive from them (what the main
+  process loads of the fetchers);
+- ``fetcher``: the ``HttpFetcher`` component; ``requests_client``: its sessions and attempts on
+  requests, imported on its first fetch;
 - ``curl``: libcurl's multi interface run by an asyncio event loop;
 - ``fast``: the ``FastHttpFetcher`` (``fast_http``): the same guarantees, on libcurl.
 

@@ -14,7 +14,6 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import attrs
-from urllib3.util.connection import allowed_gai_family
 
 from any2ds import FetchError
 
@@ -96,6 +95,24 @@ class AddressPolicy:
         return BlockedAddress(f"blocked: {address} is {description} (set {option} to allow)")
 
 
+
+def _can_bind_ipv6() -> bool:
+    """Whether the machine can bind an IPv6 address (Python built with IPv6 is not enough)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# The families names resolve to: both when the machine has IPv6, else IPv4 alone. It is urllib3's
+# rule (allowed_gai_family), so that both http fetchers resolve as requests does, written here so
+# that processes fetching with libcurl do not import urllib3 for it (7.6 MB and 36 ms each).
+RESOLVE_FAMILY = socket.AF_UNSPEC if _can_bind_ipv6() else socket.AF_INET
+
 def resolve(host: str, port: int, timeout: float) -> list[tuple]:
     """``getaddrinfo`` within ``timeout`` seconds, which it cannot do itself.
 
@@ -104,7 +121,7 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple]:
     (it ends when the resolver gives up). An overrun raises ``socket.gaierror`` (EAI_AGAIN).
     """
     host = host.strip("[]")
-    family = allowed_gai_family()
+    family = RESOLVE_FAMILY
     try:
         return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:

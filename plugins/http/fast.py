@@ -43,7 +43,6 @@ import pycurl
 from any2ds_plugins.http.addresses import BlockedAddress, resolve
 from any2ds_plugins.http.curl import CurlDriver, Transfer
 from any2ds_plugins.http.deadline import Attempt
-from any2ds_plugins.http.fetcher import DRAIN_LIMIT, HttpFetcher, SiteManners
 from any2ds_plugins.http.framing import (
     INCOMPLETE_HEAD, MAX_INTERIM_RESPONSES, OVERRUN, TOO_MANY_INTERIM, UNEXPECTED_101,
 )
@@ -51,10 +50,10 @@ from any2ds_plugins.http.host_connections import (
     IDLE_SECONDS, DaemonThreads, HostConnections, HostState, socket_inode,
 )
 from any2ds_plugins.http.hosts import host_key, port_of
+from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
-from requests.utils import get_environ_proxies, requote_uri, select_proxy
 
 from any2ds import FetchError, FetchResult, Sample
 
@@ -143,9 +142,9 @@ class FastHttpFetcher(SiteManners):
 
     name = "fast_http"
     schemes = ("http", "https")
-    Options = HttpFetcher.Options
+    Options = HttpOptions
 
-    def __init__(self, options: HttpFetcher.Options) -> None:
+    def __init__(self, options: HttpOptions) -> None:
         super().__init__(options)
         self._waits: dict[str, ThreadPoolExecutor | DaemonThreads] = {}  # "slots", "robots": made on first use
         self._fd_by_address: dict[tuple[str, int, str, int], int] = {}  # a connection's addresses -> its socket
@@ -643,13 +642,17 @@ def _prepared(url: str) -> str:
         netloc[-1] = netloc[-1].lower().replace(parts.hostname, host)
         parts = parts._replace(netloc="@".join(netloc))
         url = parts.geturl()
-    return url if _PLAIN_URL.fullmatch(url) else requote_uri(url)
+    if _PLAIN_URL.fullmatch(url):
+        return url
+    from requests.utils import requote_uri  # requests loads only for the rare URL that needs quoting
+    return requote_uri(url)
 
 
 def _proxy_for(url: str) -> str | None:
     """The proxy requests would use for ``url`` (environment variables, no_proxy), or None."""
     if not any(name in _ENVIRONMENT for name in PROXY_VARIABLES):
         return None
+    from requests.utils import get_environ_proxies, select_proxy  # requests loads only when a proxy is set
     return select_proxy(url, get_environ_proxies(url))
 
 
