@@ -11,7 +11,8 @@ import exifread
 # exifread logs a warning for every image without EXIF (every PNG and WebP): noise at dataset scale.
 logging.getLogger("exifread").setLevel(logging.ERROR)
 
-JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_MAGIC = b"\xff\xd8\xff"  # a JPEG's first bytes
+
 # exifread follows tag offsets anywhere in the file and reads the data of every
 # tag afresh, so 300 tags naming one 1 MiB blob made 300 MiB of strings (2.8 GB
 # peak through the writers). Its reads are metered: this many bytes requested in all, four times
