@@ -188,6 +188,10 @@ def run_cli(tmp_path: Path, urls: list[str], shard_size: int, fetcher: str, *fla
     return {row["url"]: row for row in dataset.rows}
 
 
+# How long after a 429 leaves the server its client may still let a request out (see the test below).
+READ_429_SECONDS = 0.25
+
+
 def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_path, servers, fetcher_name):
     """Connections per host stay under the cap over both processes; robots.txt is fetched once per host and
     its refusals are rows of their own type; a 429 holds back every process's requests to its host."""
@@ -237,13 +241,17 @@ def test_caps_robots_txt_and_429_are_shared_by_two_processes_of_256_threads(tmp_
     assert outcome(crowded, "/") == {("success", None)}
 
     # The 429: at most the requests already holding a connection slot when it came (cap - 1) reach
-    # the host during its Retry-After; the next ones, from both shards (both processes), wait.
+    # the host during its Retry-After; the next ones, from both shards (both processes), wait. The
+    # client takes a moment to read the 429 and record the back-off (its thread may wait for the
+    # GIL among its process's 256): a slot freed meanwhile may let a request out, so the count starts after
+    # READ_429_SECONDS. Without the back-off, 135 requests arrived in the rest of it.
     throttled = throttling.throttled_at
     assert throttled is not None and throttled != float("inf")
-    during = [path for path, arrived, _ in throttling.requests if throttled < arrived < throttled + 2]
+    during = [path for path, arrived, _ in throttling.requests
+              if throttled + READ_429_SECONDS < arrived < throttled + 2]
     after = [path for path, arrived, _ in throttling.requests if arrived >= throttled + 2]
     before = [path for path, arrived, _ in throttling.requests if arrived < throttled]
-    assert len(during) <= cap - 1
+    assert len(during) <= cap - 1, len(during)
     assert {path.split("/")[1] for path in before} == {path.split("/")[1] for path in after} == {"s0", "s1"}
     assert len(after) > 100
 
