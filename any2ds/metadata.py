@@ -168,7 +168,7 @@ class MetadataParquetWriter:
         until this is called, nothing is written."""
         self._records.sort(key=lambda r: r["key"])
         table = pa.Table.from_pylist(self._records, schema=self._schema)
-        with self._target.fs.open(self._target.path(".parquet"), "wb") as f:
+        with self._target.open(".parquet") as f:
             pq.write_table(table, f, row_group_size=ROW_GROUP_SIZE)
         self._records = []
 

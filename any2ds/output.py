@@ -151,6 +151,7 @@ class ShardTarget:
         self._tmp_dir = folder.join(f"{TMP_DIR}/{name}-{uuid.uuid4().hex}")
         self._paths: dict[str, str] = {}
         self._uploads: dict[str, str] = {}
+        self._digests: dict[str, str] = {}  # suffix -> sha256 of a file written through open()
         self.fs.makedirs(self._tmp_dir, exist_ok=True)
 
     def path(self, suffix: str) -> str:
@@ -160,7 +161,15 @@ class ShardTarget:
         """
         tmp = f"{self._tmp_dir}/{self.shard_name}{suffix}"
         self._paths[suffix] = tmp
+        self._digests.pop(suffix, None)  # whatever is written there now is hashed at commit
         return tmp
+
+    def open(self, suffix: str) -> BinaryIO:
+        """A new file at :meth:`path` ``(suffix)``, open for writing front to back; close it before
+        the commit. Its sha256 is taken as it is written, so the commit does not read it back (on an
+        object store, a second transfer of the whole file)."""
+        file = self.fs.open(self.path(suffix), "wb")
+        return _HashingFile(file, lambda digest: self._digests.__setitem__(suffix, digest))
 
     def local_path(self, suffix: str) -> str:
         """Like :meth:`path`, but a path on the local disk for libraries that cannot
@@ -185,7 +194,9 @@ class ShardTarget:
             self.fs.put(local, self.path(suffix))
             os.remove(local)
         for suffix, tmp in self._paths.items():
-            if suffix not in self._uploads and self.fs.exists(tmp):
+            if suffix in self._digests:
+                hashes[self.shard_name + suffix] = self._digests[suffix]
+            elif suffix not in self._uploads and self.fs.exists(tmp):
                 hashes.update(self._hashes(self.shard_name + suffix, tmp))
         stats = {**stats, "files": dict(sorted(hashes.items()))}
         for suffix, tmp in self._paths.items():
@@ -224,6 +235,55 @@ class ShardTarget:
                 os.remove(local)
         if self.fs.exists(self._tmp_dir):
             self.fs.rm(self._tmp_dir, recursive=True)
+
+
+class _HashingFile:
+    """A file opened for writing that hashes what is written to it; ``on_close`` gets the hex
+    sha256 once the file closed without error. Not seekable: what is hashed is what is written,
+    in order (zipfile, for one, then writes without seeking back)."""
+
+    def __init__(self, file: BinaryIO, on_close: Callable[[str], None]) -> None:
+        self._file = file
+        self._digest = hashlib.sha256()
+        self._position = 0
+        self._on_close = on_close
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        written = self._file.write(data)
+        if written is None:  # a file that does not say wrote all of it
+            written = view.nbytes
+        self._digest.update(view[:written])
+        self._position += written
+        return written
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.close()
+        self._on_close(self._digest.hexdigest())
+
+    def __enter__(self) -> _HashingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def shard_digest(files: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import fsspec
 
@@ -95,23 +95,25 @@ class SampleFilesWriter(Writer):
 
     A subclass says how to handle its container, in four methods; the sidecars,
     the extensions, the metadata parquet of every row and the abort are done
-    here. ``container_suffix`` names the container: ``<shard><suffix>``
+    here. A container that is one file written front to back (a tar, a zip) is
+    started in a file the core opens and closes, hashing it as it is written
+    (:meth:`start_container`); any other (a folder) is opened by the format on
+    the filesystem (:meth:`open_container`), and read back at commit to be
+    hashed. ``container_suffix`` names the container: ``<shard><suffix>``
     (``.zip``; ``""`` for a folder)::
 
         class ZipWriter(SampleFilesWriter):
             name = "zip"
             container_suffix = ".zip"
 
-            def open_container(self, fs, path):
-                file = fs.open(path, "wb")
-                return file, zipfile.ZipFile(file, "w")
+            def start_container(self, file):
+                return zipfile.ZipFile(file, "w")
 
             def add_file(self, container, name, data):
-                container[1].writestr(name, data)
+                container.writestr(name, data)
 
             def close_container(self, container):
-                container[1].close()
-                container[0].close()
+                container.close()
 
             def read_container(self, fs, path):
                 with fs.open(path, "rb") as file, zipfile.ZipFile(file) as archive:
@@ -121,9 +123,17 @@ class SampleFilesWriter(Writer):
 
     container_suffix: ClassVar[str] = ""
 
+    def start_container(self, file: BinaryIO) -> Any:
+        """Start the shard's container in ``file``, a new file open for writing (not seekable),
+        which the core closes after :meth:`close_container`; return whatever :meth:`add_file` and
+        :meth:`close_container` need. Defined by formats whose container is one file."""
+        raise NotImplementedError
+
     def open_container(self, fs: fsspec.AbstractFileSystem, path: str) -> Any:
         """Create the shard's container at ``path`` (a temporary path the core renames into place
-        on commit) on ``fs``; return whatever :meth:`add_file` and :meth:`close_container` need."""
+        on commit) on ``fs``; return whatever :meth:`add_file` and :meth:`close_container` need.
+        Defined by formats whose container is not one file written front to back (a folder);
+        the core then reads the container back at commit to hash it."""
         raise NotImplementedError
 
     def add_file(self, container: Any, name: str, data: bytes) -> None:
@@ -140,7 +150,8 @@ class SampleFilesWriter(Writer):
         raise NotImplementedError
 
     def open_shard(self, target: ShardTarget, layout: MetadataLayout) -> ShardWriter:
-        """A shard writer storing each success's files in a container from :meth:`open_container`."""
+        """A shard writer storing each success's files in a container from :meth:`start_container`
+        or :meth:`open_container`."""
         return _SampleFilesShardWriter(self, target, layout)
 
     def read_output(self, output: OutputFolder) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
@@ -176,7 +187,12 @@ class _SampleFilesShardWriter(MetadataShardWriter):
     def __init__(self, format: SampleFilesWriter, target: ShardTarget, layout: MetadataLayout) -> None:
         super().__init__(target, layout)
         self._format = format
-        self._container = format.open_container(target.fs, target.path(format.container_suffix))
+        self._file: BinaryIO | None = None
+        if type(format).start_container is not SampleFilesWriter.start_container:
+            self._file = target.open(format.container_suffix)
+            self._container = format.start_container(self._file)
+        else:
+            self._container = format.open_container(target.fs, target.path(format.container_suffix))
 
     def write_sample(self, result: SampleResult, record: dict[str, Any]) -> None:
         # In extension order, as webdataset's TarWriter (img2dataset's writer) adds a sample's members.
@@ -184,4 +200,8 @@ class _SampleFilesShardWriter(MetadataShardWriter):
             self._format.add_file(self._container, f"{result.sample.key}.{extension}", data)
 
     def close_container(self) -> None:
-        self._format.close_container(self._container)
+        try:
+            self._format.close_container(self._container)
+        finally:
+            if self._file is not None:
+                self._file.close()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import shutil
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -134,7 +138,9 @@ def workers_import_tests():
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
+def s3_endpoint(tmp_path_factory):
+    # Where moto_recording's server-side log goes (read when moto is imported; else the current folder).
+    os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(tmp_path_factory.mktemp("moto") / "recording"))
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -142,6 +148,26 @@ def s3_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@contextlib.contextmanager
+def moto_recording(endpoint: str) -> Iterator[list[tuple[str, str]]]:
+    """The requests the loopback S3 server receives meanwhile, from every process, as (method, URL):
+    moto's recorder, filled when the block ends."""
+    def call(action: str) -> bytes:
+        method = "GET" if action == "download-recording" else "POST"
+        request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method=method)
+        with urllib.request.urlopen(request) as response:
+            return response.read()
+
+    requests: list[tuple[str, str]] = []
+    call("reset-recording")
+    call("start-recording")
+    try:
+        yield requests
+    finally:
+        call("stop-recording")
+        requests.extend((r["method"], r["url"]) for r in map(json.loads, call("download-recording").splitlines()))
 
 
 @pytest.fixture

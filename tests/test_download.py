@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +25,7 @@ from PIL import Image
 
 import any2ds
 from any2ds.cli import main
+from tests.conftest import moto_recording
 
 IMAGES = ["123_456.jpg", "456_123.jpg", "300_500.jpg", "500_300.jpg", "1000_100.jpg", "64_64.jpg", "800_600.jpg",
           "alpha.png", "gray.jpg", "rotated.jpg", "image.webp"]
@@ -449,6 +452,25 @@ def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
     assert len(samples) == len(IMAGES)
     assert len(read_metadata(local)) == len(IMAGES) + 3
     assert not fs.exists(f"{bucket}/dataset/_tmp")
+
+
+def test_an_s3_commit_reads_no_shard_file_back(csv_input, s3_bucket, s3_endpoint):
+    """Each shard file is hashed as it is written: reading it back at the commit would move every
+    shard across the network a second time. The hashes in the stats are the committed files'."""
+    fs, bucket = s3_bucket
+    with moto_recording(s3_endpoint) as requests:
+        assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", f"s3://{bucket}/out",
+                   "--output_format", "webdataset", "--number_sample_per_shard", "5", "--thread_count", "4") == 0
+    in_tmp = [(method, path) for method, url in requests if "/_tmp/" in (path := urlsplit(url).path)]
+    assert {path.rsplit(".", 1)[-1] for method, path in in_tmp if method == "PUT"} >= {"tar", "parquet"}  # logged
+    assert [path for method, path in in_tmp if method == "GET"] == []  # no object read back (listings aside)
+    fs.invalidate_cache()
+    for stats_path in fs.glob(f"{bucket}/out/*_stats.json"):
+        files = json.loads(fs.cat(stats_path))["files"]
+        shard = stats_path.rsplit("/", 1)[1].removesuffix("_stats.json")
+        assert sorted(files) == [f"{shard}.parquet", f"{shard}.tar"]
+        for name, digest in files.items():
+            assert hashlib.sha256(fs.cat(f"{bucket}/out/{name}")).hexdigest() == digest
 
 
 HANG_PLUGIN = '''

@@ -75,7 +75,7 @@ class ParquetShardWriter(ShardWriter):
 
     def __init__(self, target: ShardTarget, layout: MetadataLayout) -> None:
         self._rows = RowGroups(layout)
-        self._file = target.fs.open(target.path(".parquet"), "wb")
+        self._file = target.open(".parquet")
         # Dictionary encoding and statistics only pay off for metadata, never for unique media blobs,
         # and compressing already compressed media gains nothing: each of those held copies of a body
         # (a 64 MiB body cost 11-13 copies in memory, 4 without them).

@@ -6,7 +6,7 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import BinaryIO
 
 import fsspec
 
@@ -28,22 +28,17 @@ class WebDatasetWriter(SampleFilesWriter):
     name = "webdataset"
     container_suffix = ".tar"
 
-    def open_container(self, fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, tarfile.TarFile]:
-        file = fs.open(path, "wb")
-        return file, tarfile.open(fileobj=file, mode="w|", format=tarfile.USTAR_FORMAT)
+    def start_container(self, file: BinaryIO) -> tarfile.TarFile:
+        return tarfile.open(fileobj=file, mode="w|", format=tarfile.USTAR_FORMAT)
 
-    def add_file(self, container: tuple[Any, tarfile.TarFile], name: str, data: bytes) -> None:
+    def add_file(self, container: tarfile.TarFile, name: str, data: bytes) -> None:
         member = tarfile.TarInfo(name)
         member.size, member.mtime, member.mode = len(data), MEMBER_MTIME, MEMBER_MODE
         member.uname = member.gname = MEMBER_OWNER
-        container[1].addfile(member, io.BytesIO(data))
+        container.addfile(member, io.BytesIO(data))
 
-    def close_container(self, container: tuple[Any, tarfile.TarFile]) -> None:
-        file, tar = container
-        try:
-            tar.close()  # does not close a file object it was given
-        finally:
-            file.close()
+    def close_container(self, container: tarfile.TarFile) -> None:
+        container.close()  # the core closes the file under it
 
     def read_container(self, fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[str, bytes]]:
         with fs.open(path, "rb") as file, tarfile.open(fileobj=file, mode="r|") as tar:
