@@ -95,7 +95,6 @@ class AddressPolicy:
         return BlockedAddress(f"blocked: {address} is {description} (set {option} to allow)")
 
 
-
 def _can_bind_ipv6() -> bool:
     """Whether the machine can bind an IPv6 address (Python built with IPv6 is not enough)."""
     if not socket.has_ipv6:
@@ -112,6 +111,7 @@ def _can_bind_ipv6() -> bool:
 # rule (allowed_gai_family), so that both http fetchers resolve as requests does, written here so
 # that processes fetching with libcurl do not import urllib3 for it (7.6 MB and 36 ms each).
 RESOLVE_FAMILY = socket.AF_UNSPEC if _can_bind_ipv6() else socket.AF_INET
+
 
 def resolve(host: str, port: int, timeout: float) -> list[tuple]:
     """``getaddrinfo`` within ``timeout`` seconds, which it cannot do itself.
