@@ -188,7 +188,7 @@ class _SampleFilesShardWriter(MetadataShardWriter):
         super().__init__(target, layout)
         self._format = format
         self._file: BinaryIO | None = None
-        if type(format).start_container is not SampleFilesWriter.start_container:
+        if _starts_in_file(format):
             self._file = target.open(format.container_suffix)
             self._container = format.start_container(self._file)
         else:
@@ -205,3 +205,15 @@ class _SampleFilesShardWriter(MetadataShardWriter):
         finally:
             if self._file is not None:
                 self._file.close()
+
+
+def _starts_in_file(format: SampleFilesWriter) -> bool:
+    """Whether ``format``'s container starts in a file the core opens (:meth:`start_container`)
+    rather than one it opens itself (:meth:`open_container`): whichever of the two its class
+    defines nearest, so that a subclass of a built-in format written against ``open_container``
+    keeps being used through it."""
+    for cls in type(format).__mro__:
+        defines = vars(cls)
+        if "start_container" in defines or "open_container" in defines:
+            return "start_container" in defines and cls is not SampleFilesWriter
+    return False

@@ -437,6 +437,30 @@ def test_writer_conforms(writer_class, tmp_path):
     check_writer(writer_class(RunConfig(CoreOptions(url_list="x")).options_for(writer_class)), tmp_path / "out")
 
 
+def test_a_subclass_opening_its_own_container_is_used_through_open_container(tmp_path):
+    """A format written against open_container over a built-in one that starts its container in the
+    core's file: the nearer definition wins, so the subclass still gets its (file, tar) pairs."""
+    from any2ds_plugins.writers.webdataset import WebDatasetWriter
+
+    opened = []
+
+    class OwnTar(WebDatasetWriter):
+        def open_container(self, fs, path):
+            opened.append(path)
+            file = fs.open(path, "wb")
+            return file, super().start_container(file)
+
+        def add_file(self, container, name, data):
+            super().add_file(container[1], name, data)
+
+        def close_container(self, container):
+            container[1].close()
+            container[0].close()
+
+    check_writer(OwnTar(RunConfig(CoreOptions(url_list="x")).options_for(OwnTar)), tmp_path / "out")
+    assert opened and all(path.endswith(".tar") for path in opened)
+
+
 def test_the_conformance_check_catches_a_writer_that_drops_failures(tmp_path):
     class LosingRows(ZipWriter):
         def read_output(self, output):
