@@ -245,7 +245,6 @@ class _HashingFile:
     def __init__(self, file: BinaryIO, on_close: Callable[[str], None]) -> None:
         self._file = file
         self._digest = hashlib.sha256()
-        self._position = 0
         self._on_close = on_close
 
     def write(self, data: bytes) -> int:
@@ -254,11 +253,10 @@ class _HashingFile:
         if written is None:  # a file that does not say wrote all of it
             written = view.nbytes
         self._digest.update(view[:written])
-        self._position += written
         return written
 
     def tell(self) -> int:
-        return self._position
+        return self._file.tell()
 
     def flush(self) -> None:
         self._file.flush()
