@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from any2ds_plugins.readers.json_jsonl import SAMPLE_ROWS
 from any2ds.components import InputSource
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
+from any2ds.sharding import ShardCutter
 
 READER = {cls.name: cls for cls in READERS}
 
@@ -132,6 +134,18 @@ def test_txt(tmp_path, gz):
     assert table.column_names == ["link"]
     assert table.column("link").to_pylist() == ["https://a.com/x,y,z", 'https://b.com/"q"\ttab', "https://c.com/last"]
     assert READER["txt"](None).available_columns(source(path)) is None
+
+
+def test_a_shard_carries_only_its_own_rows(tmp_path):
+    """Shards go to the workers pickled: cut from an 8,192-row batch, each must hold its 100 rows only."""
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"https://example.com/{n:06d}.jpg\n" for n in range(20_000)))
+    shards = list(ShardCutter(READER["txt"](None), [source(path)], ["url"], rows_per_shard=100))
+    assert [shard.rows.num_rows for shard in shards] == [100] * 200
+    assert shards[57].rows.column("url").to_pylist()[:2] == ["https://example.com/005700.jpg",
+                                                              "https://example.com/005701.jpg"]
+    # 100 URLs of 30 characters: about 3.5 KB of row data; a slice pickles its whole batch (280 KB).
+    assert max(len(pickle.dumps(shard)) for shard in shards) < 10_000
 
 
 def test_txt_bom_and_trailing_newline(tmp_path):

@@ -8,16 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
-
-from any2ds.report.collect import collect_report
-from any2ds.report.page import write_html
-from any2ds.report.terminal import print_report
 from any2ds.storage import STORAGE_ARGUMENT_HELP, storage_argument
 
 REPORT_HELP = "Summarize an output folder, finished or running: counts, errors, hosts, throughput, sizes."
 
-__all__ = ["REPORT_HELP", "collect_report", "run_report"]
+__all__ = ["REPORT_HELP", "run_report"]
 
 
 def run_report(argv: Sequence[str]) -> int:
@@ -28,6 +23,13 @@ def run_report(argv: Sequence[str]) -> int:
     parser.add_argument("--top", type=int, default=10, help="How many hosts and error messages to list (default 10).")
     parser.add_argument("--storage_options", default="{}", help=STORAGE_ARGUMENT_HELP)
     args = parser.parse_args(list(argv))
+    # Imported here, not by the CLI's module: pyarrow.compute (9 MB) stays out of a download's process.
+    from rich.console import Console
+
+    from any2ds.report.collect import collect_report
+    from any2ds.report.page import write_html
+    from any2ds.report.terminal import print_report
+
     if args.top < 1:
         parser.error("--top must be at least 1")
     storage = storage_argument(args.storage_options)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from any2ds import ConfigError, InputSource, Reader
+from any2ds import InputSource, Reader
 from any2ds_plugins.readers.common import input_error, line_chunks, one_line, open_text, rebatch
 
 
@@ -33,22 +32,19 @@ class TxtReader(Reader):
         yield from rebatch(batches, batch_size)
 
     def _lines(self, source: InputSource) -> Iterator[pa.StringArray]:
-        """The file's non-empty lines, one array per chunk read, split by Arrow kernels (no Python strings)."""
+        """The file's non-empty lines, one array per chunk read.
+
+        Split by ``str.split``, not Arrow's kernels: about 150 ns a line slower, nothing next
+        to a fetch, and pyarrow.compute (9 MB in each process that imports it) stays unloaded.
+        """
         with open_text(source, self.name) as f:
             for line, chunk in line_chunks(source, f):
                 try:
-                    text = pa.array([chunk], pa.binary()).cast(pa.string())  # checks UTF-8
-                except pa.ArrowInvalid as exc:
-                    raise self._utf8_error(source, line, chunk) from exc
-                lines = pc.utf8_rtrim(pc.split_pattern(text, "\n").flatten(), "\r")
-                yield lines.filter(pc.greater(pc.binary_length(lines), 0))
-
-    @staticmethod
-    def _utf8_error(source: InputSource, line: int, chunk: bytes) -> ConfigError:
-        """Name the line of the chunk that is not UTF-8."""
-        try:
-            chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad_line = line + chunk.count(b"\n", 0, exc.start)
-            return input_error(source, f"not UTF-8 text at line {bad_line}: {one_line(exc)}")
-        return input_error(source, "not UTF-8 text")
+                    text = chunk.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad_line = line + chunk.count(b"\n", 0, exc.start)
+                    raise input_error(source, f"not UTF-8 text at line {bad_line}: {one_line(exc)}") from exc
+                lines = text.split("\n")
+                if "\r" in text:
+                    lines = [entry.rstrip("\r") for entry in lines]
+                yield pa.array([entry for entry in lines if entry], pa.string())
