@@ -5,7 +5,8 @@ is the only one that writes, so writers need not be thread-safe:
 
 - intake (:mod:`any2ds.intake`): the shard's samples, from its rows or its SampleReader;
 - fetch (:mod:`any2ds.fetching`): up to ``thread_count`` at once, on threads or an
-  event loop; no new fetch starts while the byte budget (:mod:`any2ds.limits`) is full;
+  event loop; no new fetch starts while the byte budget (:mod:`any2ds.limits`) is full,
+  or while ``thread_count`` bodies already wait for a processing thread;
 - processing (:mod:`any2ds.processing`): verify, route and process on
   ``processing_threads`` threads (Pillow, OpenCV and hashlib release the GIL, so
   every core decodes in parallel);
@@ -85,6 +86,11 @@ class SampleFlow:
     samples' order when ``ordered`` (a shard's files are then the same from run to run), else as
     they complete.
 
+    No sample starts while ``thread_count`` bodies already wait for a processing thread: when
+    processing is the bottleneck, a longer queue only holds memory (16 MiB of bodies waiting
+    over a second each on 2 cores), and a full round of fetches in flight refills this one
+    before the processing threads drain it, if ``thread_count`` fetches can keep them busy at all.
+
     In order, a result waits for those before it; the bytes it holds (its media once processed,
     its body before) stay counted in the byte budget until it leaves, so a slow sample at the head
     holds back at most ``max_bytes_in_flight`` of the others (and no longer than the watchdog allows).
@@ -104,11 +110,14 @@ class SampleFlow:
         self.cpu_pool = cpu_pool
         self.ordered = ordered
         self.fetch_limit = core.thread_count
+        # Samples in processing, running or queued, beyond which none starts (see above).
+        self.processing_limit = core.thread_count + cpu_pool.threads
         self.budget = ByteBudget(core.max_bytes_in_flight)
         self.watchdog = Watchdog(core.sample_timeout, time.monotonic())
         self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
         self._live: set[SampleJob] = set()
         self._fetches = 0
+        self._processing = 0
         self._admitted = 0  # the sequence number of the next sample
         self._ready: dict[int, tuple[SampleResult, int]] = {}  # by sequence number: (result, held bytes)
         self._next_out = 0
@@ -120,7 +129,8 @@ class SampleFlow:
         more = True
         try:
             while more or self._live:
-                while more and self._fetches < self.fetch_limit and not self.budget.full:
+                while (more and self._fetches < self.fetch_limit and self._processing < self.processing_limit
+                       and not self.budget.full):
                     sample = next(samples, None)
                     if sample is None:
                         more = False
@@ -207,6 +217,7 @@ class SampleFlow:
         job.stage, job.started, job.fetched = PROCESSING, None, fetched
         job.held_bytes = len(fetched.body)
         self.budget.add(job.held_bytes)
+        self._processing += 1
 
         def process() -> SampleResult:
             job.mark_started()
@@ -237,6 +248,7 @@ class SampleFlow:
                 self._run(job, self.fetching.start(job.fetcher, job.sample, job.mark_started))
             else:
                 self.budget.release(job.held_bytes)  # counted again by the restart
+                self._processing -= 1
                 self._to_processing(job, job.fetched)
             return
         error = future.exception()
@@ -255,6 +267,7 @@ class SampleFlow:
                 self._done(job, failure(job.sample, error, job.fetcher.name))
             return
         job.fetched = None  # the result holds what it keeps of the body
+        self._processing -= 1
         result = future.result() if error is None else failure(job.sample, error, CORE, "failed_to_process")
         self._hold_result(job, result)
         self._done(job, result)
@@ -282,6 +295,7 @@ class SampleFlow:
                 self.fetching.abandon(job.future, job.fetcher)
                 status = "failed_to_download"
             else:
+                self._processing -= 1
                 if not job.future.cancel():
                     self.cpu_pool.abandon()
                 status = "failed_to_process"

@@ -129,6 +129,34 @@ def test_no_fetch_starts_while_the_budget_is_full():
     assert sample_flow.budget.held == 0
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["fetched", "inline"])
+def test_no_sample_starts_while_thread_count_bodies_wait_for_processing(inline):
+    """Processing is held and the byte budget far away: samples stop starting once thread_count
+    bodies wait behind the one being processed. Before, all 50 were taken in."""
+    gate = threading.Event()
+    taken = 0
+
+    def counted(batch):
+        nonlocal taken
+        for sample in batch:
+            taken += 1
+            yield sample
+
+    batch = ([Sample(KEYS.key(0, i), 0, i, data=b"x" * 30, filename=f"{i}.bin") for i in range(50)] if inline
+             else samples(50))
+    sample_flow = flow(BytesFetcher(size=30), [Recorder(gate=gate)], threads=4, cpu=1)
+    out: list[SampleResult] = []
+    consumer = threading.Thread(target=lambda: out.extend(sample_flow.results(counted(batch))))
+    consumer.start()
+    time.sleep(1.0)
+    taken_while_held = taken
+    gate.set()
+    consumer.join(30)
+    # 1 processing + 4 waiting; fetched ones may also have had 4 fetches in flight when that was reached.
+    assert taken_while_held <= (5 if inline else 9), f"{taken_while_held} samples taken in with processing held"
+    assert len(out) == 50 and all(r.ok for r in out)
+
+
 class Shrink(Processor):
     """Stores one byte per sample; holds sample 0 until ``gate`` is set."""
 
