@@ -15,14 +15,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn
 
 from any2ds import Observer, RunConfig, RunProgress, ShardFailure, ShardStats, greater_than, hookimpl, option
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 
 @attrs.frozen
@@ -84,6 +84,12 @@ class LiveBar:
     """The bar: row counts, rate and ETA on the first line; success, shards and errors below."""
 
     def __init__(self) -> None:
+        # rich (2.2 MB) is imported by the bar alone: every process loads this plugin, few draw it.
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self._group = Group
         console = Console(stderr=True)
         self._progress = Progress(TextColumn("any2ds"), BarColumn(), TextColumn("{task.fields[line]}"),
                                   console=console, auto_refresh=False)
@@ -109,7 +115,7 @@ class LiveBar:
         self._live.stop()
 
     def _renderable(self, details: str) -> Group:
-        return Group(self._progress, details)
+        return self._group(self._progress, details)
 
 
 def describe(progress: RunProgress) -> dict[str, str]:

@@ -9,7 +9,7 @@ The same runs check which heavy libraries each process imports: the main process
 plans, never imports OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB, 90 ms); the workers
 import OpenCV with their first image, and fetching with fast_http (the default) they import
 neither requests nor urllib3. Reading a txt list and writing shards, no process imports
-pyarrow.compute (9 MB; the report's).
+pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LOG = Path(os.environ["ANY2DS_TEST_LOG"])
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,
-             "heavy": sorted(m for m in ("cv2", "requests", "urllib3", "pyarrow.compute") if m in sys.modules)}}
+             "heavy": sorted(m for m in ("cv2", "requests", "urllib3", "pyarrow.compute", "rich") if m in sys.modules)}}
     if "pandas" in sys.modules:
         pd = sys.modules["pandas"]
         entry["categorical"] = str(pa.array(pd.Series(pd.Categorical(["a", "b", "a"]))).type)
