@@ -18,7 +18,6 @@ from typing import Any
 from any2ds.config import RunConfig
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
-from any2ds.options import OptionSchema, plugin_list
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline, SamplePipeline
 from any2ds.preflight import check_workers
@@ -52,6 +51,9 @@ def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
         if name in kwargs:
             raise TypeError(f"download() got multiple values for argument {name!r}")
         kwargs[name] = value
+
+    # Imported here: jsonargparse (20 ms, 3.7 MB) stays out of the workers, which import this module.
+    from any2ds.options import OptionSchema, plugin_list
 
     host = PluginHost.load(local_plugins=plugin_list(kwargs.get("plugins") or []))
     return Run(host, OptionSchema(host).parse_kwargs(kwargs)).execute()

@@ -9,7 +9,8 @@ The same runs check which heavy libraries each process imports: the main process
 plans, never imports OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB, 90 ms); the workers
 import OpenCV with their first image, and fetching with fast_http (the default) they import
 neither requests nor urllib3. Reading a txt list and writing shards, no process imports
-pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's).
+pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's);
+the workers, given their options parsed, do not import jsonargparse.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ LOG = Path(os.environ["ANY2DS_TEST_LOG"])
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,
-             "heavy": sorted(m for m in ("cv2", "requests", "urllib3", "pyarrow.compute", "rich") if m in sys.modules)}}
+             "heavy": sorted(m for m in ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse") if m in sys.modules)}}
     if "pandas" in sys.modules:
         pd = sys.modules["pandas"]
         entry["categorical"] = str(pa.array(pd.Series(pd.Categorical(["a", "b", "a"]))).type)
@@ -119,4 +120,4 @@ def test_each_process_imports_only_the_libraries_it_uses(tmp_path, http_server):
     # By name: resolving a name is what once imported urllib3 (an IP literal needs no resolver).
     log = _run(tmp_path, http_server, import_pandas=False, command=CLI, host="localhost")
     assert {entry["where"]: entry["heavy"] for entry in log} == {
-        "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": []}, log
+        "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": ["jsonargparse"]}, log
