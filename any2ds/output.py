@@ -151,7 +151,8 @@ class ShardTarget:
         self._tmp_dir = folder.join(f"{TMP_DIR}/{name}-{uuid.uuid4().hex}")
         self._paths: dict[str, str] = {}
         self._uploads: dict[str, str] = {}
-        self._digests: dict[str, str] = {}  # suffix -> sha256 of a file written through open()
+        # suffix -> {name in the output folder: sha256} of what open() or hash_folder_file() saw written
+        self._digests: dict[str, dict[str, str]] = {}
         self.fs.makedirs(self._tmp_dir, exist_ok=True)
 
     def path(self, suffix: str) -> str:
@@ -169,7 +170,14 @@ class ShardTarget:
         the commit. Its sha256 is taken as it is written, so the commit does not read it back (on an
         object store, a second transfer of the whole file)."""
         file = self.fs.open(self.path(suffix), "wb")
-        return _HashingFile(file, lambda digest: self._digests.__setitem__(suffix, digest))
+        return _HashingFile(file, lambda digest: self._digests.__setitem__(suffix, {self.shard_name + suffix: digest}))
+
+    def hash_folder_file(self, suffix: str, name: str, data: bytes) -> None:
+        """Record the sha256 of ``data``, written as ``name`` in the folder at :meth:`path` ``(suffix)``.
+        When every file of the folder is recorded so, the commit takes these instead of reading the
+        folder back (on an object store, a download of each file): a writer calls this for all of
+        them or for none."""
+        self._digests.setdefault(suffix, {})[f"{self.shard_name}{suffix}/{name}"] = hashlib.sha256(data).hexdigest()
 
     def local_path(self, suffix: str) -> str:
         """Like :meth:`path`, but a path on the local disk for libraries that cannot
@@ -195,7 +203,7 @@ class ShardTarget:
             os.remove(local)
         for suffix, tmp in self._paths.items():
             if suffix in self._digests:
-                hashes[self.shard_name + suffix] = self._digests[suffix]
+                hashes.update(self._digests[suffix])
             elif suffix not in self._uploads and self.fs.exists(tmp):
                 hashes.update(self._hashes(self.shard_name + suffix, tmp))
         stats = {**stats, "files": dict(sorted(hashes.items()))}

@@ -99,8 +99,9 @@ class SampleFilesWriter(Writer):
     started in a file the core opens and closes, hashing it as it is written
     (:meth:`start_container`); any other (a folder) is opened by the format on
     the filesystem (:meth:`open_container`), and read back at commit to be
-    hashed. ``container_suffix`` names the container: ``<shard><suffix>``
-    (``.zip``; ``""`` for a folder)::
+    hashed, unless it is a folder of exactly the files given to :meth:`add_file`
+    (:attr:`files_as_given`). ``container_suffix`` names the container:
+    ``<shard><suffix>`` (``.zip``; ``""`` for a folder)::
 
         class ZipWriter(SampleFilesWriter):
             name = "zip"
@@ -122,6 +123,9 @@ class SampleFilesWriter(Writer):
     """
 
     container_suffix: ClassVar[str] = ""
+    files_as_given: ClassVar[bool] = False
+    """True for a folder container holding exactly the files given to :meth:`add_file`, under their
+    names: the core then hashes each file as it is added and does not read the folder back at commit."""
 
     def start_container(self, file: BinaryIO) -> Any:
         """Start the shard's container in ``file``, a new file open for writing (not seekable),
@@ -188,6 +192,7 @@ class _SampleFilesShardWriter(MetadataShardWriter):
         super().__init__(target, layout)
         self._format = format
         self._file: BinaryIO | None = None
+        self._hashes_files = format.files_as_given and not _starts_in_file(format)
         if _starts_in_file(format):
             self._file = target.open(format.container_suffix)
             self._container = format.start_container(self._file)
@@ -197,7 +202,10 @@ class _SampleFilesShardWriter(MetadataShardWriter):
     def write_sample(self, result: SampleResult, record: dict[str, Any]) -> None:
         # In extension order, as webdataset's TarWriter (img2dataset's writer) adds a sample's members.
         for extension, data in sorted(sample_files(result, record, self.layout).items()):
-            self._format.add_file(self._container, f"{result.sample.key}.{extension}", data)
+            name = f"{result.sample.key}.{extension}"
+            self._format.add_file(self._container, name, data)
+            if self._hashes_files:
+                self.target.hash_folder_file(self._format.container_suffix, name, data)
 
     def close_container(self) -> None:
         try:

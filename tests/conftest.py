@@ -6,11 +6,13 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -167,7 +169,16 @@ def moto_recording(endpoint: str) -> Iterator[list[tuple[str, str]]]:
         yield requests
     finally:
         call("stop-recording")
-        requests.extend((r["method"], r["url"]) for r in map(json.loads, call("download-recording").splitlines()))
+        requests.extend((r["method"], r["url"]) for r in _json_values(call("download-recording").decode()))
+
+
+def _json_values(text: str) -> Iterator[Any]:
+    """Each JSON value of ``text``: moto writes one per line, but concurrent requests (fsspec's
+    batched uploads) can leave two on one line."""
+    decoder, index = json.JSONDecoder(), 0
+    while start := re.compile(r"\S").search(text, index):
+        value, index = decoder.raw_decode(text, start.start())
+        yield value
 
 
 @pytest.fixture

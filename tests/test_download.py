@@ -454,21 +454,27 @@ def test_s3_output_through_fsspec_and_resume(tmp_path, csv_input, s3_bucket):
     assert not fs.exists(f"{bucket}/dataset/_tmp")
 
 
-def test_an_s3_commit_reads_no_shard_file_back(csv_input, s3_bucket, s3_endpoint):
-    """Each shard file is hashed as it is written: reading it back at the commit would move every
-    shard across the network a second time. The hashes in the stats are the committed files'."""
+@pytest.mark.parametrize("output_format", ["webdataset", "files"])
+def test_an_s3_commit_reads_no_shard_file_back(csv_input, s3_bucket, s3_endpoint, output_format):
+    """Each shard file (a tar, or each file of a folder) is hashed as it is written: reading it back
+    at the commit would move every shard across the network a second time. The hashes in the stats
+    are the committed files'."""
     fs, bucket = s3_bucket
     with moto_recording(s3_endpoint) as requests:
         assert run("--url_list", str(csv_input), "--input_format", "csv", "--output_folder", f"s3://{bucket}/out",
-                   "--output_format", "webdataset", "--number_sample_per_shard", "5", "--thread_count", "4") == 0
+                   "--output_format", output_format, "--number_sample_per_shard", "5", "--thread_count", "4") == 0
     in_tmp = [(method, path) for method, url in requests if "/_tmp/" in (path := urlsplit(url).path)]
-    assert {path.rsplit(".", 1)[-1] for method, path in in_tmp if method == "PUT"} >= {"tar", "parquet"}  # logged
+    written = {"webdataset": {"tar", "parquet"}, "files": {"jpg", "json", "parquet"}}[output_format]
+    assert {path.rsplit(".", 1)[-1] for method, path in in_tmp if method == "PUT"} >= written  # logged
     assert [path for method, path in in_tmp if method == "GET"] == []  # no object read back (listings aside)
     fs.invalidate_cache()
     for stats_path in fs.glob(f"{bucket}/out/*_stats.json"):
         files = json.loads(fs.cat(stats_path))["files"]
         shard = stats_path.rsplit("/", 1)[1].removesuffix("_stats.json")
-        assert sorted(files) == [f"{shard}.parquet", f"{shard}.tar"]
+        committed = [name for path in fs.find(f"{bucket}/out") if (name := path.removeprefix(f"{bucket}/out/"))
+                     .startswith((f"{shard}.", f"{shard}/")) and not name.endswith("_stats.json")]
+        assert sorted(files) == sorted(committed)  # every file of the shard (the folder's too), nothing else
+        assert {name.rsplit(".", 1)[-1] for name in files} == written
         for name, digest in files.items():
             assert hashlib.sha256(fs.cat(f"{bucket}/out/{name}")).hexdigest() == digest
 
