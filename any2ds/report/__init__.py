@@ -23,6 +23,8 @@ def run_report(argv: Sequence[str]) -> int:
     parser.add_argument("--top", type=int, default=10, help="How many hosts and error messages to list (default 10).")
     parser.add_argument("--storage_options", default="{}", help=STORAGE_ARGUMENT_HELP)
     args = parser.parse_args(list(argv))
+    if args.top < 1:
+        parser.error("--top must be at least 1")
     # Imported here, not by the CLI's module: pyarrow.compute (9 MB) stays out of a download's process.
     from rich.console import Console
 
@@ -30,8 +32,6 @@ def run_report(argv: Sequence[str]) -> int:
     from any2ds.report.page import write_html
     from any2ds.report.terminal import print_report
 
-    if args.top < 1:
-        parser.error("--top must be at least 1")
     storage = storage_argument(args.storage_options)
     report = collect_report(args.output_folder, top=args.top, storage=storage)
     if args.html:
