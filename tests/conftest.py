@@ -172,11 +172,14 @@ def moto_recording(endpoint: str) -> Iterator[list[tuple[str, str]]]:
         requests.extend((r["method"], r["url"]) for r in _json_values(call("download-recording").decode()))
 
 
+NOT_SPACE = re.compile(r"\S")
+
+
 def _json_values(text: str) -> Iterator[Any]:
     """Each JSON value of ``text``: moto writes one per line, but concurrent requests (fsspec's
     batched uploads) can leave two on one line."""
     decoder, index = json.JSONDecoder(), 0
-    while start := re.compile(r"\S").search(text, index):
+    while start := NOT_SPACE.search(text, index):
         value, index = decoder.raw_decode(text, start.start())
         yield value
 

@@ -34,10 +34,11 @@ import pyarrow as pa
 from any2ds import Observer, Processor, hookimpl
 {import_pandas}
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
+HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse")
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,
-             "heavy": sorted(m for m in ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse") if m in sys.modules)}}
+             "heavy": sorted(m for m in HEAVY if m in sys.modules)}}
     if "pandas" in sys.modules:
         pd = sys.modules["pandas"]
         entry["categorical"] = str(pa.array(pd.Series(pd.Categorical(["a", "b", "a"]))).type)
