@@ -192,8 +192,9 @@ class _SampleFilesShardWriter(MetadataShardWriter):
         super().__init__(target, layout)
         self._format = format
         self._file: BinaryIO | None = None
-        self._hashes_files = format.files_as_given and not _starts_in_file(format)
-        if _starts_in_file(format):
+        starts_in_file = _starts_in_file(format)
+        self._hashes_files = format.files_as_given and not starts_in_file
+        if starts_in_file:
             self._file = target.open(format.container_suffix)
             self._container = format.start_container(self._file)
         else:
