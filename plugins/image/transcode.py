@@ -175,7 +175,9 @@ def _decode_jpeg(image: Image.Image, body: bytes, shrink_to: tuple[int, int] | N
     """
     if image.format != "JPEG" or image.mode not in NATIVE_MODES:
         return None
-    if body.rfind(b"\xff\xd9") < body.rfind(b"\xff\xda"):
+    # A scan (SOS) after the last end of image (EOI); looked for from that EOI, at the end of a
+    # complete file, rather than by a backward search for the last SOS through the whole body.
+    if body.find(b"\xff\xda", max(body.rfind(b"\xff\xd9"), 0)) >= 0:
         return None
     factor = 1
     if shrink_to is not None:
