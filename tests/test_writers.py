@@ -364,6 +364,47 @@ def test_media_extensions_never_overwrite_the_sidecars():
     assert json.loads(members["json"])["key"] == result.sample.key
 
 
+def _tarfile_stream(members: list[tuple[str, bytes]]) -> bytes:
+    """The tar that tarfile's ``w|`` stream writes for webdataset members, as the writer used to."""
+    from any2ds_plugins.writers.webdataset import MEMBER_MODE, MEMBER_MTIME, MEMBER_OWNER
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size, member.mtime, member.mode = len(data), MEMBER_MTIME, MEMBER_MODE
+            member.uname = member.gname = MEMBER_OWNER
+            tar.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("members", [
+    [],
+    [("00000000.txt", b"")],
+    [("00000001.jpg", b"j" * 511), ("00000001.json", b"{}" * 256), ("00000001.txt", b"t" * 513)],
+    [("k" * 96 + ".jpg", b"x" * 10240)],  # a name filling its field exactly
+    [("folder/" * 20 + "key.jpg", b"x")],  # longer than the field: tarfile splits it into a prefix
+    [("clé-ñ.json", b"{}"), ("\udcff.txt", b"undecodable byte in the name")],
+], ids=["empty", "empty-member", "block-edges", "100-byte-name", "prefixed-name", "non-ascii"])
+def test_webdataset_tars_are_the_bytes_tarfile_writes(members):
+    """The writer builds headers itself (tarfile's cost 70 us a sample); its tars stay tarfile's."""
+    from any2ds_plugins.writers.webdataset import TarStream
+
+    out = io.BytesIO()
+    stream = TarStream(out)
+    for name, data in members:
+        stream.add(name, data)
+    stream.close()
+    assert out.getvalue() == _tarfile_stream(members)
+
+
+def test_a_webdataset_member_name_ustar_cannot_hold_fails_as_with_tarfile():
+    from any2ds_plugins.writers.webdataset import TarStream
+
+    with pytest.raises(ValueError, match="name is too long"):
+        TarStream(io.BytesIO()).add("k" * 101 + ".jpg", b"x")
+
+
 def test_tfrecord_features_follow_value_types():
     tf = pytest.importorskip("tensorflow")
     assert to_feature(tf, 3).int64_list.value == [3]
