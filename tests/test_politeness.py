@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -383,6 +384,40 @@ def test_fast_http_hands_slots_to_its_waiting_attempts_in_order_and_leaks_none()
         assert [table.try_acquire_slot(key, 2) is not None for _ in range(2)] == [True, True]
     finally:
         fetcher.close()
+
+
+def test_fast_http_covers_a_connection_libcurl_opens_beyond_its_slots_with_a_free_slot():
+    """libcurl opens a connection for a request when none it keeps is free at that moment, which
+    can be before the books show an earlier request over: the host then has more connections than
+    slots. With a slot free in the table, the connection takes it at once; else no attempt would
+    get in until a slot came (one per second, as others' connections are retired: the benchmark's
+    fetches stalled 100-250 ms several times a shard)."""
+    fetcher = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=4))
+    key = f"cover-{random.random()}:80"
+    sockets = [socket.socket() for _ in range(2)]
+
+    class Transfer:
+        on_fd = -1
+        one_request = False
+
+    async def scenario() -> None:
+        connections = fetcher._connections()
+        host = await connections.enter(key)
+        first, second = Transfer(), Transfer()
+        connections.carrying(host, first, ("127.0.0.1", 80, "127.0.0.1", 1001), sockets[0].fileno())
+        connections.carried(host, first)
+        connections.leave(host)  # its connection idles: the next attempt is admitted to reuse it
+        await connections.enter(key)
+        connections.carrying(host, second, ("127.0.0.1", 80, "127.0.0.1", 1002), sockets[1].fileno())
+        assert (len(host.connections), len(host.slots)) == (2, 2)
+        await asyncio.wait_for(connections.enter(key), 1)  # in at once: needs a slot, and one is free
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        fetcher.close()
+        for sock in sockets:
+            sock.close()
 
 
 def test_fast_http_keeps_connections_alive_under_the_cap_and_closes_idle_ones(servers):

@@ -9,7 +9,11 @@ each host, ``HostConnections`` counts what may hold a connection and keeps that 
 - ``pending``: the attempts admitted to the host that are not on a connection (about to send a
   request, pacing, or between two hops), each of which may open one.
 
-Slots needed: ``len(connections) + max(0, pending - idle)``. An attempt is admitted at once when
+Slots needed: ``len(connections) + max(0, pending - idle)``. libcurl picks a request's connection
+when the request starts, which can be before the books hear that an earlier one ended: it may then
+open a connection while the books show one idle, and the host has more connections than slots.
+Such a connection takes a free slot from the table at once (else every attempt would wait for slots
+held elsewhere, until the next slot came back). An attempt is admitted at once when
 that allows one more (an idle connection is there for it), or, for a host's first slot here,
 when one is free in the table. Else it waits in a first-come line; for as many attempts as wait,
 threads block in the kernel on slots this loop does not hold (each on its own), and whichever
@@ -201,6 +205,16 @@ class HostConnections:
         connection.carrier = transfer
         transfer.on_fd = fd
         host.pending -= 1
+        if new_fd >= 0:
+            self._cover(host)
+
+    def _cover(self, host: HostState) -> None:
+        """Slots for the connections libcurl opened beyond the host's slots, taken at once where free."""
+        while len(host.connections) > len(host.slots):
+            slot = self.table.try_acquire_slot(host.key, self.cap)
+            if slot is None:
+                return
+            host.slots.append(slot)
 
     def carried(self, host: HostState, transfer: Any) -> None:
         """``transfer``'s request is over: its attempt is off a connection again."""
