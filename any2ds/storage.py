@@ -15,7 +15,6 @@ from typing import Any
 
 import attrs
 import fsspec
-import yaml
 from fsspec.core import split_protocol
 
 from any2ds.errors import ConfigError
@@ -73,6 +72,8 @@ def check_storage_options(_instance: Any, _attribute: Any, value: Any) -> None:
 def storage_argument(text: str) -> Storage:
     """The ``--storage_options`` of the commands that read an output folder (report, verify): JSON
     or YAML, checked as the download option is."""
+    import yaml  # here: the workers, which import this module, read no YAML (1 MB, 17 ms)
+
     try:
         options = yaml.safe_load(text)
         check_storage_options(None, None, options)

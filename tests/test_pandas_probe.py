@@ -10,7 +10,7 @@ plans, never imports OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB, 90 ms); 
 import OpenCV with their first image, and fetching with fast_http (the default) they import
 neither requests nor urllib3. Reading a txt list and writing shards, no process imports
 pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's);
-the workers, given their options parsed, do not import jsonargparse.
+the workers, given their options parsed, import neither jsonargparse nor yaml.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyarrow as pa
 from any2ds import Observer, Processor, hookimpl
 {import_pandas}
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
-HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse")
+HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml")
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,
@@ -121,4 +121,4 @@ def test_each_process_imports_only_the_libraries_it_uses(tmp_path, http_server):
     # By name: resolving a name is what once imported urllib3 (an IP literal needs no resolver).
     log = _run(tmp_path, http_server, import_pandas=False, command=CLI, host="localhost")
     assert {entry["where"]: entry["heavy"] for entry in log} == {
-        "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": ["jsonargparse"]}, log
+        "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": ["jsonargparse", "yaml"]}, log
