@@ -10,7 +10,8 @@ plans, never imports OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB, 90 ms); 
 import OpenCV with their first image, and fetching with fast_http (the default) they import
 neither requests nor urllib3. Reading a txt list and writing shards, no process imports
 pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's);
-the workers, given their options parsed, import neither jsonargparse nor yaml.
+the workers, given their options parsed, import neither jsonargparse nor yaml. Pillow's plugins
+for formats it only meets by name (PDF, ... : Image.init) load in no process of a JPEG run.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pyarrow as pa
 from any2ds import Observer, Processor, hookimpl
 {import_pandas}
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
-HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml")
+HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml", "PIL.PdfImagePlugin")
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,

@@ -24,6 +24,7 @@ are processed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -37,11 +38,22 @@ from any2ds_plugins.image.options import ImageOptions
 if TYPE_CHECKING:
     from any2ds_plugins.image.transcode import Transcoder
 
-# What a run routing by type sends here: the image types Pillow registers (SVG, HEIC without a
-# plugin, ... go elsewhere), and the registered name of ICO besides Pillow's.
-Image.init()
-DECODABLE_MEDIA_TYPES = tuple(sorted({mime for mime in Image.MIME.values() if mime.startswith("image/")}
-                                     | {"image/vnd.microsoft.icon"}))
+
+@functools.cache
+def _decodable_media_types() -> tuple[str, ...]:
+    """What a run routing by type sends here: the image types Pillow registers (SVG, HEIC without a
+    plugin, ... go elsewhere), and the registered name of ICO besides Pillow's."""
+    Image.init()
+    return tuple(sorted({mime for mime in Image.MIME.values() if mime.startswith("image/")}
+                        | {"image/vnd.microsoft.icon"}))
+
+
+class _DecodableMediaTypes:
+    """``ImageProcessor.media_types``, listed when first read: listing them imports every Pillow
+    plugin (3.6 MB and 34 ms in each process), which a run not routing by type never reads."""
+
+    def __get__(self, instance: object, owner: type) -> tuple[str, ...]:
+        return _decodable_media_types()
 
 
 class ImageProcessor(Processor):
@@ -50,7 +62,7 @@ class ImageProcessor(Processor):
     name = "image"
     Options = ImageOptions
     failure_status = FAILED_TO_RESIZE  # also for unexpected errors (cv2, numpy), as img2dataset counts them
-    media_types = DECODABLE_MEDIA_TYPES
+    media_types = _DecodableMediaTypes()
 
     options: ImageOptions
 
