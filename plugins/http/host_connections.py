@@ -210,7 +210,7 @@ class HostConnections:
 
     def _cover(self, host: HostState) -> None:
         """Slots for the connections libcurl opened beyond the host's slots, taken at once where free."""
-        while len(host.connections) > len(host.slots):
+        while len(host.connections) > len(host.slots) and not self.closed:
             slot = self.table.try_acquire_slot(host.key, self.cap)
             if slot is None:
                 return
