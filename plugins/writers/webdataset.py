@@ -35,7 +35,9 @@ def _tarfile_header(name: str, size: int) -> bytes:
     return member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
-# Every member's header is this one with its name, size and checksum filled in.
+# Every member's header is this one with its name, size and checksum filled in. The checksum is the
+# sum of the header's bytes with its own field read as eight spaces: the template's sum without its
+# size and checksum fields, plus the member's name and size bytes.
 _TEMPLATE = _tarfile_header("", 0)
 _TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[SIZE_FIELD]) - sum(_TEMPLATE[CHECKSUM_FIELD]) + 7 * ord(" ")
 
