@@ -10,12 +10,14 @@ plans, never imports OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB, 90 ms); 
 import OpenCV with their first image, and fetching with fast_http (the default) they import
 neither requests nor urllib3. Reading a txt list and writing shards, no process imports
 pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's);
-the workers, given their options parsed, import neither jsonargparse nor yaml. Pillow's plugins
+the workers, given their options parsed, import neither jsonargparse nor yaml, also under the
+``any2ds`` command (multiprocessing runs its script again in each worker). Pillow's plugins
 for formats it only meets by name (PDF, ... : Image.init) load in no process of a JPEG run.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -121,5 +123,27 @@ def test_a_callers_process_is_left_alone(tmp_path, http_server):
 def test_each_process_imports_only_the_libraries_it_uses(tmp_path, http_server):
     # By name: resolving a name is what once imported urllib3 (an IP literal needs no resolver).
     log = _run(tmp_path, http_server, import_pandas=False, command=CLI, host="localhost")
+    assert {entry["where"]: entry["heavy"] for entry in log} == {
+        "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": ["jsonargparse", "yaml"]}, log
+
+
+def test_the_commands_workers_do_not_import_the_cli(tmp_path, http_server):
+    """The ``any2ds`` command is a script that imports its entry point; multiprocessing's spawn runs
+    that script again in every worker (as ``__mp_main__``). Its entry point imports the CLI (and
+    with it jsonargparse and yaml: 4 MB and 60 ms per worker) only when called."""
+    entry_point = importlib.metadata.entry_points(group="console_scripts")["any2ds"]
+    module, function = entry_point.value.split(":")
+    script = tmp_path / "any2ds-command"  # pip's script imports the entry point, then calls it under the guard
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from {module} import {function}
+        if __name__ == "__main__":
+            flags = ["download"]
+            for name, value in json.loads(sys.argv[1]).items():
+                flags += [f"--{{name}}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
+            sys.argv[1:] = flags
+            sys.exit({function}())
+    """))
+    log = _run(tmp_path, http_server, import_pandas=False, command=[sys.executable, str(script)], host="localhost")
     assert {entry["where"]: entry["heavy"] for entry in log} == {
         "worker shard 0": ["cv2"], "worker shard 1": ["cv2"], "main": ["jsonargparse", "yaml"]}, log
