@@ -7,6 +7,9 @@ import json
 import math
 import resource
 import struct
+import subprocess
+import sys
+import textwrap
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -583,3 +586,29 @@ def test_concurrent_processing_matches_serial(image_dir, image_sizes):
     serial = [process(body) for body in bodies]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(process, bodies)) == serial
+
+
+def test_processing_images_starts_no_opencv_threads():
+    """A worker runs one image per processing thread, as many as its cores: OpenCV's own thread pool
+    would only contend for the same cores. Counted in a fresh interpreter, where nothing else has
+    used OpenCV yet (its pool starts with the first parallel call, a resize of a large image)."""
+    script = textwrap.dedent("""
+        import io, os
+        import numpy as np
+        from PIL import Image
+        from any2ds import FetchResult, Sample, SampleResult
+        from any2ds_plugins.image.processor import ImageOptions, ImageProcessor
+        import any2ds_plugins.image.transcode  # OpenCV imported: its import starts a thread of its own
+
+        pixels = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+        body = io.BytesIO()
+        Image.fromarray(pixels).save(body, "JPEG")
+        threads = len(os.listdir("/proc/self/task"))
+        result = SampleResult(Sample(key="0", shard_id=0, index=0, url="u"))
+        ImageProcessor(ImageOptions(image_size=256)).process(FetchResult(body.getvalue(), "u"), result)
+        assert result.metadata["width"] == 256
+        print(threads, len(os.listdir("/proc/self/task")))
+    """)
+    before, after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                   timeout=120).stdout.split()
+    assert after == before
