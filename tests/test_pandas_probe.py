@@ -12,7 +12,8 @@ neither requests nor urllib3. Reading a txt list and writing shards, no process 
 pyarrow.compute (9 MB; the report's), and without a terminal none imports rich (the bar's);
 the workers, given their options parsed, import neither jsonargparse nor yaml, also under the
 ``any2ds`` command (multiprocessing runs its script again in each worker). Pillow's plugins
-for formats it only meets by name (PDF, ... : Image.init) load in no process of a JPEG run.
+for formats it only meets by name (PDF, ... : Image.init) load in no process of a JPEG run, nor
+libsndfile and soxr (the audio processor's) in a run without audio.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import pyarrow as pa
 from any2ds import Observer, Processor, hookimpl
 {import_pandas}
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
-HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml", "PIL.PdfImagePlugin")
+HEAVY = ("cv2", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml", "PIL.PdfImagePlugin",
+         "soundfile", "soxr")
 
 def seen(where):
     entry = {{"where": where, "pid": os.getpid(), "pandas": "pandas" in sys.modules,

@@ -3,28 +3,28 @@
 Decoding is libsndfile's (wav, flac, ogg Vorbis and Opus, mp3, aiff, ...),
 bounded by ``max_samples`` (see ``decode.py``); resampling is soxr's (HQ).
 Formats libsndfile cannot read (m4a/aac, webm) fail as `audio.unsupported_format`.
+
+This module is what every process of a run loads (options, routing, metadata columns); the work
+on samples is in ``transcode``, imported on the first sample.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import attrs
-import numpy as np
 import pyarrow as pa
-import soundfile as sf
-import soxr
 from attrs.validators import optional
 
 from any2ds import (
-    ConfigError, FetchResult, Media, Processor, SampleResult, at_least, between, greater_than, hookimpl, one_of, option,
+    ConfigError, FetchResult, Processor, SampleResult, at_least, between, greater_than, hookimpl, one_of, option,
 )
-from any2ds_plugins.audio.decode import codec_name, frames_to_read, header_frames, open_audio, read_frames
-from any2ds_plugins.audio.encode import BITRATE_MODES, ENCODERS, encode
-from any2ds_plugins.audio.errors import FAILED_TO_PROCESS, failure
-from any2ds_plugins.audio.mix import to_channels
+from any2ds_plugins.audio.encoders import BITRATE_MODES, ENCODERS
+from any2ds_plugins.audio.errors import FAILED_TO_PROCESS
+
+if TYPE_CHECKING:
+    from any2ds_plugins.audio.transcode import Transcoder
 
 EncodeFormat = Literal["flac", "wav", "ogg", "opus", "mp3"]
 Preset = Literal["laion"]
@@ -36,11 +36,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # 512 MiB of float32, the bytes of image's max_image_pixels in RGB; about 23 minutes of 48 kHz stereo.
 DEFAULT_MAX_SAMPLES = 2**27
-
-
-
-
-
 
 
 @attrs.frozen
@@ -124,10 +119,13 @@ class AudioProcessor(Processor):
     def __init__(self, options: AudioOptions) -> None:
         super().__init__(options)
         self.settings = options.resolved()
+        self._transcoder: Transcoder | None = None
 
     def check(self) -> None:
         encode_format = self.settings.encode_format
         if not ENCODERS[encode_format].available():
+            import soundfile as sf
+
             raise ConfigError(f"audio_encode_format {encode_format} needs a libsndfile that writes it "
                               f"(this one is {sf.__libsndfile_version__}; mp3 needs 1.1 or later)")
 
@@ -144,46 +142,11 @@ class AudioProcessor(Processor):
 
     def process(self, fetched: FetchResult, result: SampleResult) -> None:
         """Store the processed audio under ``encode_format`` with its metadata; raise ProcessError."""
-        settings = self.settings
-        with open_audio(fetched.body) as audio:
-            rate, channels = audio.samplerate, audio.channels
-            out_rate, out_channels = settings.sample_rate or rate, settings.channels or channels
-            cut = math.ceil(settings.max_duration * rate) if settings.max_duration is not None else None
-            samples = read_frames(audio, frames_to_read(audio, cut),
-                                  self._frame_budget(rate, channels, out_rate, out_channels), settings.max_samples)
-            # Read to the end: the decoded length is the truth; cut short: only the header knows the rest.
-            original_frames = header_frames(audio) if cut is not None and len(samples) == cut else len(samples)
-            container, codec = audio.format, codec_name(audio)
-        if len(samples) == 0:
-            raise failure("empty audio", "audio.empty")
-        if len(samples) / rate < settings.min_duration:
-            raise failure("audio too short", "filtered")
-        samples = self._convert(samples, rate, out_rate, out_channels)
-        if settings.max_duration is not None:  # exact at the output rate, whatever the resampling ratio
-            samples = samples[:round(settings.max_duration * out_rate)]
-        data = encode(samples, out_rate, settings.encode_format, settings.compression_level, settings.bitrate_mode)
-        result.media[settings.encode_format] = Media(data, settings.encode_format)
-        result.metadata.update(
-            sample_rate=out_rate, channels=out_channels, frames=len(samples), duration=len(samples) / out_rate,
-            original_sample_rate=rate, original_channels=channels,
-            original_duration=original_frames / rate if original_frames is not None else None,
-            container=container, codec=codec)
-
-    def _frame_budget(self, rate: int, channels: int, out_rate: int, out_channels: int) -> int:
-        """Input frames allowed: their decoded samples and their resampled samples both within max_samples."""
-        samples_per_frame = max(channels, out_channels * out_rate / rate)
-        return math.floor(self.settings.max_samples / samples_per_frame)
-
-    def _convert(self, samples: np.ndarray, rate: int, out_rate: int, out_channels: int) -> np.ndarray:
-        """Mix channels (before resampling when that means fewer channels to resample) and resample."""
-        if out_channels < samples.shape[1]:
-            samples = to_channels(samples, out_channels)
-        if out_rate != rate:
-            try:
-                samples = soxr.resample(samples, rate, out_rate)
-            except Exception as exc:  # soxr refuses ratios it cannot handle
-                raise failure("audio resampling error", "audio.resample") from exc
-        return to_channels(samples, out_channels)
+        if self._transcoder is None:
+            # libsndfile and soxr are imported here, in the processes that process audio.
+            from any2ds_plugins.audio.transcode import Transcoder
+            self._transcoder = Transcoder(self.settings)
+        self._transcoder.process(fetched, result)
 
 
 @hookimpl
