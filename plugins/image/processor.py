@@ -18,8 +18,8 @@ section 5); the pixels are corrected where img2dataset is wrong:
   one says so with ``"_truncated": true``.
 
 This module is what the main process loads (options, routing, metadata columns); the work on
-pixels is in ``transcode``, imported on the first image, so that OpenCV loads only where images
-are processed.
+pixels is in ``transcode``, imported on the first image, so that Pillow and OpenCV load only where
+images are processed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from PIL import Image
 
 from any2ds import FetchResult, Processor, SampleResult, hookimpl
 from any2ds_plugins.image.errors import FAILED_TO_RESIZE
@@ -43,6 +42,8 @@ if TYPE_CHECKING:
 def _decodable_media_types() -> tuple[str, ...]:
     """What a run routing by type sends here: the image types Pillow registers (SVG, HEIC without a
     plugin, ... go elsewhere), and the registered name of ICO besides Pillow's."""
+    from PIL import Image  # here: a main process that only plans loads no Pillow (2.2 MB, 10 ms)
+
     Image.init()
     return tuple(sorted({mime for mime in Image.MIME.values() if mime.startswith("image/")}
                         | {"image/vnd.microsoft.icon"}))
