@@ -61,4 +61,3 @@ ENCODERS = {
                    has_bitrate_mode=True),
 }
 BITRATE_MODES = ("constant", "average", "variable")
-
