@@ -530,6 +530,21 @@ def test_every_spelling_of_this_machine_is_blocked(http_server, host, message):
                        allow_private_networks=False).message == message
 
 
+def test_a_name_stays_blocked_once_its_answer_and_verdict_are_remembered(http_server):
+    """Fetchers keep a name's resolved addresses and each address's verdict: every later fetch of
+    the name through the same fetcher is refused the same way, and none reaches the server."""
+    url = add_route(http_server, f"remembered_{FETCHER.name}", lambda r: send_bytes(r, BODY))
+    fetcher = make_fetcher(allow_private_networks=False)
+    try:
+        for index in range(3):
+            with pytest.raises(FetchError) as info:
+                fetcher.fetch(Sample(key=str(index), shard_id=0, index=index, url=url.replace("127.0.0.1", "localhost")))
+            assert info.value.message == LOOPBACK_BLOCKED and info.value.error_type == "blocked"
+    finally:
+        fetcher.close()
+    assert not [path for path, _headers in http_server.requests if f"/remembered_{FETCHER.name}/" in path]
+
+
 def test_link_local_needs_its_own_option(http_server):
     url = add_route(http_server, "to_metadata", lambda r: send_bytes(
         r, b"", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}))
