@@ -7,6 +7,7 @@ here depends on the HTTP library: any fetcher can resolve and check with it.
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from concurrent.futures import Future
@@ -86,13 +87,20 @@ class AddressPolicy:
 
     def refusal(self, address: str) -> BlockedAddress | None:
         """The error for connecting to ``address`` (an IP), or None when it is allowed."""
-        kind = address_kind(ip_address(address))
+        kind = _kind_of(address)
         if kind is None:
             return None
         description, option = kind
         if getattr(self, option):
             return None
         return BlockedAddress(f"blocked: {address} is {description} (set {option} to allow)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind_of(address: str) -> tuple[str, str] | None:
+    """``address_kind`` of an IP written as text, remembered: parsing it is most of a check's cost, and
+    fetchers check the same addresses at every request of a host."""
+    return address_kind(ip_address(address))
 
 
 def _can_bind_ipv6() -> bool:

@@ -149,7 +149,6 @@ class FastHttpFetcher(SiteManners):
         self._waits: dict[str, ThreadPoolExecutor | DaemonThreads] = {}  # "slots", "robots": made on first use
         self._fd_by_address: dict[tuple[str, int, str, int], int] = {}  # a connection's addresses -> its socket
         self._dns: dict[tuple[str, int], tuple[float, list | None]] = {}  # (host, port) -> (until, getaddrinfo)
-        self._verdicts: dict[str, BlockedAddress | None] = {}  # address -> refusal (_refusal)
         self._drivers: dict[asyncio.AbstractEventLoop, CurlDriver] = {}
         self._host_connections: dict[asyncio.AbstractEventLoop, HostConnections] = {}
         self._own_loop: asyncio.AbstractEventLoop | None = None  # for fetch(), made on first use
@@ -403,7 +402,7 @@ class FastHttpFetcher(SiteManners):
         infos = known[1]
         if infos is None:
             return None
-        allowed = [info[4][0] for info in infos if self._refusal(info[4][0]) is None]
+        allowed = [info[4][0] for info in infos if self.policy.refusal(info[4][0]) is None]
         if not allowed:
             raise self.policy.refusal(infos[0][4][0])
         return f"{host}:{port}:" + ",".join(f"[{address}]" if ":" in address else address for address in allowed)
@@ -552,20 +551,11 @@ class FastHttpFetcher(SiteManners):
             return pycurl.PREREQFUNC_OK
         if transfer.host is not None:
             transfer.host.owner.carrying(transfer.host, transfer, address, new_fd)
-        refusal = self._refusal(remote)
+        refusal = self.policy.refusal(remote)
         if refusal is not None:
             transfer.refusals.append((socket.AF_UNSPEC, refusal))
             return pycurl.PREREQFUNC_ABORT
         return pycurl.PREREQFUNC_OK
-
-    def _refusal(self, address: str) -> BlockedAddress | None:
-        """The policy's verdict on ``address`` (an IP), remembered: it never changes, and it is asked
-        for every request (parsing the address costs more than the rest of a check)."""
-        if address not in self._verdicts:
-            if len(self._verdicts) > 4096:
-                self._verdicts.clear()
-            self._verdicts[address] = self.policy.refusal(address)
-        return self._verdicts[address]
 
 
 _FETCHERS: weakref.WeakSet[FastHttpFetcher] = weakref.WeakSet()
