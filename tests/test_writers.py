@@ -398,6 +398,61 @@ def test_webdataset_tars_are_the_bytes_tarfile_writes(members):
     assert out.getvalue() == _tarfile_stream(members)
 
 
+class _CountedWrites(io.RawIOBase):
+    """A raw file that counts its writes, and takes at most ``limit`` bytes of each."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.data, self.writes, self.limit = bytearray(), 0, limit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, block) -> int:
+        self.writes += 1
+        taken = bytes(block[:self.limit])
+        self.data += taken
+        return len(taken)
+
+
+@pytest.mark.parametrize("sizes", [[], [10, 2000, 1], [5000], [999, 1, 3000, 40, 4096]],
+                         ids=["nothing", "crossing-a-block", "larger-than-a-block", "exact-block"])
+def test_a_shard_file_holds_and_hashes_every_byte_written(sizes, monkeypatch):
+    """Writes are gathered into blocks: whatever their sizes, the file gets every byte in order,
+    tell() counts what was written, and the digest is the file's."""
+    from any2ds import output
+
+    monkeypatch.setattr(output, "WRITE_BLOCK", 1000)
+    raw, digests = _CountedWrites(limit=700), []
+    file = output._HashingFile(raw, digests.append)
+    written = b""
+    for index, size in enumerate(sizes):
+        chunk = bytes([index]) * size
+        assert file.write(memoryview(chunk) if index % 2 else chunk) == size
+        written += chunk
+        assert file.tell() == len(written)
+    file.close()
+    assert bytes(raw.data) == written and raw.closed
+    assert digests == [hashlib.sha256(written).hexdigest()]
+
+
+def test_a_shard_file_reaches_the_os_in_large_blocks():
+    """A tar member is three writes; a shard of them is one write to the file per WRITE_BLOCK
+    (each write to the OS and to sha256 released the GIL: 43 us a sample, 24 us gathered)."""
+    from any2ds import output
+    from any2ds_plugins.writers.webdataset import TarStream
+
+    raw, digests = _CountedWrites(), []
+    file = output._HashingFile(raw, digests.append)
+    stream = TarStream(file)
+    for index in range(100):
+        stream.add(f"{index:08d}.jpg", b"j" * 20_000)
+    stream.close()
+    file.close()
+    assert len(raw.data) == 100 * (512 + 20_480) + 10240
+    assert raw.writes <= len(raw.data) // output.WRITE_BLOCK + 1  # 301 when each write went through
+    assert digests == [hashlib.sha256(raw.data).hexdigest()]
+
+
 def test_a_webdataset_member_name_ustar_cannot_hold_fails_as_with_tarfile():
     from any2ds_plugins.writers.webdataset import TarStream
 
