@@ -157,6 +157,46 @@ def test_no_sample_starts_while_thread_count_bodies_wait_for_processing(inline):
     assert len(out) == 50 and all(r.ok for r in out)
 
 
+class Slow(Processor):
+    """Takes ``seconds`` per sample, off the GIL (as a decoder does)."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(None)
+        self.seconds = seconds
+
+    def process(self, fetched: FetchResult, result: SampleResult) -> None:
+        time.sleep(self.seconds)
+        result.media["bin"] = Media(fetched.body, "bin")
+
+
+def test_while_bodies_queue_for_processing_finished_stages_are_taken_together(monkeypatch):
+    """Processing holds the flow back: the flow's thread wakes for several finished stages at a
+    time, not once each. The same flow with gathering off is the yardstick (same machine load)."""
+    import any2ds.worker as worker
+
+    class CountingFlow(SampleFlow):
+        wakes = 0
+
+        def _handle_events(self) -> None:
+            self.wakes += 1
+            super()._handle_events()
+
+    def wakes(backlog: int) -> int:
+        monkeypatch.setattr(worker, "GATHER_BACKLOG", backlog)
+        core = CoreOptions(url_list="x", thread_count=16, processing_threads=1)
+        sample_flow = CountingFlow(FetchStage({"http": BytesFetcher()}, 16),
+                                   ProcessingStage([], [Slow(0.0005)], "chain"), ReplaceablePool(1, "test-cpu"),
+                                   core, "test")
+        out = list(sample_flow.results(iter(samples(300))))
+        assert [r.sample.index for r in out] == list(range(300)) and all(r.ok for r in out)
+        return sample_flow.wakes
+
+    gathered, one_by_one = wakes(worker.GATHER_BACKLOG), wakes(10**6)
+    assert gathered * 2 < one_by_one, (gathered, one_by_one)
+
+
 class Shrink(Processor):
     """Stores one byte per sample; holds sample 0 until ``gate`` is set."""
 
