@@ -4,9 +4,9 @@ A worker's processing threads have the CPU work (decoding, resizing, encoding); 
 and the fetch loop wake thousands of times a run, each time for a few dozen microseconds. Under
 Linux's default policy each such wake may preempt the processing thread on that core, which then
 refills its caches: 16,000-19,000 preemptions in a 10,000-image run on 2 cores, 7,400-10,500 with
-this. ``SCHED_BATCH`` keeps a
-thread's fair share of the CPU but lets its wakes wait for the running thread's time slice to end;
-the bodies in flight give the flow and the fetches that slack.
+this module. ``SCHED_BATCH`` keeps a thread's fair share of the CPU but lets its wakes wait for
+the running thread's time slice to end; the bodies in flight give the flow and the fetches that
+slack.
 
 Only threads this process runs for any2ds are changed, and only from the default policy: a
 process started under another one (``chrt``) keeps it. Threads inherit their creator's policy,
