@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from any2ds.components import Fetcher
 from any2ds.errors import FetchError
-from any2ds.scheduling import give_way
 from any2ds.types import FetchResult, Sample
 
 T = TypeVar("T")
@@ -35,16 +34,15 @@ class ReplaceablePool:
     Thread-safe: the flows of several threads (any2ds.Pipeline calls) may share one.
     """
 
-    def __init__(self, threads: int, name: str, initializer: Callable[[], None] | None = None) -> None:
+    def __init__(self, threads: int, name: str) -> None:
         self.threads = threads
         self.name = name
-        self.initializer = initializer  # run first on each of its threads
         self.abandoned = 0
         self._lock = threading.Lock()  # no task may be submitted to a pool being replaced
         self._pool = self._new()
 
     def _new(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.threads, thread_name_prefix=self.name, initializer=self.initializer)
+        return ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         with self._lock:
@@ -76,7 +74,7 @@ class EventLoopThread:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                threading.Thread(target=_run_loop, args=(self._loop,), name="any2ds-fetch-loop", daemon=True).start()
+                threading.Thread(target=self._loop.run_forever, name="any2ds-fetch-loop", daemon=True).start()
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def close(self) -> None:
@@ -84,11 +82,6 @@ class EventLoopThread:
             loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    give_way()  # the loop wakes for every socket event: it must not preempt the processing threads
-    loop.run_forever()
 
 
 class FetchStage:

@@ -9,8 +9,7 @@ is the only one that writes, so writers need not be thread-safe:
   or while ``thread_count`` bodies already wait for a processing thread;
 - processing (:mod:`any2ds.processing`): verify, route and process on
   ``processing_threads`` threads (Pillow, OpenCV and hashlib release the GIL, so
-  every core decodes in parallel); in a worker process of its own, the flow's thread
-  and the fetch loop give way to them (:mod:`any2ds.scheduling`);
+  every core decodes in parallel);
 - the watchdog (:mod:`any2ds.watchdog`) fails a sample whose stage overruns ``sample_timeout``;
 - the commit (:class:`~any2ds.output.ShardTarget`): files renamed into place, stats last.
 """
@@ -41,7 +40,6 @@ from any2ds.metadata import MetadataLayout, settle_pandas_probe
 from any2ds.output import OutputFolder, ShardTarget
 from any2ds.pipeline import SamplePipeline
 from any2ds.processing import CORE, ProcessingStage, failed_result, failure
-from any2ds.scheduling import give_way, restore_default_policy
 from any2ds.progress import ShardProgress, ShardReporter
 from any2ds.types import FetchResult, Sample, SampleResult, Shard, ShardStats
 from any2ds.watchdog import Watchdog
@@ -399,7 +397,7 @@ class SampleStages:
         self.pipeline = pipeline
         self.fetching = FetchStage(pipeline.fetchers, core.thread_count)
         self.processing = ProcessingStage(pipeline.verifiers, pipeline.processors, core.routing)
-        self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process", initializer=restore_default_policy)
+        self.cpu_pool = ReplaceablePool(core.cpu_threads(), "any2ds-process")
         # Samples of one URL share their processing unless a component reads per-row input columns.
         self.share_processing = not any(c.read_columns() for c in (*pipeline.verifiers, *pipeline.processors))
 
@@ -465,8 +463,6 @@ class ShardRunner:
         """``dedicated_process``: this process runs nothing but this runner's shards (see
         :attr:`~any2ds.Distributor.dedicated_workers`)."""
         _limit_malloc_arenas()
-        if dedicated_process:  # the flow's thread is the process's own, not a caller's
-            give_way()
         self.stages = SampleStages.load(config)
         if dedicated_process:
             settle_pandas_probe()
