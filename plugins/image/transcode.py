@@ -19,6 +19,7 @@ from any2ds_plugins.image.blur import blur_boxes
 from any2ds_plugins.image.errors import DECODING_ERROR, OUT_OF_MEMORY, failure, too_large
 from any2ds_plugins.image.exif import JPEG_MAGIC, exif_json
 from any2ds_plugins.image.geometry import ResizePlan, plan_resize
+from any2ds_plugins.image.jpeg_header import JpegHeader, read_jpeg_header
 from any2ds_plugins.image.options import ImageOptions
 from any2ds_plugins.image.resize import crop_or_pad, scale
 
@@ -74,18 +75,25 @@ class Transcoder:
 
     def _process(self, fetched: FetchResult, result: SampleResult) -> None:
         boxes = self._bounding_boxes(result)
-        with _open_header(fetched.body, self.options.max_image_pixels) as image:
-            self._check_source_size(*image.size)
-            if self.options.disable_all_reencoding:
-                media = Media(fetched.body, _extension_of(image.format))
-                output_size = original_size = image.size
-            else:
-                media, output_size, original_size = self._transcode(image, fetched.body, boxes)
+        body = fetched.body
+        jpeg = None if self.options.disable_all_reencoding else read_jpeg_header(body)
+        if jpeg is not None:  # a plain JPEG's header, read without Pillow
+            _check_pillow_limit(jpeg.size, self.options.max_image_pixels)
+            self._check_source_size(*jpeg.size)
+            media, output_size, original_size = self._transcode(jpeg, body, boxes)
+        else:
+            with _open_header(body, self.options.max_image_pixels) as image:
+                self._check_source_size(*image.size)
+                if self.options.disable_all_reencoding:
+                    media = Media(body, _extension_of(image.format))
+                    output_size = original_size = image.size
+                else:
+                    media, output_size, original_size = self._transcode(image, body, boxes)
         result.media[self.options.encode_format] = media
         result.metadata.update(width=output_size[0], height=output_size[1],
                                original_width=original_size[0], original_height=original_size[1])
         if self.options.extract_exif:
-            result.metadata["exif"] = exif_json(fetched.body, self.options.max_exif_bytes,
+            result.metadata["exif"] = exif_json(body, self.options.max_exif_bytes,
                                                 self.options.max_exif_value_bytes)
 
     def _bounding_boxes(self, result: SampleResult) -> np.ndarray | None:
@@ -126,26 +134,31 @@ class Transcoder:
                           "too_large")
         return plan
 
-    def _transcode(self, image: Image.Image, body: bytes,
+    def _transcode(self, source: JpegHeader | Image.Image, body: bytes,
                    boxes: np.ndarray | None) -> tuple[Media, tuple[int, int], tuple[int, int]]:
-        """Decode, blur, resize and encode; return the media, output size and displayed source size."""
+        """Decode, blur, resize and encode; return the media, output size and displayed source size.
+        ``source`` is the header of a plain JPEG, or the image Pillow opened."""
         options = self.options
         try:
-            orientation = image.getexif().get(ORIENTATION, 1)
-            stored_width, stored_height = image.size
+            if isinstance(source, JpegHeader):
+                source_format, orientation = "JPEG", source.orientation
+            else:
+                source_format, orientation = source.format, source.getexif().get(ORIENTATION, 1)
+            stored_width, stored_height = source.size
             transposed = orientation in TRANSPOSING_ORIENTATIONS
             original_size = (stored_height, stored_width) if transposed else (stored_width, stored_height)
             plan = self._plan(*original_size)
             shrink_to = None if options.exact_resize else plan.shrink_on_load_size()
             stored_shrink = None if shrink_to is None else (shrink_to[::-1] if transposed else shrink_to)
-            pixels = _decode_jpeg(image, body, stored_shrink, orientation)
+            pixels = None
+            if source_format == "JPEG" and source.mode in NATIVE_MODES:
+                pixels = _decode_jpeg(body, source.size, source.mode == "L", stored_shrink, orientation)
             converted, bgr = False, pixels is not None
-            if pixels is None:  # not a plain JPEG: Pillow, shrinking on load where it can
-                if stored_shrink is not None and image.format in ("JPEG", "MPO"):
-                    image.draft(image.mode, stored_shrink)
-                image.load()
-                ImageOps.exif_transpose(image, in_place=True)
-                pixels, converted = _to_array(image)
+            if pixels is None and isinstance(source, JpegHeader):  # a JPEG OpenCV does not decode
+                with _open_header(body, options.max_image_pixels) as image:
+                    pixels, converted = _decode_with_pillow(image, stored_shrink)
+            elif pixels is None:
+                pixels, converted = _decode_with_pillow(source, stored_shrink)
         except ProcessError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
@@ -158,17 +171,17 @@ class Transcoder:
 
         reoriented = orientation in REORIENTING_ORIENTATIONS
         unchanged = not (converted or reoriented or plan.changes_geometry or boxes is not None)
-        if options.skip_reencode and unchanged and _extension_of(image.format) == options.encode_format:
+        if options.skip_reencode and unchanged and _extension_of(source_format) == options.encode_format:
             data = body
         else:
             data = _encode(pixels, options.encode_format, options.encode_quality, bgr)
         return Media(data, options.encode_format), plan.output_size, original_size
 
 
-def _decode_jpeg(image: Image.Image, body: bytes, shrink_to: tuple[int, int] | None,
+def _decode_jpeg(body: bytes, size: tuple[int, int], grayscale: bool, shrink_to: tuple[int, int] | None,
                  orientation: int) -> np.ndarray | None:
-    """A plain JPEG (colour or grayscale, complete) decoded by OpenCV, upright: BGR (H, W, 3) or
-    (H, W); None for anything else, which Pillow decodes.
+    """A JPEG of stored ``size`` (colour or grayscale, complete) decoded by OpenCV, upright: BGR
+    (H, W, 3) or (H, W); None when OpenCV does not decode it, and Pillow then does.
 
     OpenCV decodes straight into the array the resize reads, in the channel order its encoder
     takes (no copy out of a Pillow image, no colour conversion before encoding), and reduces
@@ -177,22 +190,30 @@ def _decode_jpeg(image: Image.Image, body: bytes, shrink_to: tuple[int, int] | N
     pixels. OpenCV would decode a truncated file, greying its missing part, where Pillow fails:
     a file without its end of image marker after its last scan goes to Pillow.
     """
-    if image.format != "JPEG" or image.mode not in NATIVE_MODES:
-        return None
     # A scan (SOS) after the last end of image (EOI); looked for from that EOI, at the end of a
     # complete file, rather than by a backward search for the last SOS through the whole body.
     if body.find(b"\xff\xda", max(body.rfind(b"\xff\xd9"), 0)) >= 0:
         return None
     factor = 1
     if shrink_to is not None:
-        width, height = image.size
+        width, height = size
         factor = max((f for f in JPEG_REDUCTIONS if -(-width // f) >= shrink_to[0] and -(-height // f) >= shrink_to[1]),
                      default=1)
-    pixels = cv2.imdecode(np.frombuffer(body, np.uint8), JPEG_REDUCTIONS[factor][image.mode == "L"]
+    pixels = cv2.imdecode(np.frombuffer(body, np.uint8), JPEG_REDUCTIONS[factor][grayscale]
                           | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None:
         return None
     return _upright(pixels, orientation)
+
+
+def _decode_with_pillow(image: Image.Image, shrink_to: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+    """Pillow's decode of an image OpenCV does not decode, shrunk on load where Pillow can (JPEG),
+    upright; and whether its pixels were converted (see :func:`_to_array`)."""
+    if shrink_to is not None and image.format in ("JPEG", "MPO"):
+        image.draft(image.mode, shrink_to)
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    return _to_array(image)
 
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -223,6 +244,14 @@ def _open_header(body: bytes, max_image_pixels: int) -> Image.Image:
         raise too_large(max_image_pixels) from exc
     except Exception as exc:
         raise _library_failure(exc, DECODING_ERROR, "decode") from exc
+
+
+def _check_pillow_limit(size: tuple[int, int], max_image_pixels: int) -> None:
+    """Pillow's own hard limit, which :func:`_open_header` meets first, for a header read without
+    Pillow: a file is refused alike whichever read its header."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max(1, size[0]) * max(1, size[1]) > 2 * limit:
+        raise too_large(max_image_pixels)
 
 
 def _library_failure(exc: Exception, message: str, error_type: str) -> ProcessError:
