@@ -131,3 +131,16 @@ def test_a_file_turns_out_the_same_whichever_reads_its_header(monkeypatch):
     without_pillow = [outcome(body, options) for body in bodies]
     monkeypatch.setattr(transcode, "read_jpeg_header", lambda body: None)
     assert [outcome(body, options) for body in bodies] == without_pillow
+
+
+def test_pillows_own_pixel_limit_holds_for_a_header_read_without_pillow(monkeypatch):
+    """Pillow's hard limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, a setting of its users) refuses a
+    JPEG whose header Pillow did not read, as it refuses one it read."""
+    body = jpeg(size=(48, 32))
+    options = ImageOptions(image_size=16)
+    assert outcome(body, options)[0] == "ok"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # 1,536 pixels > 2 x 700
+    refused = outcome(body, options)
+    assert refused[:2] == ("failed", "too_large")
+    monkeypatch.setattr(transcode, "read_jpeg_header", lambda body: None)
+    assert outcome(body, options) == refused
