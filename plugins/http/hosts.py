@@ -81,7 +81,7 @@ def authority(parts: SplitResult) -> str:
     return f"{(parts.hostname or '').lower()}:{port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)}"
 
 
-@functools.lru_cache(maxsize=1024)  # a request asks for its host's a dozen times (slots, start times)
+@functools.lru_cache(maxsize=1024)  # a request hashes its host's key about 11 times (slot offsets, start times)
 def key_hash(key: str) -> int:
     """A stable 64-bit hash of a host key (the same in every process, unlike ``hash()``)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
