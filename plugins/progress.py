@@ -77,7 +77,10 @@ class ProgressObserver(Observer):
 
 
 def _print(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # One write, the newline with the text: print() writes them apart, and a Ctrl-C between the two
+    # left the CLI's "interrupted" message glued to the end of a shard's line.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class LiveBar:

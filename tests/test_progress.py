@@ -278,3 +278,22 @@ def test_frequent_dns_failures_print_one_warning(tmp_path, caplog):
     assert "see docs/tuning.md#dns" in warnings[0] and "## DNS" in (REPO / "docs" / "tuning.md").read_text()
     # One shard: its 20 most failing hosts (each failed once here).
     assert len(summary["failed_hosts"]) == 20 and all(v == {"dns": 1} for v in summary["failed_hosts"].values())
+
+
+def test_a_log_line_reaches_stderr_in_one_write(monkeypatch):
+    """A Ctrl-C between a line's text and its newline glued the CLI's "interrupted" message to the
+    shard's line: each line is one write, its newline included."""
+    from any2ds_plugins.progress import _print
+
+    writes = []
+
+    class Recording:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recording())
+    _print("shard 0 done in 0.7s: 20/20 ok")
+    assert writes == ["shard 0 done in 0.7s: 20/20 ok\n"]
