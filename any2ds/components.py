@@ -311,6 +311,13 @@ class Distributor(Component):
         process, and call ``progress`` with it there. A distributor whose
         ``run`` has no ``progress`` parameter is called without it; progress
         then moves as shards finish.
+
+        ``task(shard, report, cpu_share=...)``, for a distributor whose workers share one machine:
+        ``cpu_share`` (a callable, in the worker) returns how many processing threads the shard may
+        run now. It is asked when the shard starts and about four times a second while it runs;
+        the shard's pool grows when the answer does. Give each busy worker its share of the cores,
+        ``config.core.cpu_threads(busy_processes=...)``: when the last shards run, the workers
+        left without one leave their cores to them (``multiprocessing`` does).
         """
         raise NotImplementedError
 

@@ -83,7 +83,8 @@ class CoreOptions:
     thread_count: int = option(256, "Fetches in flight per worker process (threads, or requests on an event "
                                     "loop for fetchers that have one).", at_least(1))
     processing_threads: Optional[int] = option(
-        None, "Threads per worker process running verify/decode/resize/encode; default: cores / processes_count."
+        None, "Threads per worker process running verify/decode/resize/encode; default: cores / processes_count, "
+              "and the cores of workers left without a shard at the end of a run go to those still running one."
     )
     max_bytes_in_flight: int = option(
         16 * 2**20, "Per worker process: bytes of fetched bodies waiting for or in processing, and of processed "
@@ -136,11 +137,14 @@ class CoreOptions:
                 "progress_log_interval seconds), none; auto: bar on a terminal, else log."
     )
 
-    def cpu_threads(self) -> int:
-        """Threads of a worker process that run the CPU-heavy part of samples."""
+    def cpu_threads(self, busy_processes: int | None = None) -> int:
+        """Threads of a worker process that run the CPU-heavy part of samples: ``processing_threads``,
+        else the cores shared by the worker processes that have a shard, ``busy_processes`` of the
+        ``processes_count`` (all of them unless given)."""
         if self.processing_threads is not None:
             return max(1, self.processing_threads)
-        return max(1, (os.cpu_count() or 1) // self.processes_count)
+        sharing = self.processes_count if busy_processes is None else min(busy_processes, self.processes_count)
+        return max(1, (os.cpu_count() or 1) // max(1, sharing))
 
     def storage(self) -> Storage:
         """Builds the filesystems of the run's files with ``storage_options``."""

@@ -29,7 +29,8 @@ def is_async(fetcher: Fetcher) -> bool:
 
 
 class ReplaceablePool:
-    """A thread pool whose threads may be abandoned to a stuck task, renewed when half are lost.
+    """A thread pool whose threads may be abandoned to a stuck task, renewed when half are lost,
+    and resized (a worker's share of the machine's cores, see :class:`~any2ds.worker.SampleFlow`).
 
     Thread-safe: the flows of several threads (any2ds.Pipeline calls) may share one.
     """
@@ -48,14 +49,29 @@ class ReplaceablePool:
         with self._lock:
             return self._pool.submit(fn)
 
+    def resize(self, threads: int) -> None:
+        """Run on ``threads`` threads from now on: tasks queued are cancelled (their submitters start
+        them again, on the new threads), the running ones end on the old threads."""
+        with self._lock:
+            if threads == self.threads:
+                return
+            self.threads = threads
+            old = self._renew()
+        old.shutdown(wait=False, cancel_futures=True)
+
     def abandon(self) -> None:
         """One thread is lost to a task that will not end; renew the pool at half of them lost."""
         with self._lock:
             self.abandoned += 1
             if self.abandoned < max(1, self.threads // 2):
                 return
-            old, self._pool, self.abandoned = self._pool, self._new(), 0
+            old = self._renew()
         old.shutdown(wait=False, cancel_futures=True)  # stuck threads are left to end on their own
+
+    def _renew(self) -> ThreadPoolExecutor:
+        """Put a new pool in place (under the lock); returns the old one."""
+        old, self._pool, self.abandoned = self._pool, self._new(), 0
+        return old
 
     def close(self) -> None:
         # Not waiting: a thread the watchdog abandoned may never return.

@@ -50,6 +50,8 @@ FETCHING, PROCESSING = "fetching", "processing"
 # busy through it.
 GATHER_BACKLOG = 4
 EVENT_GATHER_SECONDS = 0.005
+# How often a flow asks whether its process's share of the cores grew (SampleFlow.results).
+CPU_SHARE_SECONDS = 0.25
 
 
 @attrs.define(eq=False)
@@ -104,19 +106,24 @@ class SampleFlow:
     fetched once, by its first sample; the others get its result, each with its own key, caption
     and columns (``share_processing``), or its body, processed for each (when a component reads
     per-row input columns). Duplicates wait for their first sample only: it is ahead of them.
+
+    ``cpu_share``, when given, says how many processing threads this process may run now; it is
+    asked every CPU_SHARE_SECONDS, and the pool grows when it does. The multiprocessing distributor
+    grows it when workers are left without a shard at the end of a run: the last shards then use
+    the cores those workers leave idle (a worker has one processing thread per core it shares).
     """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
                  core: CoreOptions, reader: str, ordered: bool = True, repeats: Mapping[str, int] | None = None,
-                 share_processing: bool = True) -> None:
+                 share_processing: bool = True, cpu_share: Callable[[], int] | None = None) -> None:
         self.reader = reader  # the name sample errors of the input are namespaced with
         self.fetching = fetching
         self.processing = processing
         self.cpu_pool = cpu_pool
         self.ordered = ordered
         self.fetch_limit = core.thread_count
-        # Samples in processing, running or queued, beyond which none starts (see above).
-        self.processing_limit = core.thread_count + cpu_pool.threads
+        self.cpu_share = cpu_share
+        self._share_asked = 0.0  # monotonic time cpu_share was last asked
         self.budget = ByteBudget(core.max_bytes_in_flight)
         self.watchdog = Watchdog(core.sample_timeout, time.monotonic())
         self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
@@ -145,10 +152,26 @@ class SampleFlow:
                 if self._live:
                     self._handle_events()
                     self._expire()
+                    self._follow_cpu_share()
                 yield from self._leaving()
         finally:
             for job in self._live:  # the shard stopped early (its writer or reader failed)
                 job.future.cancel()
+
+    @property
+    def processing_limit(self) -> int:
+        """Samples in processing, running or queued, beyond which none starts (see the class)."""
+        return self.fetch_limit + self.cpu_pool.threads
+
+    def _follow_cpu_share(self) -> None:
+        if self.cpu_share is None:
+            return
+        now = time.monotonic()
+        if now - self._share_asked >= CPU_SHARE_SECONDS:
+            self._share_asked = now
+            threads = self.cpu_share()
+            if threads > self.cpu_pool.threads:
+                self.cpu_pool.resize(threads)
 
     def _leaving(self) -> Iterator[SampleResult]:
         """The results that may leave now: the next ones in order, or every finished one."""
@@ -407,12 +430,14 @@ class SampleStages:
         host = PluginHost.load(local_plugins=config.core.plugins or ())
         return cls(SamplePipeline.build(host, config, read_input))
 
-    def flow(self, ordered: bool = True, repeats: Mapping[str, int] | None = None) -> SampleFlow:
+    def flow(self, ordered: bool = True, repeats: Mapping[str, int] | None = None,
+             cpu_share: Callable[[], int] | None = None) -> SampleFlow:
         """A flow for one batch of samples (its own byte budget and watchdog; shared pools);
-        ``repeats``: the URLs the batch lists more than once, with their counts."""
+        ``repeats``: the URLs the batch lists more than once, with their counts; ``cpu_share``: see
+        :class:`SampleFlow`."""
         reader = self.pipeline.reader.name if self.pipeline.reader is not None else CORE
         return SampleFlow(self.fetching, self.processing, self.cpu_pool, self.pipeline.config.core, reader, ordered,
-                          repeats, self.share_processing)
+                          repeats, self.share_processing, cpu_share)
 
     def close(self) -> None:
         self.fetching.close()
@@ -473,14 +498,19 @@ class ShardRunner:
         # passes need not walk it again and again (they took 5% of a worker's CPU).
         gc.freeze()
 
-    def run(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:
+    def run(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None,
+            cpu_share: Callable[[], int] | None = None) -> ShardStats:
         """Fetch, process and write every sample of ``shard``, then commit it atomically;
-        ``report`` receives the samples' counts as they finish (see :mod:`any2ds.progress`)."""
+        ``report`` receives the samples' counts as they finish (see :mod:`any2ds.progress`);
+        ``cpu_share``: the processing threads this process may run now (see :class:`SampleFlow`)."""
+        if cpu_share is not None:
+            self.stages.cpu_pool.resize(max(1, cpu_share()))
         reporter = ShardReporter(shard.shard_id, report)
         layout = self.pipeline.layout(shard.column_schema)
         shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
+        flow = self.stages.flow(repeats=self._repeated_urls(shard), cpu_share=cpu_share)
         try:
-            for result in self.stages.flow(repeats=self._repeated_urls(shard)).results(self.intake.samples(shard)):
+            for result in flow.results(self.intake.samples(shard)):
                 shard_write.write(result)
                 reporter.add(result)
         except BaseException:
@@ -522,9 +552,11 @@ _RUNNERS_LOCK = threading.Lock()
 class ShardTask:
     """The picklable unit a distributor ships: the config, rebuilt into a runner per process.
 
-    ``task(shard, report)``: ``report``, if given, is called on the shard's thread with a
-    :class:`~any2ds.progress.ShardProgress` when the shard starts and then about every half
-    second while samples finish; the distributor carries these to the main process.
+    ``task(shard, report, cpu_share=None)``: ``report``, if given, is called on the shard's thread
+    with a :class:`~any2ds.progress.ShardProgress` when the shard starts and then about every half
+    second while samples finish; the distributor carries these to the main process. ``cpu_share``,
+    if given, returns how many processing threads the shard may run now (see
+    :meth:`~any2ds.Distributor.run`).
     """
 
     def __init__(self, config: RunConfig, dedicated_workers: bool = False) -> None:
@@ -539,8 +571,9 @@ class ShardTask:
                 runner = _RUNNERS[self._config_id] = ShardRunner(self.config, self.dedicated_workers)
             return runner
 
-    def __call__(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None) -> ShardStats:
-        return self.runner().run(shard, report)
+    def __call__(self, shard: Shard, report: Callable[[ShardProgress], None] | None = None,
+                 cpu_share: Callable[[], int] | None = None) -> ShardStats:
+        return self.runner().run(shard, report, cpu_share)
 
 
 def close_runners() -> None:

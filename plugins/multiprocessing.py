@@ -14,10 +14,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import attrs
 
-from any2ds import Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardProgress, ShardStats, hookimpl
+from any2ds import (CoreOptions, Distributor, RunConfig, Shard, ShardFailure, ShardFunction, ShardProgress,
+                    ShardStats, hookimpl)
 
 # A report is a few hundred bytes of JSON; a datagram can hold far more.
 MAX_REPORT_BYTES = 65536
@@ -33,6 +35,11 @@ class MultiprocessingDistributor(Distributor):
     fetch threads and sockets of the parent are never inherited; scripts
     calling ``any2ds.download`` therefore need an ``if __name__ == "__main__"``
     guard, as with any spawned multiprocessing.
+
+    Each worker runs as many processing threads as its share of the cores. Once the input is
+    read, fewer shards than processes may be left: the workers still running one then share the
+    cores of those left idle (``cpu_share`` of the shard task), so that the last shards of a run
+    do not run on one core each while the others wait.
     """
 
     name = "multiprocessing"
@@ -42,15 +49,19 @@ class MultiprocessingDistributor(Distributor):
             progress: Callable[[ShardProgress], None] | None = None) -> Iterator[ShardStats | ShardFailure]:
         receiver = ProgressReceiver.open(progress) if progress is not None else None
         try:
-            yield from self._run(shards, task, config.core.processes_count, receiver and receiver.address)
+            yield from self._run(shards, task, config.core, receiver and receiver.address)
         finally:
             if receiver is not None:
                 receiver.close()
 
-    def _run(self, shards: Iterable[Shard], task: ShardFunction, processes: int,
+    def _run(self, shards: Iterable[Shard], task: ShardFunction, core: CoreOptions,
              reports: str | None) -> Iterator[ShardStats | ShardFailure]:
+        processes = core.processes_count
         window = 2 * processes
-        pool = _new_pool(processes, reports)
+        # The processing threads each busy worker may run: written here, read by the workers.
+        cpu_share = multiprocessing.get_context("spawn").RawValue("i", core.cpu_threads())
+        workers = _Workers(reports, cpu_share)
+        pool = workers.pool(processes)
         pending: dict[Future[ShardStats], Shard] = {}
         # Shards that were in a pool when one of its workers died: any of them may
         # have killed it, so each is re-run alone to find out, instead of every
@@ -59,13 +70,15 @@ class MultiprocessingDistributor(Distributor):
         try:
             for shard in shards:
                 while len(pending) >= window:
-                    outcomes, pool = self._collect(pending, pool, processes, suspects, reports)
+                    outcomes, pool = self._collect(pending, pool, processes, suspects, workers)
                     yield from outcomes
                 pending[pool.submit(_run_shard, task, shard)] = shard
-            while pending:
-                outcomes, pool = self._collect(pending, pool, processes, suspects, reports)
+            while pending:  # every shard is given out: as they finish, workers are left without one
+                cpu_share.value = core.cpu_threads(busy_processes=len(pending))
+                outcomes, pool = self._collect(pending, pool, processes, suspects, workers)
                 yield from outcomes
-            yield from self._run_alone(suspects, task, reports)
+            cpu_share.value = core.cpu_threads(busy_processes=1)
+            yield from self._run_alone(suspects, task, workers)
         except BaseException:
             _stop(pool, grace=0)
             raise
@@ -75,7 +88,7 @@ class MultiprocessingDistributor(Distributor):
 
     @staticmethod
     def _collect(pending: dict[Future[ShardStats], Shard], pool: ProcessPoolExecutor, processes: int,
-                 suspects: list[Shard], reports: str | None,
+                 suspects: list[Shard], workers: _Workers,
                  ) -> tuple[list[ShardStats | ShardFailure], ProcessPoolExecutor]:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         outcomes: list[ShardStats | ShardFailure] = []
@@ -93,13 +106,13 @@ class MultiprocessingDistributor(Distributor):
             suspects.extend(pending.values())
             pending.clear()
             _stop(pool, grace=0)
-            pool = _new_pool(processes, reports)
+            pool = workers.pool(processes)
         return outcomes, pool
 
     @staticmethod
-    def _run_alone(shards: list[Shard], task: ShardFunction, reports: str | None) -> Iterator[ShardStats | ShardFailure]:
+    def _run_alone(shards: list[Shard], task: ShardFunction, workers: _Workers) -> Iterator[ShardStats | ShardFailure]:
         """Run each shard alone in a one-worker pool: a worker death is then that shard's own."""
-        pool = _new_pool(1, reports)
+        pool = workers.pool(1)
         try:
             for shard in shards:
                 try:
@@ -107,7 +120,7 @@ class MultiprocessingDistributor(Distributor):
                 except BrokenProcessPool as exc:
                     yield ShardFailure(shard.shard_id, f"worker process died: {exc}")
                     _stop(pool, grace=0)
-                    pool = _new_pool(1, reports)
+                    pool = workers.pool(1)
                 except Exception as exc:
                     yield ShardFailure(shard.shard_id, f"{type(exc).__name__}: {exc}")
         finally:
@@ -170,26 +183,39 @@ class ProgressReceiver:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-# In a worker process: where reports go, and the socket they are sent from.
+@attrs.frozen
+class _Workers:
+    """What the run's worker processes are started with: where reports go, and the shared
+    ``cpu_share`` (a ``RawValue``, which a process can only inherit)."""
+
+    reports: str | None
+    cpu_share: Any
+
+    def pool(self, processes: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self.reports, self.cpu_share))
+
+
+# In a worker process: where reports go, the socket they are sent from, the shared cpu_share.
 _REPORTS_ADDRESS: str | None = None
 _REPORTS_SOCKET: socket.socket | None = None
+_CPU_SHARE: Any = None
 
 
-def _new_pool(processes: int, reports: str | None) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(reports,))
-
-
-def _start_worker(reports: str | None) -> None:
+def _start_worker(reports: str | None, cpu_share: Any) -> None:
     """Ctrl-C reaches the whole process group; the main process alone decides how to stop."""
-    global _REPORTS_ADDRESS
+    global _REPORTS_ADDRESS, _CPU_SHARE
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _REPORTS_ADDRESS = reports
+    _REPORTS_ADDRESS, _CPU_SHARE = reports, cpu_share
 
 
 def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats:
     """Runs in a worker process."""
-    return task(shard) if _REPORTS_ADDRESS is None else task(shard, _send_report)
+    return task(shard, None if _REPORTS_ADDRESS is None else _send_report, cpu_share=_cpu_share)
+
+
+def _cpu_share() -> int:
+    return _CPU_SHARE.value
 
 
 def _send_report(update: ShardProgress) -> None:

@@ -75,7 +75,7 @@ class ReportingTask:
         self.marker_dir = str(marker_dir)
         self.crash_ids = frozenset(crash_ids)
 
-    def __call__(self, shard: Shard, report=None) -> ShardStats:
+    def __call__(self, shard: Shard, report=None, cpu_share=None) -> ShardStats:
         report(ShardProgress(shard.shard_id, samples=1, successes=1))
         tried = Path(self.marker_dir) / f"{shard.shard_id}.tried"
         if shard.shard_id in self.crash_ids and not tried.exists():
@@ -88,6 +88,33 @@ class ReportingTask:
         n = int(seen.exists())
         now = time.time()
         return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
+
+
+class ShareRecordingTask:
+    """Shards 0 and 1 wait until both have started (two workers busy) and write the ``cpu_share``
+    they see then; shard 1 then waits (up to 30 s) for its share to change, and writes that too."""
+
+    def __init__(self, marker_dir: Path) -> None:
+        self.marker_dir = str(marker_dir)
+
+    def __call__(self, shard: Shard, report=None, cpu_share=None) -> ShardStats:
+        markers = Path(self.marker_dir)
+        if shard.shard_id in (0, 1):
+            (markers / f"{shard.shard_id}.started").touch()
+            wait_for(lambda: all((markers / f"{i}.started").exists() for i in (0, 1)))
+        seen = [cpu_share()]
+        if shard.shard_id == 1:
+            wait_for(lambda: cpu_share() != seen[0])
+            seen.append(cpu_share())
+        (markers / f"{shard.shard_id}.share").write_text(json.dumps(seen))
+        now = time.time()
+        return ShardStats(shard.shard_id, 1, 1, {"success": 1}, {}, {"success": 1}, now, now)
+
+
+def wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def check_live_reports(distributor, marker_dir: Path, shards: int, crash_ids=()) -> None:
@@ -187,6 +214,19 @@ def test_multiprocessing_reports_arrive_while_shards_run_even_after_a_worker_die
     from any2ds_plugins.multiprocessing import MultiprocessingDistributor
 
     check_live_reports(MultiprocessingDistributor(None), tmp_path / "markers", 6, crash_ids={2})
+
+
+def test_multiprocessing_gives_the_cores_of_workers_left_without_a_shard_to_the_last_shards(tmp_path, monkeypatch):
+    """8 cores, 2 processes: 4 processing threads each while both have a shard; shard 1, left
+    running alone once the others finished, may run 8."""
+    from any2ds_plugins.multiprocessing import MultiprocessingDistributor
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)  # read in this process, which shares the cores out
+    outcomes = list(MultiprocessingDistributor(None).run(make_shards(3, []), ShareRecordingTask(tmp_path),
+                                                         run_config()))
+    assert sorted(o.shard_id for o in outcomes if isinstance(o, ShardStats)) == [0, 1, 2], outcomes
+    seen = {i: json.loads((tmp_path / f"{i}.share").read_text()) for i in range(3)}
+    assert seen[0] == [4] and seen[1] == [4, 8], seen
 
 
 # --------------------------------------------------------------------------- pyspark

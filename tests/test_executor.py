@@ -86,11 +86,12 @@ class Recorder(Processor):
         result.media[self.stream] = Media(fetched.body, self.stream)
 
 
-def flow(fetcher, processors, *, threads=4, cpu=1, budget=10**9, timeout=30.0, routing="chain") -> SampleFlow:
+def flow(fetcher, processors, *, threads=4, cpu=1, budget=10**9, timeout=30.0, routing="chain",
+         cpu_share=None) -> SampleFlow:
     core = CoreOptions(url_list="x", thread_count=threads, processing_threads=cpu, max_bytes_in_flight=budget,
                        sample_timeout=timeout)
     return SampleFlow(FetchStage({"http": fetcher}, threads), ProcessingStage([], processors, routing),
-                      ReplaceablePool(cpu, "test-cpu"), core, "test")
+                      ReplaceablePool(cpu, "test-cpu"), core, "test", cpu_share=cpu_share)
 
 
 def collect(results) -> dict[str, SampleResult]:
@@ -373,6 +374,56 @@ def test_the_watchdog_fails_a_stuck_processor():
     assert (results[KEYS.key(0, 0)].status, results[KEYS.key(0, 0)].error_type) == ("failed_to_process", "watchdog")
     assert all(results[KEYS.key(0, i)].ok for i in range(1, 4))
     assert sample_flow.budget.held == 0
+
+
+# -- the processing threads: a share of the machine's cores ----------------------------------------
+
+
+def test_the_processing_pool_grows_when_its_share_of_the_cores_does():
+    """Samples 4 and 5 pass a two-thread barrier: they finish only if two threads process them at once,
+    which the one-thread pool can do only once it has grown to the share raised during sample 2."""
+    share = [1]
+    both = threading.Barrier(2, timeout=10)
+
+    class Pairs(Recorder):
+        def process(self, fetched, result):
+            if result.sample.index == 2:
+                share[0] = 2
+            if result.sample.index >= 4:
+                both.wait()
+            super().process(fetched, result)
+
+    sample_flow = flow(BytesFetcher(), [Pairs()], cpu=1, cpu_share=lambda: share[0])
+    results = collect(sample_flow.results(iter(samples(6))))
+    assert [results[KEYS.key(0, i)].status for i in range(6)] == ["success"] * 6
+    assert sample_flow.cpu_pool.threads == 2
+    sample_flow.cpu_pool.close()
+
+
+def test_a_resized_pool_runs_its_queued_tasks_again_on_its_new_threads():
+    pool = ReplaceablePool(1, "test-cpu")
+    gate = threading.Event()
+    running = pool.submit(lambda: gate.wait(10))
+    queued = pool.submit(lambda: "queued")
+    pool.resize(2)
+    assert queued.cancelled(), "the submitter starts a cancelled task again (SampleFlow._advance)"
+    both = threading.Barrier(2, timeout=10)
+    pair = [pool.submit(both.wait) for _ in range(2)]  # two at once: the new threads
+    assert sorted(f.result(timeout=15) for f in pair) == [0, 1]
+    gate.set()
+    assert running.result(timeout=10) is True, "a running task ends on its old thread"
+    pool.resize(2)  # the same size: nothing changes
+    assert pool.submit(lambda: "same").result(timeout=10) == "same"
+    pool.close()
+
+
+def test_a_worker_shares_the_cores_with_the_workers_that_have_a_shard(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    core = CoreOptions(url_list="x", processes_count=4)
+    assert [core.cpu_threads(), core.cpu_threads(busy_processes=4), core.cpu_threads(busy_processes=9)] == [2, 2, 2]
+    assert [core.cpu_threads(busy_processes=n) for n in (3, 2, 1, 0)] == [2, 4, 8, 8]
+    pinned = CoreOptions(url_list="x", processes_count=4, processing_threads=3)
+    assert [pinned.cpu_threads(busy_processes=n) for n in (4, 1)] == [3, 3], "processing_threads is kept"
 
 
 # -- the processing stage and routing -------------------------------------------------------------
