@@ -519,6 +519,42 @@ def test_watchdog_fails_stuck_samples_and_the_shard_completes(tmp_path, csv_inpu
     assert stuck[0]["error_message"] == "sample did not finish within sample_timeout=2 s"
 
 
+PAIRS_PLUGIN = '''
+import threading
+from any2ds import Processor, hookimpl
+
+# Each sample waits here for another one: samples pass only while two are processed at once.
+BOTH = threading.Barrier(2, timeout=20)
+
+
+class Pairs(Processor):
+    name = "pairs"
+
+    def process(self, fetched, result):
+        BOTH.wait()
+
+
+@hookimpl
+def any2ds_register_processors(register):
+    register(Pairs)
+'''
+
+
+def test_a_lone_shard_gets_the_cores_of_the_processes_left_without_one(tmp_path, http_server, monkeypatch):
+    """One shard, two processes: the shard's worker may process on every core (4 here, as the main
+    process counts them), not on its half; with one processing thread the pairs could never meet."""
+    monkeypatch.setattr("os.cpu_count", lambda: 4)  # read by the main process, which shares the cores
+    plugin = tmp_path / "pairs.py"
+    plugin.write_text(PAIRS_PLUGIN)
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(http_server.url(f"/allowed/{name}") + "\n" for name in IMAGES[:8]))  # 8 URLs, 4 pairs
+    out = tmp_path / "out"
+    summary = any2ds.download(url_list=str(urls), output_folder=str(out), allow_private_networks=True,
+                              output_format="webdataset", processes_count=2, thread_count=4, image_size=32,
+                              plugins=[str(plugin)], processors=["image", "pairs"])
+    assert summary["successes"] == 8, summary["error_types"]
+
+
 def test_download_takes_img2dataset_positional_arguments(tmp_path, csv_input):
     out = tmp_path / "out"
     # img2dataset's order: url_list, image_size, output_folder, processes_count, resize_mode, ...
