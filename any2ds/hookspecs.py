@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from any2ds.components import Distributor, Fetcher, Observer, Processor, Reader, Verifier, Writer
 
 PROJECT_NAME = "any2ds"
-HOOKSPEC_VERSION = "1.2"
+HOOKSPEC_VERSION = "1.3"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -193,6 +193,8 @@ def any2ds_register_distributors(register: Callable[[type[Distributor]], None]) 
     .. versionadded:: 1.0
     .. versionchanged:: 1.2 Distributor.probe_workers: the preflight run on the engine before any shard;
        Distributor.run's progress channel.
+    .. versionchanged:: 1.3 Distributor.run: the shard task's cpu_share (a worker's share of the cores);
+       CoreOptions.cpu_threads(busy_processes).
     """
 
 

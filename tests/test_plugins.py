@@ -78,7 +78,7 @@ def test_plugin_supporting_this_hookspec_version_loads(supported):
 
 
 @pytest.mark.parametrize(("supported", "error"), [
-    (">=2", r"supports any2ds hook specs '>=2', but this any2ds has hook spec version 1\.2"),
+    (">=2", r"supports any2ds hook specs '>=2', but this any2ds has hook spec version 1\.3"),
     ("<1", r"supports any2ds hook specs '<1'"),
     ("1.x", r"has an invalid ANY2DS_HOOKSPEC '1\.x': write a version specifier such as '>=1,<2'"),
 ])
@@ -98,7 +98,7 @@ def test_tolerant_loading_records_problems_and_keeps_the_rest():
     errors = {record.name: record.error for record in host.records}
     assert errors == {
         "widgets": "plugin 'widgets' implements unknown hook 'any2ds_register_widgets' (did you mean "
-                   "'any2ds_register_writers'?), which any2ds hook spec 1.2 does not define",
+                   "'any2ds_register_writers'?), which any2ds hook spec 1.3 does not define",
         "raising": "plugin 'raising': any2ds_register_processors raised ZeroDivisionError: division by zero",
         "fine": None}
     assert host.registries["processor"].names() == ["versioned"]
