@@ -6,9 +6,10 @@ absent, unless a plugin imported it; a shared process (the caller's, with downlo
 alone. Each run is a fresh interpreter: this test process may have imported pandas already.
 
 The same runs check which heavy libraries each process imports: the main process, which only
-plans, never imports Pillow (2.2 MB, 10 ms), OpenCV (16 MB, 30 ms), requests or urllib3 (13 MB,
-90 ms); the workers import Pillow and OpenCV with their first image, and fetching with fast_http
-(the default) they import neither requests nor urllib3. Reading a txt list and writing shards, no
+plans, never imports Pillow (2.2 MB, 10 ms), OpenCV (16 MB, 30 ms), exifread (2.1 MB, 31 ms),
+requests or urllib3 (13 MB, 90 ms); the workers import Pillow and OpenCV with their first image,
+exifread with the first that may carry EXIF (none here: a JPEG without an EXIF segment skips it),
+and fetching with fast_http (the default) they import neither requests nor urllib3. Reading a txt list and writing shards, no
 process imports pyarrow.compute (9 MB; the report's), and without a terminal none imports rich
 (the bar's); the workers, given their options parsed, import neither jsonargparse nor yaml, also
 under the ``any2ds`` command (multiprocessing runs its script again in each worker). Pillow's
@@ -38,7 +39,7 @@ import pyarrow as pa
 from any2ds import Observer, Processor, hookimpl
 {import_pandas}
 LOG = Path(os.environ["ANY2DS_TEST_LOG"])
-HEAVY = ("cv2", "PIL.Image", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml",
+HEAVY = ("cv2", "PIL.Image", "exifread", "requests", "urllib3", "pyarrow.compute", "rich", "jsonargparse", "yaml",
          "PIL.PdfImagePlugin", "soundfile", "soxr")
 
 def seen(where):
