@@ -107,10 +107,11 @@ class SampleFlow:
     and columns (``share_processing``), or its body, processed for each (when a component reads
     per-row input columns). Duplicates wait for their first sample only: it is ahead of them.
 
-    ``cpu_share``, when given, says how many processing threads this process may run now; it is
-    asked every CPU_SHARE_SECONDS, and the pool grows when it does. The multiprocessing distributor
-    grows it when workers are left without a shard at the end of a run: the last shards then use
-    the cores those workers leave idle (a worker has one processing thread per core it shares).
+    ``cpu_share``, when given, says how many processing threads this process may run now: the
+    pool takes that many as the flow starts, then the flow asks every CPU_SHARE_SECONDS and grows
+    the pool when the answer does. The multiprocessing distributor raises it when workers are left
+    without a shard at the end of a run: the last shards then use the cores those workers leave
+    idle (a worker has one processing thread per core it shares).
     """
 
     def __init__(self, fetching: FetchStage, processing: ProcessingStage, cpu_pool: ReplaceablePool,
@@ -123,7 +124,9 @@ class SampleFlow:
         self.ordered = ordered
         self.fetch_limit = core.thread_count
         self.cpu_share = cpu_share
-        self._share_asked = 0.0  # monotonic time cpu_share was last asked
+        self._share_asked = time.monotonic()  # when cpu_share was last asked
+        if cpu_share is not None:
+            cpu_pool.resize(max(1, cpu_share()))
         self.budget = ByteBudget(core.max_bytes_in_flight)
         self.watchdog = Watchdog(core.sample_timeout, time.monotonic())
         self._events: queue.SimpleQueue[SampleJob] = queue.SimpleQueue()
@@ -503,13 +506,11 @@ class ShardRunner:
         """Fetch, process and write every sample of ``shard``, then commit it atomically;
         ``report`` receives the samples' counts as they finish (see :mod:`any2ds.progress`);
         ``cpu_share``: the processing threads this process may run now (see :class:`SampleFlow`)."""
-        if cpu_share is not None:
-            self.stages.cpu_pool.resize(max(1, cpu_share()))
         reporter = ShardReporter(shard.shard_id, report)
         layout = self.pipeline.layout(shard.column_schema)
         shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
-        flow = self.stages.flow(repeats=self._repeated_urls(shard), cpu_share=cpu_share)
         try:
+            flow = self.stages.flow(repeats=self._repeated_urls(shard), cpu_share=cpu_share)
             for result in flow.results(self.intake.samples(shard)):
                 shard_write.write(result)
                 reporter.add(result)

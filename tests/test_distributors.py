@@ -82,9 +82,7 @@ class ReportingTask:
             tried.touch()
             os._exit(3)
         seen = Path(self.marker_dir) / f"{shard.shard_id}.seen"
-        deadline = time.monotonic() + 30
-        while not seen.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(seen.exists)
         n = int(seen.exists())
         now = time.time()
         return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
