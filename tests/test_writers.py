@@ -160,6 +160,19 @@ def check_files(root: Path) -> None:
     check_stats(root, len(RESULTS))
 
 
+@pytest.mark.parametrize("record", [
+    {"url": "http://h/é", "key": "00000001", "status": "success", "error_message": None, "width": 256,
+     "ratio": 1.5, "flag": True, "text": 'quote " newline \n tab \t separator \u2028', "big": 10**30},
+    {"nan": float("nan"), "inf": float("-inf")},
+    {},
+    {"raw": b"bytes", "when": __import__("datetime").date(2024, 1, 2)},
+    {"nested": {"a": [1, 2]}, "key": "1"},
+])
+def test_a_json_sidecar_is_the_text_img2dataset_writes(record):
+    # img2dataset writes json.dumps(meta, indent=4); any2ds's faster path for flat records must match it
+    assert to_json(record) == json.dumps(record, indent=4, default=str, ensure_ascii=False)
+
+
 def check_webdataset(root: Path) -> None:
     assert sorted(os.listdir(root)) == [f"{SHARD}.parquet", f"{SHARD}.tar", f"{SHARD}_stats.json"]
     tar_path = root / f"{SHARD}.tar"
