@@ -65,8 +65,10 @@ class ProgressObserver(Observer):
         if self._mode != "none":
             count = summary["count"]
             rate = f"{summary['successes'] / count:.1%}" if count else "-"
+            skipped = summary["shards_skipped"]  # done by an earlier run (incremental_mode incremental)
+            earlier = f"; {skipped} shard{'s' if skipped != 1 else ''} done by an earlier run, skipped" if skipped else ""
             _print(f"done: {count} samples in {summary['shards_done']} shards, {summary['successes']} successes "
-                   f"({rate}), {summary['duration']:.1f}s, {summary['samples_per_sec']:.0f} samples/s")
+                   f"({rate}), {summary['duration']:.1f}s, {summary['samples_per_sec']:.0f} samples/s{earlier}")
 
 
     def close(self) -> None:

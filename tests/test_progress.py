@@ -233,6 +233,23 @@ def test_piped_stderr_gets_log_lines_with_counts_from_running_shards(tmp_path, s
     assert lines[-1].startswith("done: 30 samples in 1 shards, 24 successes (80.0%)")
 
 
+def test_a_rerun_says_the_shards_an_earlier_run_did_were_skipped(tmp_path, http_server, capfd):
+    """Rerunning a finished download (incremental_mode incremental) writes nothing; its last line
+    says why, rather than only "0 samples in 0 shards"."""
+    urls = tmp_path / "urls.txt"
+    names = ("64_64.jpg", "123_456.jpg", "none.jpg")
+    urls.write_text("".join(http_server.url(f"/allowed/{name}") + "\n" for name in names))
+    options = {"url_list": str(urls), "output_folder": str(tmp_path / "out"), "number_sample_per_shard": 2,
+               "allow_private_networks": True, "progress": "log"}
+    download_in_process(**options)
+    first = capfd.readouterr().err.splitlines()[-1]
+    download_in_process(**options)
+    again = capfd.readouterr().err.splitlines()[-1]
+    assert first.startswith("done: 3 samples in 2 shards, 2 successes (66.7%)") and "skipped" not in first, first
+    assert again.startswith("done: 0 samples in 0 shards") and again.endswith(
+        "; 2 shards done by an earlier run, skipped"), again
+
+
 def test_terminal_shows_a_live_bar_with_total_rate_and_eta(tmp_path, slow_server):
     """The CLI in a real pseudo-terminal (tmux): what the screen shows while the run goes."""
     tmux = shutil.which("tmux")
