@@ -66,7 +66,8 @@ class ProgressObserver(Observer):
             count = summary["count"]
             rate = f"{summary['successes'] / count:.1%}" if count else "-"
             skipped = summary["shards_skipped"]  # done by an earlier run (incremental_mode incremental)
-            earlier = f"; {skipped} shard{'s' if skipped != 1 else ''} done by an earlier run, skipped" if skipped else ""
+            plural = "s" if skipped != 1 else ""
+            earlier = f"; {skipped} shard{plural} done by an earlier run, skipped" if skipped else ""
             _print(f"done: {count} samples in {summary['shards_done']} shards, {summary['successes']} successes "
                    f"({rate}), {summary['duration']:.1f}s, {summary['samples_per_sec']:.0f} samples/s{earlier}")
 

@@ -3,6 +3,7 @@ read back with the libraries users read it with (webdataset, pyarrow, tensorflow
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import importlib.util
 import inspect
@@ -165,7 +166,7 @@ def check_files(root: Path) -> None:
      "ratio": 1.5, "flag": True, "text": 'quote " newline \n tab \t separator \u2028', "big": 10**30},
     {"nan": float("nan"), "inf": float("-inf")},
     {},
-    {"raw": b"bytes", "when": __import__("datetime").date(2024, 1, 2)},
+    {"raw": b"bytes", "when": datetime.date(2024, 1, 2)},
     {"nested": {"a": [1, 2]}, "key": "1"},
 ])
 def test_a_json_sidecar_is_the_text_img2dataset_writes(record):
