@@ -26,7 +26,8 @@ from any2ds.types import FetchResult, Sample, SampleResult
 from any2ds_plugins.image.blur import blur_boxes, kernel_size
 from any2ds_plugins.image.geometry import INTERPOLATIONS, plan_resize
 from any2ds_plugins.image.processor import ImageOptions, ImageProcessor, any2ds_register_processors
-from any2ds_plugins.image.resize import AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET, INTERPOLATION_FLAGS, scale
+from any2ds_plugins.image.resize import (AREA_AS_BILINEAR_MAX_RATIO, AREA_BY_HALVING_MAX_RATIO, DOUBLED_PIXEL_BUDGET,
+                                         INTERPOLATION_FLAGS, scale)
 from benchmarks.quality import psnr
 from tests.conftest import encode, gradient
 
@@ -187,7 +188,7 @@ def test_area_downscale_by_two_or_four_is_cv2s_up_to_rounding(ratio):
     assert np.abs(scale(pixels, plan).astype(np.int16) - exact).max() <= 1
 
 
-@pytest.mark.parametrize("ratio", [1.3, 1.9, 2.6, 3.3])
+@pytest.mark.parametrize("ratio", [1.1, 1.2, 1.3, 1.9, 2.6, 3.3])
 def test_area_downscale_through_twice_the_target_keeps_pixels_in_place(ratio):
     # A bright band 6 pixels wide: its centre of mass in an output row is where cv2's area resize
     # puts it, within the rounding of 8-bit pixels (up to 0.06); half a source pixel off in either
@@ -202,6 +203,20 @@ def test_area_downscale_through_twice_the_target_keeps_pixels_in_place(ratio):
         exact = cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA)[10]
         fast = scale(pixels, plan)[10]
         assert abs(positions @ fast / fast.sum() - positions @ exact / exact.sum()) < 0.1
+
+
+@pytest.mark.parametrize("target_width", [591, 560, 542])  # ratios 1.1, 1.16, 1.2
+def test_a_slight_area_downscale_is_one_bilinear_resample_closer_to_cv2s_than_two_steps(target_width):
+    pixels = photo_like(650, 500)
+    plan = area_plan(650, 500, target_width)
+    width, height = plan.scaled_size
+    assert 650 <= AREA_AS_BILINEAR_MAX_RATIO * width and 500 <= AREA_AS_BILINEAR_MAX_RATIO * height
+    exact = cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_AREA)
+    two_steps = cv2.resize(cv2.resize(pixels, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR),
+                           plan.scaled_size, interpolation=cv2.INTER_AREA)
+    fast = scale(pixels, plan)
+    np.testing.assert_array_equal(fast, cv2.resize(pixels, plan.scaled_size, interpolation=cv2.INTER_LINEAR))
+    assert psnr(fast, exact) > psnr(two_steps, exact)
 
 
 def test_area_downscale_beyond_the_ratio_bound_is_cv2s():
