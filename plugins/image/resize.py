@@ -51,9 +51,9 @@ an image takes."""
 def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False) -> np.ndarray:
     """Resize ``pixels`` (any resolution of the plan's source) to the plan's scaled size; no-op if already there.
 
-    Unless ``exact``, an area downscale by at most :data:`AREA_BY_HALVING_MAX_RATIO` goes
-    through twice the target size (see there), within :data:`DOUBLED_PIXEL_BUDGET`, or by at most
-    :data:`AREA_AS_BILINEAR_MAX_RATIO` is one bilinear resample; any other resize is one cv2
+    Unless ``exact``, an area downscale by at most :data:`AREA_BY_HALVING_MAX_RATIO`, within
+    :data:`DOUBLED_PIXEL_BUDGET`, goes through twice the target size, or is one bilinear resample
+    when by at most :data:`AREA_AS_BILINEAR_MAX_RATIO` (see both); any other resize is one cv2
     resize at the plan's interpolation, as img2dataset's.
     """
     width, height = plan.scaled_size
