@@ -9,12 +9,12 @@ The same runs check which heavy libraries each process imports: the main process
 plans, never imports Pillow (2.2 MB, 10 ms), OpenCV (16 MB, 30 ms), exifread (2.1 MB, 31 ms),
 requests or urllib3 (13 MB, 90 ms); the workers import Pillow and OpenCV with their first image,
 exifread with the first that may carry EXIF (none here: a JPEG without an EXIF segment skips it),
-and fetching with fast_http (the default) they import neither requests nor urllib3. Reading a txt list and writing shards, no
-process imports pyarrow.compute (9 MB; the report's), and without a terminal none imports rich
-(the bar's); the workers, given their options parsed, import neither jsonargparse nor yaml, also
-under the ``any2ds`` command (multiprocessing runs its script again in each worker). Pillow's
-plugins for formats it only meets by name (PDF, ... : Image.init) load in no process of a JPEG
-run, nor libsndfile and soxr (the audio processor's) in a run without audio.
+and fetching with fast_http (the default) they import neither requests nor urllib3. Reading a txt
+list and writing shards, no process imports pyarrow.compute (9 MB; the report's), and without a
+terminal none imports rich (the bar's); the workers, given their options parsed, import neither
+jsonargparse nor yaml, also under the ``any2ds`` command (multiprocessing runs its script again in
+each worker). Pillow's plugins for formats it only meets by name (PDF, ... : Image.init) load in
+no process of a JPEG run, nor libsndfile and soxr (the audio processor's) in a run without audio.
 """
 
 from __future__ import annotations
