@@ -17,10 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tests.polling import wait_until
 
 STARTUP_SECONDS = 300  # JVMs and raylets start slowly on a loaded 2-core machine
 STOP_GRACE_SECONDS = 5
@@ -42,12 +43,13 @@ class NodeProcess:
     def wait_for(self, text: str, what: str) -> None:
         """Wait until the log shows ``text``; RuntimeError with the log's end if the process
         exits or STARTUP_SECONDS pass first."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while text not in self.log.read_text(errors="replace"):
-            if not self.alive() or time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{what} did not start ({' '.join(self.command[:3])}...):\n{tail}")
-            time.sleep(0.5)
+        def shown() -> bool:
+            return text in self.log.read_text(errors="replace")
+
+        wait_until(lambda: shown() or not self.alive(), STARTUP_SECONDS, 0.5)
+        if not shown():
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{what} did not start ({' '.join(self.command[:3])}...):\n{tail}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the node dies at once, as a machine would."""
@@ -138,13 +140,11 @@ class SparkStandalone:
             else:
                 os.environ["PYSPARK_PYTHON"] = previous
         try:
-            status = session.sparkContext._jsc.sc().getExecutorMemoryStatus()
-            deadline = time.monotonic() + STARTUP_SECONDS
-            while status.size() < len(self.workers) + 1:  # the driver counts as one
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {status.size() - 1} executors registered")
-                time.sleep(0.5)
-                status = session.sparkContext._jsc.sc().getExecutorMemoryStatus()
+            def executors() -> int:
+                return session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # the driver is one
+
+            if not wait_until(lambda: executors() >= len(self.workers), STARTUP_SECONDS, 0.5):
+                raise RuntimeError(f"only {executors()} executors registered")
             yield session
         finally:
             session.stop()
@@ -189,11 +189,8 @@ class RayCluster:
 
     def wait_for_cpus(self, ray: Any, cpus: int) -> None:
         """Wait until a connected driver sees ``cpus`` CPUs (both nodes registered)."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while ray.cluster_resources().get("CPU", 0) < cpus:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray cluster has {ray.cluster_resources()} after {STARTUP_SECONDS} s")
-            time.sleep(0.5)
+        if not wait_until(lambda: ray.cluster_resources().get("CPU", 0) >= cpus, STARTUP_SECONDS, 0.5):
+            raise RuntimeError(f"the Ray cluster has {ray.cluster_resources()} after {STARTUP_SECONDS} s")
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

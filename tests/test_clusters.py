@@ -12,7 +12,6 @@ import shutil
 import socket
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,6 +23,7 @@ import pytest
 from any2ds.testing import read_dataset, send_bytes, serve_directory
 from tests.clusters import STARTUP_SECONDS, RayCluster, SparkStandalone, running
 from tests.conftest import JPEG_SIZES
+from tests.polling import wait_until
 from tests.test_distributors import ROWS, ROWS_PER_SHARD, check_output, download, startup_error, user_environment
 
 pytestmark = pytest.mark.slow
@@ -111,9 +111,7 @@ class TestSparkStandalone:
                 runner = threading.Thread(target=run)
                 runner.start()
                 try:
-                    deadline = time.monotonic() + STARTUP_SECONDS
-                    while len(shards_in_flight) < 2 and runner.is_alive() and time.monotonic() < deadline:
-                        time.sleep(0.2)
+                    wait_until(lambda: len(shards_in_flight) >= 2 or not runner.is_alive(), STARTUP_SECONDS, 0.2)
                     assert len(shards_in_flight) == 2, f"both executors should hold a shard: {shards_in_flight}"
                     spark_cluster.workers[0].kill()
                 finally:

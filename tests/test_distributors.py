@@ -26,6 +26,7 @@ from any2ds.config import CoreOptions, RunConfig
 from any2ds.progress import ShardProgress
 from any2ds.types import Shard, ShardFailure, ShardStats
 from tests.conftest import JPEG_SIZES
+from tests.polling import wait_until
 
 ROWS = 23  # 5 shards of 5 rows, the last one short
 ROWS_PER_SHARD = 5
@@ -82,7 +83,7 @@ class ReportingTask:
             tried.touch()
             os._exit(3)
         seen = Path(self.marker_dir) / f"{shard.shard_id}.seen"
-        wait_for(seen.exists)
+        wait_until(seen.exists, 30)
         n = int(seen.exists())
         now = time.time()
         return ShardStats(shard.shard_id, n, n, {"success": n}, {}, {"success": n}, now, now)
@@ -99,20 +100,14 @@ class ShareRecordingTask:
         markers = Path(self.marker_dir)
         if shard.shard_id in (0, 1):
             (markers / f"{shard.shard_id}.started").touch()
-            wait_for(lambda: all((markers / f"{i}.started").exists() for i in (0, 1)))
+            wait_until(lambda: all((markers / f"{i}.started").exists() for i in (0, 1)), 30)
         seen = [cpu_share()]
         if shard.shard_id == 1:
-            wait_for(lambda: cpu_share() != seen[0])
+            wait_until(lambda: cpu_share() != seen[0], 30)
             seen.append(cpu_share())
         (markers / f"{shard.shard_id}.share").write_text(json.dumps(seen))
         now = time.time()
         return ShardStats(shard.shard_id, 1, 1, {"success": 1}, {}, {"success": 1}, now, now)
-
-
-def wait_for(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def check_live_reports(distributor, marker_dir: Path, shards: int, crash_ids=()) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 import any2ds
 from any2ds.cli import main
 from tests.conftest import moto_recording
+from tests.polling import wait_until
 
 IMAGES = ["123_456.jpg", "456_123.jpg", "300_500.jpg", "500_300.jpg", "1000_100.jpg", "64_64.jpg", "800_600.jpg",
           "alpha.png", "gray.jpg", "rotated.jpg", "image.webp"]
@@ -97,9 +98,7 @@ def long_run(tmp_path, server, rows: int) -> tuple[list[str], Path]:
 
 
 def wait_for_shards(out: Path, proc: subprocess.Popen, count: int) -> None:
-    deadline = time.time() + 120
-    while len(glob.glob(f"{out}/*_stats.json")) < count and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(glob.glob(f"{out}/*_stats.json")) >= count or proc.poll() is not None, 120)
 
 
 def assert_complete_webdataset(out: Path, shards: int, rows: int) -> None:

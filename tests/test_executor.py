@@ -34,6 +34,7 @@ from any2ds.sharding import ShardCutter
 from any2ds.types import InputSource, SampleResult
 from any2ds.watchdog import Watchdog
 from any2ds.worker import SampleFlow
+from tests.polling import wait_until
 
 KEYS = KeyFormat(10000, 5)
 
@@ -223,9 +224,7 @@ def test_processed_results_waiting_in_order_count_their_media_not_their_body():
     out: list[SampleResult] = []
     consumer = threading.Thread(target=lambda: out.extend(sample_flow.results(iter(samples(50)))))
     consumer.start()
-    deadline = time.monotonic() + 10
-    while fetcher.calls < 50 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: fetcher.calls >= 50, 10)
     assert fetcher.calls == 50 and out == []  # all fetched, none written: sample 0 is first
     assert sample_flow.budget.held == 30 + 49  # sample 0's body, and 49 one-byte results
     gate.set()

@@ -32,6 +32,7 @@ from any2ds_plugins.http.fast import FastHttpFetcher
 from any2ds_plugins.http.fetcher import HttpFetcher
 from any2ds_plugins.http.hosts import HostLimits, HostTable, shared_table, state_directory
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, ROBOTS_TXT_REFUSAL
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.0/8 is all loopback on Linux")
 
@@ -432,20 +433,19 @@ def test_fast_http_keeps_connections_alive_under_the_cap_and_closes_idle_ones(se
         assert len(server.connections) <= 20  # reused: about 2 per HOLD_SECONDS, not 80
         assert most_at_once([(opened, last) for opened, last, _ in server.connections]) <= 2
         table = fetcher.hosts.table
-        deadline = time.monotonic() + 10
         free: list = []
-        while len(free) < 2 and time.monotonic() < deadline:  # the idle connections' slots come back
+
+        def both_slots_taken_back() -> bool:  # the idle connections' slots come back
             slot = table.try_acquire_slot(key, 2)
-            if slot is None:
-                time.sleep(0.02)
-            else:
+            if slot is not None:
                 free.append(slot)
-        assert len(free) == 2
+            return len(free) == 2
+
+        assert wait_until(both_slots_taken_back, 10, 0.02)
         for slot in free:
             table.release_slot(slot)
-        while time.monotonic() < deadline and any(closed == float("inf") for _, _, closed in server.connections):
-            time.sleep(0.02)
-        assert all(closed < float("inf") for _, _, closed in server.connections)  # closed, not left open
+        # closed, not left open
+        assert wait_until(lambda: all(closed < float("inf") for _, _, closed in server.connections), 10, 0.02)
     finally:
         fetcher.close()
 
@@ -483,9 +483,7 @@ def test_fast_http_keeping_connections_alive_does_not_shut_out_another_process(s
     busy = context.Process(target=_fetch_for_long, args=(server.url("/a"), 1500, 3))
     busy.start()
     try:
-        deadline = time.monotonic() + 60
-        while len(server.requests) < 50 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(server.requests) >= 50, 60, 0.01)
         assert busy.is_alive() and len(server.requests) >= 50
         later = FastHttpFetcher(FastHttpFetcher.Options(max_connections_per_host=2, allow_private_networks=True))
         try:

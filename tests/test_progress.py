@@ -28,6 +28,7 @@ from any2ds.types import InputSource
 
 from any2ds_plugins import multiprocessing as multiprocessing_distributor
 from any2ds_plugins.readers.parquet import ParquetReader
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RESPONSE_SECONDS = 0.3
@@ -262,15 +263,14 @@ def test_terminal_shows_a_live_bar_with_total_rate_and_eta(tmp_path, slow_server
     subprocess.run([tmux, *server, "new-session", "-d", "-x", "120", "-y", "12", "-c", str(REPO),
                     f"{command}; echo EXIT=$?; sleep 600"], check=True, env={**os.environ, "TERM": "xterm-256color"})
     screens: list[str] = []
+
+    def exited() -> bool:  # every screen is kept: the bar shows only while the run goes on
+        screens.append(subprocess.run([tmux, *server, "capture-pane", "-p"], capture_output=True, text=True,
+                                      check=True).stdout)
+        return "EXIT=" in screens[-1]
+
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            screen = subprocess.run([tmux, *server, "capture-pane", "-p"], capture_output=True, text=True,
-                                    check=True).stdout
-            screens.append(screen)
-            if "EXIT=" in screen:
-                break
-            time.sleep(0.3)
+        wait_until(exited, 240, 0.3)
     finally:
         subprocess.run([tmux, *server, "kill-server"], check=False)
     assert "EXIT=0" in screens[-1], screens[-1]
