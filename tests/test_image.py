@@ -411,6 +411,24 @@ def test_alpha_composited_on_white(image_dir):
     np.testing.assert_array_equal(pixels[:, 100:], gradient(200, 100)[:, 100:])
 
 
+def test_gray_with_alpha_becomes_rgb_and_gray_with_trns_stays_gray():
+    """As img2dataset, whose OpenCV decodes a gray+alpha PNG as BGRA and a gray PNG with a tRNS
+    value as gray: the channel count a dataset reader sees is the same."""
+    gray = gradient(40, 20)[..., 0]
+    alpha = np.full_like(gray, 255)
+    alpha[:, :10] = 0
+    result = run(encode(Image.fromarray(np.dstack([gray, alpha]), "LA"), "PNG"), resize_mode="no",
+                 encode_format="png", encode_quality=1)
+    pixels = pixels_of(result)
+    assert pixels.shape == (20, 40, 3)
+    assert (pixels[:, :10] == 255).all()
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    np.testing.assert_array_equal(pixels[:, 10:, 0], gray[:, 10:])
+    with_trns = run(encode(Image.fromarray(gray, "L"), "PNG", transparency=int(gray[0, 0])), resize_mode="no",
+                    encode_format="png", encode_quality=1)
+    assert pixels_of(with_trns).shape == (20, 40)
+
+
 def test_palette_transparency_and_cmyk_become_rgb():
     palette = Image.fromarray(gradient(40, 20)).convert("P")
     transparent_index = palette.getpixel((0, 0))

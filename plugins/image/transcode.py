@@ -41,7 +41,9 @@ ORIENTATION = ExifTags.Base.Orientation
 REORIENTING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations exif_transpose acts on
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # those that swap width and height
 NATIVE_MODES = ("RGB", "L")  # stored as decoded: 3-channel colour, or 1-channel grayscale like img2dataset
-GRAY_MODES = ("1", "L", "LA", "La")
+# Grayscale kept as one channel when composited (a tRNS value). Not LA, gray with an alpha channel:
+# img2dataset's OpenCV decodes that as BGRA, so it becomes RGB.
+GRAY_MODES = ("1", "L")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # OpenCV's JPEG decoding at 1/f of the size: f -> (colour flag, grayscale flag).
@@ -271,7 +273,8 @@ def _to_array(image: Image.Image) -> tuple[np.ndarray, bool]:
 
     16-bit values are scaled to 8 bit (img2dataset saturated them to white);
     transparency of any kind (alpha channel, palette or tRNS) is composited
-    on white; other modes (CMYK, P, YCbCr, ...) become RGB.
+    on white, a gray image with an alpha channel (LA) into RGB as img2dataset;
+    other modes (CMYK, P, YCbCr, ...) become RGB.
     """
     mode = image.mode
     if mode in NATIVE_MODES and "transparency" not in image.info:
