@@ -247,6 +247,39 @@ def test_exact_resize_decodes_at_full_resolution_and_resizes_at_the_exact_ratio(
     assert shortcut.shape == exact.shape and not np.array_equal(shortcut, exact) and psnr(shortcut, exact) >= 35
 
 
+def band_centre(pixels: np.ndarray, axis: int) -> float:
+    """Where a bright band across ``pixels`` lies, as the brightness-weighted mean position on ``axis``."""
+    profile = (pixels if pixels.ndim == 2 else pixels.mean(axis=2)).astype(np.float64).sum(axis=1 - axis)
+    return float(np.arange(profile.size) @ profile / profile.sum())
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 6, 8])
+@pytest.mark.parametrize("fmt", ["JPEG", "CMYK"])  # decoded by OpenCV, or by Pillow (draft)
+def test_a_reduced_decode_maps_a_partial_last_block_exactly(orientation, fmt):
+    # 1500 x 1004 reduced by 8 while decoding is 188 x 126 pixels, of which the source covers
+    # 187.5 x 125.5: mapped as if it covered the whole array, bands near the far edges moved by
+    # 0.24 of an output pixel (and a turned image's near edges: its partial pixels are there).
+    width, height = 1500, 1004
+    shown = np.zeros((height, width), np.uint8)
+    shown[:, 1400:1448] = 255
+    shown[40:80, :] = 255
+    shown[900:940, :] = 255
+    shown[:, 60:108] = 255
+    undo = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, 1),
+            8: lambda a: np.rot90(a, -1)}[orientation]  # the stored pixels that orientation turns back into shown
+    stored = Image.fromarray(np.ascontiguousarray(undo(shown))).convert("RGB" if fmt == "JPEG" else "CMYK")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    options = {"image_size": 64, "resize_mode": "keep_ratio", "encode_format": "png", "encode_quality": 1}
+    exact = pixels_of(run(body, exact_resize=True, **options))
+    fast = pixels_of(run(body, **options))
+    assert fast.shape == exact.shape == (64, 96, 3)
+    for axis, (start, stop) in ((1, (80, 96)), (1, (0, 16)), (0, (0, 16)), (0, (48, 64))):
+        window = (slice(None), slice(start, stop)) if axis == 1 else (slice(start, stop), slice(None))
+        assert abs(band_centre(fast[window], axis) - band_centre(exact[window], axis)) < 0.05
+
+
 # ----------------------------------------------------------------------------- encoding
 
 

@@ -57,6 +57,14 @@ class ResizePlan:
         """Whether the stored pixels differ in size or placement from the source's."""
         return self.scaled_size != self.source_size or self.crop_offset is not None or self.padding is not None
 
+    def transposed(self) -> ResizePlan:
+        """The plan for this image with its width and height swapped: the one that applies to
+        pixels still in their stored orientation when EXIF turns them a quarter (orientations 5 to 8)."""
+        return ResizePlan(source_size=self.source_size[::-1], scaled_size=self.scaled_size[::-1],
+                          interpolation=self.interpolation, image_size=self.image_size,
+                          crop_offset=None if self.crop_offset is None else self.crop_offset[::-1],
+                          padding=None if self.padding is None else (*self.padding[2:], *self.padding[:2]))
+
     @property
     def shrinks(self) -> bool:
         """Whether the scale step makes both sides smaller (the case where shrink-on-load helps)."""

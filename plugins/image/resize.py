@@ -48,8 +48,17 @@ many pixels, or as many as the source when that is more: 12 MB of RGB, every out
 an image takes."""
 
 
-def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False) -> np.ndarray:
+def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False,
+          extent: tuple[float, float] | None = None) -> np.ndarray:
     """Resize ``pixels`` (any resolution of the plan's source) to the plan's scaled size; no-op if already there.
+
+    ``extent``: the (width, height) the source covers in the array, from its top-left corner, when
+    its last column and row are only partly the source's: a JPEG reduced while decoding by 2, 4
+    or 8, whose sides are not multiples of that (libjpeg fills the last block's pixels from the
+    edge). Mapping the whole array instead would shift the far edge by up to half an output
+    pixel: 1,500 pixels reduced by 8 to 188 (187.5 of the source) and resized to 64 came out at
+    33 dB against cv2's area resize of the full decode, 43 dB mapped exactly (what Pillow's
+    thumbnail does with draft's box). None: the whole array.
 
     Unless ``exact``, an area downscale by at most :data:`AREA_BY_HALVING_MAX_RATIO`, within
     :data:`DOUBLED_PIXEL_BUDGET`, goes through twice the target size, or is one bilinear resample
@@ -57,18 +66,30 @@ def scale(pixels: np.ndarray, plan: ResizePlan, exact: bool = False) -> np.ndarr
     resize at the plan's interpolation, as img2dataset's.
     """
     width, height = plan.scaled_size
-    source_height, source_width = pixels.shape[:2]
-    if source_width == width and source_height == height:
+    source_width, source_height = extent or (pixels.shape[1], pixels.shape[0])
+    if extent is None and source_width == width and source_height == height:
         return pixels
     if (not exact and plan.interpolation == "area"
             and width < source_width <= AREA_BY_HALVING_MAX_RATIO * width
             and height < source_height <= AREA_BY_HALVING_MAX_RATIO * height
             and 4 * width * height <= max(source_width * source_height, DOUBLED_PIXEL_BUDGET)):
         if source_width <= AREA_AS_BILINEAR_MAX_RATIO * width and source_height <= AREA_AS_BILINEAR_MAX_RATIO * height:
-            return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
-        doubled = cv2.resize(pixels, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+            return _resize(pixels, (width, height), extent, cv2.INTER_LINEAR)
+        doubled = _resize(pixels, (2 * width, 2 * height), extent, cv2.INTER_LINEAR)
         return cv2.resize(doubled, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.resize(pixels, (width, height), interpolation=INTERPOLATION_FLAGS[plan.interpolation])
+    return _resize(pixels, (width, height), extent, INTERPOLATION_FLAGS[plan.interpolation])
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int], extent: tuple[float, float] | None,
+            interpolation: int) -> np.ndarray:
+    """cv2's resize of the source ``extent`` covers in ``pixels`` (see :func:`scale`) to ``size``."""
+    if extent is None:
+        return cv2.resize(pixels, size, interpolation=interpolation)
+    width, height = size
+    # Given scale factors rather than a size, cv2 maps at exactly those factors: the array's
+    # partial last column and row land past the output's edge (at most one pixel), cut off here.
+    resized = cv2.resize(pixels, None, fx=width / extent[0], fy=height / extent[1], interpolation=interpolation)
+    return resized[:height, :width]
 
 
 def crop_or_pad(pixels: np.ndarray, plan: ResizePlan) -> np.ndarray:

@@ -12,7 +12,7 @@ import warnings
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from any2ds import FetchResult, Media, ProcessError, SampleResult
 from any2ds_plugins.image.blur import blur_boxes
@@ -53,6 +53,10 @@ JPEG_REDUCTIONS = {1: (cv2.IMREAD_COLOR, cv2.IMREAD_GRAYSCALE),
                    8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8)}
 JPEG_ONLY = ("JPEG",)
 CV2_ROTATIONS = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+# Decoded pixels as stored, and the source's extent in them when a reduced decode left a partial
+# last column and row (see :func:`~any2ds_plugins.image.resize.scale`), else None.
+Decoded = tuple[np.ndarray, tuple[float, float] | None]
 
 
 class Transcoder:
@@ -152,21 +156,25 @@ class Transcoder:
             plan = self._plan(*original_size)
             shrink_to = None if options.exact_resize else plan.shrink_on_load_size()
             stored_shrink = None if shrink_to is None else (shrink_to[::-1] if transposed else shrink_to)
-            pixels = None
+            decoded = None
             if source_format == "JPEG" and source.mode in NATIVE_MODES:
-                pixels = _decode_jpeg(body, source.size, source.mode == "L", stored_shrink, orientation)
-            converted, bgr = False, pixels is not None
-            if pixels is None and isinstance(source, JpegHeader):  # a JPEG OpenCV does not decode
+                decoded = _decode_jpeg(body, source.size, source.mode == "L", stored_shrink)
+            converted, bgr = False, decoded is not None
+            if decoded is None and isinstance(source, JpegHeader):  # a JPEG OpenCV does not decode
                 with _open_header(body, options.max_image_pixels) as image:
-                    pixels, converted = _decode_with_pillow(image, stored_shrink)
-            elif pixels is None:
-                pixels, converted = _decode_with_pillow(source, stored_shrink)
+                    decoded, converted = _decode_with_pillow(image, stored_shrink)
+            elif decoded is None:
+                decoded, converted = _decode_with_pillow(source, stored_shrink)
         except ProcessError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
             raise _library_failure(exc, DECODING_ERROR, "decode") from exc
 
-        pixels = scale(pixels, plan, exact=options.exact_resize)
+        pixels, extent = decoded
+        # Scaled as stored, then turned upright: a reduced decode's partial last row and column are
+        # still where scale expects them (see its extent).
+        pixels = scale(pixels, plan.transposed() if transposed else plan, exact=options.exact_resize, extent=extent)
+        pixels = _upright(pixels, orientation)
         if boxes is not None:
             pixels = blur_boxes(pixels, boxes)
         pixels = crop_or_pad(pixels, plan)
@@ -180,42 +188,48 @@ class Transcoder:
         return Media(data, options.encode_format), plan.output_size, original_size
 
 
-def _decode_jpeg(body: bytes, size: tuple[int, int], grayscale: bool, shrink_to: tuple[int, int] | None,
-                 orientation: int) -> np.ndarray | None:
-    """A JPEG of stored ``size`` (colour or grayscale, complete) decoded by OpenCV, upright: BGR
-    (H, W, 3) or (H, W); None when OpenCV does not decode it, and Pillow then does.
+def _decode_jpeg(body: bytes, size: tuple[int, int], grayscale: bool,
+                 shrink_to: tuple[int, int] | None) -> Decoded | None:
+    """A JPEG of stored ``size`` (colour or grayscale, complete) decoded by OpenCV as stored (not
+    turned upright): BGR (H, W, 3) or (H, W), and the source's extent in it (see :func:`scale`);
+    None when OpenCV does not decode it, and Pillow then does.
 
     OpenCV decodes straight into the array the resize reads, in the channel order its encoder
     takes (no copy out of a Pillow image, no colour conversion before encoding), and reduces
     by 2, 4 or 8 while decoding (libjpeg's DCT scaling, as Pillow's ``draft``) down to
-    ``shrink_to`` (stored width, height) at least. EXIF orientation is applied to the reduced
-    pixels. OpenCV would decode a truncated file, greying its missing part, where Pillow fails:
-    a file without its end of image marker after its last scan goes to Pillow.
+    ``shrink_to`` (stored width, height) at least. OpenCV would decode a truncated file, greying
+    its missing part, where Pillow fails: a file without its end of image marker after its last
+    scan goes to Pillow.
     """
     # A scan (SOS) after the last end of image (EOI); looked for from that EOI, at the end of a
     # complete file, rather than by a backward search for the last SOS through the whole body.
     if body.find(b"\xff\xda", max(body.rfind(b"\xff\xd9"), 0)) >= 0:
         return None
+    width, height = size
     factor = 1
     if shrink_to is not None:
-        width, height = size
         factor = max((f for f in JPEG_REDUCTIONS if -(-width // f) >= shrink_to[0] and -(-height // f) >= shrink_to[1]),
                      default=1)
     pixels = cv2.imdecode(np.frombuffer(body, np.uint8), JPEG_REDUCTIONS[factor][grayscale]
                           | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None:
         return None
-    return _upright(pixels, orientation)
+    partial = width % factor or height % factor
+    return pixels, (width / factor, height / factor) if partial else None
 
 
-def _decode_with_pillow(image: Image.Image, shrink_to: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+def _decode_with_pillow(image: Image.Image, shrink_to: tuple[int, int] | None) -> tuple[Decoded, bool]:
     """Pillow's decode of an image OpenCV does not decode, shrunk on load where Pillow can (JPEG),
-    upright; and whether its pixels were converted (see :func:`_to_array`)."""
+    as stored (not turned upright), with the source's extent in it (see :func:`scale`); and
+    whether its pixels were converted (see :func:`_to_array`)."""
+    extent = None
     if shrink_to is not None and image.format in ("JPEG", "MPO"):
-        image.draft(image.mode, shrink_to)
+        drafted = image.draft(image.mode, shrink_to)
+        if drafted is not None and drafted[1][2:] != image.size:
+            extent = drafted[1][2:]
     image.load()
-    ImageOps.exif_transpose(image, in_place=True)
-    return _to_array(image)
+    pixels, converted = _to_array(image)
+    return (pixels, extent), converted
 
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
