@@ -247,6 +247,20 @@ def test_exact_resize_decodes_at_full_resolution_and_resizes_at_the_exact_ratio(
     assert shortcut.shape == exact.shape and not np.array_equal(shortcut, exact) and psnr(shortcut, exact) >= 35
 
 
+def test_images_other_than_jpeg_are_resized_exactly():
+    # One-pixel stripes, as in text and line art: the area downscale through twice the target
+    # would alias them (below 25 dB against cv2's area resize). A JPEG still takes the shortcut.
+    stripes = np.zeros((600, 800, 3), np.uint8)
+    stripes[:, ::3] = 255
+    options = {"image_size": 256, "resize_mode": "keep_ratio_largest", "encode_format": "png", "encode_quality": 1}
+    exact = cv2.resize(stripes, (256, 192), interpolation=cv2.INTER_AREA)
+    for fmt in ("PNG", "GIF", "BMP", "WEBP"):
+        body = encode(Image.fromarray(stripes), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        np.testing.assert_array_equal(pixels_of(run(body, **options)), exact)
+    shortcut = pixels_of(run(encode(Image.fromarray(stripes), "JPEG", quality=100), **options))
+    assert shortcut.shape == exact.shape and psnr(shortcut, exact) < 35
+
+
 def band_centre(pixels: np.ndarray, axis: int) -> float:
     """Where a bright band across ``pixels`` lies, as the brightness-weighted mean position on ``axis``."""
     profile = (pixels if pixels.ndim == 2 else pixels.mean(axis=2)).astype(np.float64).sum(axis=1 - axis)
