@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import tracemalloc
 import wave
 import zipfile
@@ -28,6 +29,7 @@ from any2ds import ConfigError, KeyFormat, Shard
 from any2ds.cli import main
 from any2ds.testing import read_dataset
 from tests.conftest import encode, gradient
+from tests.fault_server import FaultServer
 
 KEYS = KeyFormat(number_sample_per_shard=10, oom_shard_count=5)
 
@@ -381,6 +383,65 @@ def test_a_brace_listed_archive_that_does_not_exist_fails_its_shard(tmp_path):
     assert len(list(archive_reader.samples(Shard(0, work=first, schema=schema), KEYS, ["source_key"]))) == 1
     with pytest.raises(ArchiveError, match=f"archive {tmp_path}/00001.tar does not exist"):
         list(archive_reader.samples(Shard(second_id, work=second, schema=schema), KEYS, ["source_key"]))
+
+
+# --- archives over http: every wait bounded by archive_read_timeout ---------------------------
+
+
+@pytest.fixture(scope="module")
+def fault_server():
+    server = FaultServer(jpeg(20, 10))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def _no_proxy(monkeypatch):
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_an_http_archive_whose_body_stalls_fails_its_shard_within_archive_read_timeout(fault_server):
+    url = fault_server.url("/stall_body/a.tar")
+    archive_reader = reader(archive_read_timeout=1)
+    sources = archive_reader.input_files(url, "archive")  # the head arrives: start-up reads no body
+    started = time.monotonic()
+    with pytest.raises(ArchiveError) as raised:
+        read_samples(archive_reader, url)
+    assert time.monotonic() - started < 10, "aiohttp's default (300 s, or the server's 30) applied"
+    assert str(raised.value) == f"archive {url}: timed out: no answer for 1 s (archive_read_timeout)"
+    assert [Path(s.path).name for s in sources] == ["a.tar"]
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_an_http_url_list_that_cannot_be_read_stops_the_start_in_one_line(fault_server):
+    archive_reader = reader(archive_read_timeout=1)
+    stalled = fault_server.url("/stall_headers/a.tar")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        archive_reader.input_files(stalled, "archive")
+    assert time.monotonic() - started < 10
+    assert str(raised.value) == (f"url_list {stalled!r} cannot be read: timed out: no answer for 1 s "
+                                 "(archive_read_timeout)")
+    # Not an archive's name: looked at as a folder (a page of links), whose body is cut short.
+    cut = fault_server.url(fault_server.script(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                                               b"Content-Length: 1000\r\n\r\n<a href=", keep_alive=False))
+    with pytest.raises(ConfigError) as raised:
+        archive_reader.input_files(cut, "archive")
+    assert str(raised.value).startswith(f"url_list {cut!r} cannot be read: ClientPayloadError: ")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.usefixtures("_no_proxy")
+def test_an_http_archive_cut_short_fails_its_shard_not_the_start(fault_server, tmp_path):
+    url = fault_server.url("/short_body/a.tar")
+    started = time.monotonic()
+    assert download("--url_list", url, "--input_format", "archive", "--output_folder", str(tmp_path / "out"),
+                    "--processes_count", "1", "--thread_count", "2", "--archive_read_timeout", "5") == 1
+    assert time.monotonic() - started < 30
+    summary = json.loads((tmp_path / "out" / "_any2ds" / "run_summary.json").read_text())
+    assert summary["shards_failed"] == [0], summary
 
 
 # --- memory: flat whatever the archive's size ------------------------------------------------

@@ -32,9 +32,10 @@ from attrs import validators as v
 from braceexpand import UnbalancedBracesError, braceexpand
 from fsspec.implementations.local import LocalFileSystem
 
-from any2ds import ConfigError, InputSource, KeyFormat, Sample, SampleError, SampleReader, Shard, option
+from any2ds import ConfigError, InputSource, KeyFormat, Sample, SampleError, SampleReader, Shard, Storage, option
 from any2ds_plugins.readers.archive_members import (
-    ARCHIVE_SUFFIXES, ArchiveError, Member, archive_errors, archive_members, archive_suffix, split_member_name,
+    ARCHIVE_SUFFIXES, ArchiveError, Member, archive_errors, archive_members, archive_suffix, described,
+    split_member_name, timed_out,
 )
 from any2ds_plugins.readers.common import as_text_type, short_repr
 
@@ -109,6 +110,9 @@ class ArchiveReader(SampleReader):
         max_member_bytes: int = option(
             256 * 2**20, "Archive input: a member larger than this (zip: as declared) fails its sample, unread.",
             v.ge(1))
+        archive_read_timeout: float = option(
+            60.0, "Archive input: seconds a read of an http(s) archive may wait for the connection or for more "
+                  "bytes before its shard fails (or, at start-up, the run stops).", v.gt(0))
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
@@ -187,7 +191,7 @@ class ArchiveReader(SampleReader):
         """The archives one (brace-expanded) ``url`` names: a glob's matches, the archive itself, or a
         folder's archives. A ``listed`` one (from a brace pattern) is taken as it is, unchecked."""
         try:
-            fs, path = self.storage.url_to_fs(url)
+            fs, path = self._storage().url_to_fs(url)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"url_list {url!r}: {exc}") from exc
         try:
@@ -196,20 +200,47 @@ class ArchiveReader(SampleReader):
                                if info["type"] == "file" and archive_suffix(p))
                 if not paths and not listed:
                     raise ConfigError(f"url_list {url!r} matches no archive (.tar, .tar.gz, .tgz, .zip)")
-            elif listed or (fs.exists(path) and not fs.isdir(path)):
+            # isfile before isdir: over http, isdir downloads the whole body to look for links.
+            elif listed or (archive_suffix(path) and fs.isfile(path)):
                 if not archive_suffix(path):
                     raise ConfigError(f"url_list {url!r} is not a .tar, .tar.gz, .tgz or .zip archive")
                 paths = [path]
-            elif fs.exists(path):
+            elif fs.isdir(path):
                 paths = sorted(e["name"] for e in fs.ls(path, detail=True)
                                if e["type"] == "file" and archive_suffix(e["name"]))
                 if not paths:
                     raise ConfigError(f"url_list {url!r} is a folder with no .tar, .tar.gz, .tgz or .zip archive")
+            elif fs.exists(path):
+                raise ConfigError(f"url_list {url!r} is not a .tar, .tar.gz, .tgz or .zip archive")
             else:
                 raise ConfigError(f"url_list {url!r} does not exist")
-        except OSError as exc:
-            raise ConfigError(f"url_list {url!r} cannot be read: {exc}") from exc
+        except ConfigError:
+            raise
+        except Exception as exc:  # each filesystem fails in its own way (aiohttp, botocore...): all stop the run
+            cause = timed_out(self._timeout_of(url)) if isinstance(exc, TimeoutError) else described(exc)
+            raise ConfigError(f"url_list {url!r} cannot be read: {cause}") from exc
         return [_input(fs, p) for p in paths]
+
+    def _storage(self) -> Storage:
+        """The run's storage, with every wait of an http(s) read bounded by ``archive_read_timeout``
+        (aiohttp's default, 300 s for a whole transfer, let a stalled server hold a shard for 5
+        minutes and would cut a long archive short). A timeout in ``storage_options`` is kept."""
+        try:
+            from aiohttp import ClientTimeout
+        except ImportError:  # no http filesystem either: fsspec says so when one is asked for
+            return self.storage
+        wait = self.options.archive_read_timeout
+        options = dict(self.storage.options)
+        for protocol in ("http", "https"):
+            given = self.storage.options_for(f"{protocol}://")
+            client_kwargs = {"timeout": ClientTimeout(total=None, sock_connect=wait, sock_read=wait),
+                             **(given.get("client_kwargs") or {})}
+            options[protocol] = {**given, "client_kwargs": client_kwargs}
+        return Storage(options)
+
+    def _timeout_of(self, url: str) -> float | None:
+        """``archive_read_timeout`` if it bounds the reads of ``url``, else None."""
+        return self.options.archive_read_timeout if url.lower().startswith(("http://", "https://")) else None
 
     # ------------------------------------------------------------------ worker
 
@@ -217,7 +248,7 @@ class ArchiveReader(SampleReader):
         url = shard.work
         schema = shard.column_schema
         keys_seen: set[str] = set()
-        with archive_errors(url):
+        with archive_errors(url, self._timeout_of(url)):
             source = self._source(url)
             with source.open() as f:
                 for index, group in enumerate(self._groups(archive_members(f, source.path))):
@@ -225,7 +256,7 @@ class ArchiveReader(SampleReader):
 
     def _source(self, url: str) -> InputSource:
         """The archive at ``url``, as a shard's work names it."""
-        fs, path = self.storage.url_to_fs(url)
+        fs, path = self._storage().url_to_fs(url)
         if not archive_suffix(path):
             raise ArchiveError("not a .tar, .tar.gz, .tgz or .zip archive")
         return _input(fs, path)

@@ -155,9 +155,23 @@ def split_member_name(name: str) -> tuple[str, str]:
     return split_file_name(name)
 
 
+def described(exc: BaseException) -> str:
+    """The exception's type and first line, for a one-line message (the type alone if it says nothing)."""
+    text = one_line(exc)
+    return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
+
+
+def timed_out(timeout: float | None) -> str:
+    """Why a read timed out: the bound that applied, when known."""
+    if timeout is None:
+        return "timed out"
+    return f"timed out: no answer for {timeout:g} s (archive_read_timeout)"
+
+
 @contextlib.contextmanager
-def archive_errors(url: str) -> Iterator[None]:
-    """Turn every failure of reading the archive into an ArchiveError naming it."""
+def archive_errors(url: str, timeout: float | None = None) -> Iterator[None]:
+    """Turn every failure of reading the archive into an ArchiveError naming it; a ``timeout``
+    (the reads' bound, if one applies) is named in the message of a read that timed out."""
     try:
         yield
     except ArchiveError as exc:
@@ -168,5 +182,7 @@ def archive_errors(url: str) -> Iterator[None]:
         raise ArchiveError(f"archive {url}: truncated: {one_line(exc)}") from exc
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise ArchiveError(f"archive {url}: truncated or corrupt: {one_line(exc)}") from exc
+    except TimeoutError as exc:
+        raise ArchiveError(f"archive {url}: {timed_out(timeout)}") from exc
     except Exception as exc:  # I/O and anything else: the shard fails, naming the archive
-        raise ArchiveError(f"archive {url}: {type(exc).__name__}: {one_line(exc)}") from exc
+        raise ArchiveError(f"archive {url}: {described(exc)}") from exc
