@@ -245,6 +245,8 @@ class OptionSchema:
                 put(spec, value, name)
             if specs:
                 continue
+            if name in namespaces and value is not None and not isinstance(value, Mapping):
+                raise ConfigError(self._not_a_section(name, value))
             if name in namespaces and isinstance(value, Mapping):
                 for field_name, field_value in value.items():
                     key = f"{name}.{field_name}"
@@ -253,6 +255,14 @@ class OptionSchema:
             else:
                 nested[name] = value
         return nested
+
+    def _not_a_section(self, namespace: str, value: Any) -> str:
+        """Why ``value`` cannot be the section of options of ``namespace`` (an example says what can)."""
+        kind, name = next(k for k, ns in self.namespaces.items() if ns == namespace)
+        spec = next(spec for spec in self.specs if spec.namespace == namespace)
+        example = f"{namespace}: {{{spec.field.name}: {_yaml_text(field_default(spec.field))}}}"
+        return (f"option section {namespace!r} must map option names of {kind} {name!r} to values "
+                f"({example}), not {_yaml_text(value)}")
 
     def flat_values(self, config: RunConfig) -> dict[str, Any]:
         """Every option of ``config`` under the name users give it: its flat name where it has one

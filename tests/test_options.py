@@ -6,6 +6,7 @@ import types
 
 import attrs
 import pytest
+import yaml
 
 from any2ds import Processor, Writer, hookimpl, option
 from any2ds.errors import ConfigError
@@ -98,6 +99,21 @@ def test_yaml_sections_and_flat_builtin_keys(schema, tmp_path):
     assert config.component_values["http"] == {**config.component_values["http"], "timeout": 3.0,
                                                "allow_private_networks": True}
     assert config.options_for(Thumbnail).size == 20
+
+
+@pytest.mark.parametrize("value", ["5", "[1, 2]", "text"])
+def test_a_component_section_that_is_not_a_mapping_is_one_clear_error(schema, tmp_path, value):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"thumbnail: {value}\n")
+    expected = ("option section 'thumbnail' must map option names of processor 'thumbnail' "
+                "to values (thumbnail: {size: 64}), not ")
+    with pytest.raises(ConfigError) as raised:
+        parse(schema, "--config", str(path))
+    assert str(raised.value).startswith(expected)
+    with pytest.raises(ConfigError) as raised:
+        schema.parse_kwargs({"url_list": "in.txt", "thumbnail": yaml.safe_load(value)})
+    assert str(raised.value).startswith(expected)
+    assert schema.parse_kwargs({"url_list": "in.txt", "thumbnail": None}).options_for(Thumbnail).size == 64
 
 
 def test_keyword_arguments_flat_nested_and_dotted(schema):
