@@ -189,6 +189,27 @@ def test_members_missing_their_pair_and_other_groups(tmp_path):
     assert all(s.caption is None for s in samples)
 
 
+@pytest.mark.parametrize("name", ["x.tar", "x.zip"])
+def test_a_member_name_met_twice_in_a_sample_fails_it_as_ambiguous(tmp_path, name):
+    """Which copy belongs to the sample cannot be told: none is kept (webdataset refuses such tars)."""
+    members = [("s1.jpg", jpeg(10, 10)), ("s1.jpg", jpeg(20, 20)), ("s1.txt", b"one"), ("s1.txt", b"two"),
+               ("s2.jpg", jpeg(8, 8)), ("s2.cls", b"1"), ("s2.cls", b"2"),  # not needed: skipped as ever
+               ("s3.json", b"{}"), ("s3.json", b"{}"), ("s3.jpg", jpeg(6, 6)), ("s3.txt", b"three")]
+    path = tmp_path / name
+    if name.endswith(".zip"):
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            write_zip(path, members)
+    else:
+        write_tar_members(path, members)
+    samples = read_samples(reader(), str(path))
+    assert [(s.columns["source_key"], s.error and s.error.error_type) for s in samples] == [
+        ("s1", "archive.duplicate_member"), ("s2", None), ("s3", "archive.duplicate_member")]
+    assert samples[0].error.message == "member s1.jpg appears twice: which copy belongs to the sample is ambiguous"
+    assert samples[2].error.message == "member s3.json appears twice: which copy belongs to the sample is ambiguous"
+    assert samples[0].data is None and samples[2].data is None
+    assert Image.open(io.BytesIO(samples[1].data)).size == (8, 8)
+
+
 def test_json_columns_are_typed_by_their_first_values(tmp_path):
     first = [{"__key__": "a", "jpg": jpeg(8, 8), "json": {"n": None, "score": 1.5, "tags": []}},
              {"__key__": "b", "jpg": jpeg(8, 8), "json": {"n": 7, "score": 2, "tags": ["x"]}}]

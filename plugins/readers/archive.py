@@ -14,7 +14,7 @@ consecutive). The media is the member whose extension comes first in
 ``json`` member's fields fill ``save_additional_columns``, and its ``url``
 is recorded (not fetched). Every group of members is one metadata row: a
 group that cannot give a sample (no media, a member over ``max_member_bytes``)
-is a failed row.
+is a failed row, as is one in which a member it could use is met twice.
 """
 
 from __future__ import annotations
@@ -318,6 +318,7 @@ class ArchiveReader(SampleReader):
                     yield group
                 group = _Group(key)
             group.add_extension(extension or member.name.rpartition("/")[2])
+            self._check_unique(member.name, extension.lower(), group)
             role = self._role(extension.lower(), group, with_media)
             if role is None or group.error is not None:
                 continue
@@ -333,6 +334,16 @@ class ArchiveReader(SampleReader):
                 group.json_name, group.json_data = member.name, data
         if group is not None:
             yield group
+
+    def _check_unique(self, name: str, extension: str, group: _Group) -> None:
+        """Fail the group if a member it could use (media, caption, json) is met twice: keeping
+        either copy would silently drop the other, and nothing tells which one is meant."""
+        if extension != "json" and extension != self._caption and extension not in self._media_rank:
+            return
+        if name in group.usable_names and group.error is None:
+            group.error = SampleError(f"member {name} appears twice: which copy belongs to the sample is ambiguous",
+                                      error_type="archive.duplicate_member")
+        group.usable_names.add(name)
 
     def _role(self, extension: str, group: _Group, with_media: bool) -> str | None:
         """What the member is to its sample (media, caption, json), or None: not needed."""
@@ -365,6 +376,7 @@ class _Group:
 
     key: str
     extensions: list[str] = attrs.field(factory=list)
+    usable_names: set[str] = attrs.field(factory=set)
     media_rank: int | None = None
     media_name: str | None = None
     media_data: bytes | None = attrs.field(default=None, repr=False)
