@@ -117,7 +117,10 @@ class FetchStage:
     def fetcher_for(self, url: str | None) -> Fetcher:
         if url is None or not str(url).strip():
             raise FetchError("missing url", error_type="missing")
-        scheme = urlsplit(str(url).strip()).scheme.lower()
+        try:
+            scheme = urlsplit(str(url).strip()).scheme.lower()
+        except ValueError as exc:  # unbalanced brackets, a bracketed host that is no IP address
+            raise FetchError(f"invalid URL: {exc}", error_type="invalid_url") from None
         fetcher = self.fetchers.get(scheme)
         if fetcher is None:
             enabled = ", ".join(sorted(self.fetchers)) or "none"

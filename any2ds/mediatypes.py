@@ -66,7 +66,11 @@ def from_content_type(content_type: str | None) -> MediaType | None:
 
 def from_name(url_or_name: str | None) -> MediaType | None:
     """The type a short alphanumeric suffix of a URL's path or a file name suggests, or None."""
-    suffix = posixpath.splitext(urlsplit(url_or_name or "").path)[1][1:].lower()
+    try:
+        path = urlsplit(url_or_name or "").path
+    except ValueError:  # unbalanced brackets in the host: no path to go by
+        return None
+    suffix = posixpath.splitext(path)[1][1:].lower()
     if not (suffix.isascii() and suffix.isalnum() and len(suffix) <= 8):
         return None
     mime = mimetypes.guess_type(f"file.{suffix}")[0] or UNKNOWN_MIME

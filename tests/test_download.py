@@ -250,19 +250,26 @@ def test_folder_of_inputs_continues_shard_ids(tmp_path, http_server):
 
 def test_bad_rows_become_failed_records(tmp_path, http_server):
     rows = [{"url": http_server.url("/allowed/64_64.jpg")}, {"url": None}, {"url": ""},
-            {"url": "ftp://example.com/a.jpg"}, {"url": "file:///etc/passwd"}, {"url": "not a url"}]
+            {"url": "ftp://example.com/a.jpg"}, {"url": "file:///etc/passwd"}, {"url": "not a url"},
+            {"url": "http://[::1"}, {"url": "http://x]/a"}, {"url": "http://[zz]/a.jpg"}]
     path = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("url", pa.string())])), path)
     out = tmp_path / "out"
     assert run("--url_list", str(path), "--input_format", "parquet", "--output_folder", str(out),
                "--thread_count", "4") == 0
     got = read_metadata(out)
-    assert len(got) == 6
+    assert len(got) == 9
     assert got[0]["status"] == "success"
     assert [r["error_message"] for r in got[1:3]] == ["missing url", "missing url"]
     assert got[3]["error_message"].startswith("unsupported URL scheme 'ftp'")
     assert got[4]["error_message"].startswith("unsupported URL scheme 'file'")
     assert got[5]["status"] == "failed_to_download"
+    # URLs that urlsplit refuses (unbalanced brackets, a bracketed host that is no address).
+    assert [(r["status"], r["error_type"], r["error_message"]) for r in got[6:]] == [
+        ("failed_to_download", "invalid_url", "invalid URL: Invalid IPv6 URL"),
+        ("failed_to_download", "invalid_url", "invalid URL: Invalid IPv6 URL"),
+        ("failed_to_download", "invalid_url", "invalid URL: 'zz' does not appear to be an IPv4 or IPv6 address")]
+    assert read_stats(out)["00000_stats.json"]["error_types"]["invalid_url"] == 3
 
 
 def test_python_api_and_yaml_config(tmp_path, csv_input):

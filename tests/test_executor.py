@@ -33,7 +33,7 @@ from any2ds.processing import ProcessingStage
 from any2ds.sharding import ShardCutter
 from any2ds.types import InputSource, SampleResult
 from any2ds.watchdog import Watchdog
-from any2ds.worker import SampleFlow
+from any2ds.worker import SampleFlow, StatsTally
 from tests.polling import wait_until
 
 KEYS = KeyFormat(10000, 5)
@@ -246,6 +246,20 @@ def test_samples_that_cannot_start_are_failed_rows():
         ("missing", "no media member")]
 
 
+def test_urls_that_cannot_be_parsed_are_failed_rows_and_the_others_go_on():
+    """urlsplit raises ValueError on these; each is its own failed row, counted in the shard's stats."""
+    bad = ["http://[::1", "http://x]/a", "http://[zz]/a.jpg"]
+    batch = [Sample(KEYS.key(0, i), 0, i, url) for i, url in enumerate(["http://ok/0", *bad, "http://ok/4"])]
+    results = collect(flow(BytesFetcher(), [Recorder()]).results(iter(batch)))
+    assert [(r.status, r.error_type) for r in results.values()] == [
+        ("success", None), *[("failed_to_download", "invalid_url")] * 3, ("success", None)]
+    assert results["000000001"].error_message == "invalid URL: Invalid IPv6 URL"
+    tally = StatsTally()
+    for result in results.values():
+        tally.add(result)
+    assert tally.stats(0).error_types == {"invalid_url": 3}
+
+
 def test_inline_data_is_not_fetched():
     fetcher = BytesFetcher()
     inline = [Sample(KEYS.key(0, i), 0, i, data=b"abc", filename=f"{i}.bin") for i in range(3)]
@@ -451,6 +465,14 @@ def test_routing_by_type_sends_each_sample_to_the_first_taker():
         result = stage.run(Sample("0", 0, 0, f"http://x/a.{name}"), FetchResult(body, f"http://x/a.{name}"))
         routed[name] = (result.metadata["processor"], list(result.media))
     assert routed == {"png": ("images", ["img"]), "wav": ("sounds", ["snd"]), "txt": ("files", ["file"])}
+
+
+def test_routing_by_type_passes_over_a_url_that_does_not_parse():
+    """An inline sample's URL that urlsplit refuses names no type; its file name still does."""
+    stage = ProcessingStage([], [Recorder("snd", ("audio/*",), name="sounds"), Recorder("file", name="files")],
+                            "by_type")
+    result = stage.run(Sample("0", 0, 0, "http://[::1/a.txt", filename="a.wav"), FetchResult(b"x", "http://[::1/a.txt"))
+    assert (result.status, result.metadata.get("processor")) == ("success", "sounds")
 
 
 def test_chain_runs_every_processor_and_failures_keep_their_status():

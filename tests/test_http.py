@@ -183,6 +183,16 @@ def test_invalid_url_is_not_retried():
     assert not error.retryable
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://x]/a", "http://[zz]/a.jpg", "http://127.0.0.1:99999/a",
+                                 "http://127.0.0.1:abc/a"])
+@pytest.mark.parametrize("robots_txt", [False, True], ids=["", "robots_txt"])
+def test_a_url_that_does_not_parse_is_invalid_url(url, robots_txt):
+    """Unbalanced brackets, a bracketed host that is no address, a port out of range or not a
+    number: refused before robots.txt is asked for."""
+    error = fetch_error(url, respect_robots_txt=robots_txt)
+    assert (error.message, error.error_type, error.retryable) == (f"Failed to parse: {url}", "invalid_url", False)
+
+
 def test_dns_failure_message_is_the_resolver_error():
     reason = socket.gaierror(-2, "Name or service not known")
     resolution = urllib3.exceptions.NameResolutionError("no.such.host.invalid", None, reason)

@@ -50,7 +50,7 @@ from any2ds_plugins.http.host_connections import (
     IDLE_SECONDS, DaemonThreads, HostConnections, HostState, socket_inode,
 )
 from any2ds_plugins.http.hosts import host_key, port_of
-from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners
+from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners, split_url
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
@@ -623,8 +623,8 @@ def _call(function):
 
 def _prepared(url: str) -> str:
     """``url`` as requests would send it (percent-encoded as UTF-8, the host IDNA-encoded); a URL
-    without a host fails as requests fails it."""
-    parts = urlsplit(url)
+    without a host, or that does not parse, fails as requests fails it."""
+    parts = split_url(url)
     if not parts.hostname:
         raise FetchError(f"Invalid URL {url!r}: No host supplied", retryable=False, error_type="invalid_url")
     if not parts.netloc.isascii():

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from any2ds import FetchError, FetchResult, Sample
-from any2ds_plugins.http.manners import HttpOptions, SiteManners
+from any2ds_plugins.http.manners import HttpOptions, SiteManners, split_url
 from any2ds_plugins.http.retry import retry_delay
 
 if TYPE_CHECKING:
@@ -74,10 +74,12 @@ class HttpFetcher(SiteManners):
 
     def fetch(self, sample: Sample) -> FetchResult:
         """Attempt until success, a permanent failure, or ``retries`` extra attempts are spent."""
+        url = sample.url.strip()
+        split_url(url)
         number = 1
         while True:
             try:
-                return self._requests().attempt(sample.url.strip(), number)
+                return self._requests().attempt(url, number)
             except FetchError as error:
                 if not error.retryable or number > self.options.retries:
                     raise

@@ -5,6 +5,7 @@ robots.txt). Neither requests nor libcurl is imported here."""
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 from attrs import validators as v
@@ -18,6 +19,17 @@ from any2ds_plugins.http.robots_txt import RobotsTxt
 
 # Error and redirect bodies up to this size are read so their connection can be reused.
 DRAIN_LIMIT = 64 * 1024
+
+
+def split_url(url: str) -> SplitResult:
+    """``urlsplit(url)``; a URL it refuses, or whose port is out of range or not a number, fails
+    as requests fails it (``invalid_url``), before robots.txt and the host's turn look at it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a bad port
+    except ValueError:
+        raise FetchError(f"Failed to parse: {url}", retryable=False, error_type="invalid_url") from None
+    return parts
 
 
 @attrs.frozen
