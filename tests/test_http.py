@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
@@ -484,7 +485,10 @@ def test_redirect_chain_within_limit(http_server):
     assert result.url == http_server.url("/test_http/chain/0")
     assert result.content_type == "image/png"
     assert len(seen.ports) == 1  # redirects reuse the kept-alive connection (kept when there is no cap per host)
-    assert fetch_error(url + "3", max_redirects=2).message == "Exceeded 2 redirects."
+    # img2dataset's (urllib's) words, with the code and reason of the redirect one too many (hop 1's).
+    assert fetch_error(url + "3", max_redirects=2).message == (
+        "HTTP Error 301: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
+        "The last 30x error message was:\nMoved Permanently")
 
 
 def test_redirect_loop_fails_clearly(http_server):
@@ -495,9 +499,22 @@ def test_redirect_loop_fails_clearly(http_server):
         send_bytes(request, b"", status=302, headers={"Location": request.path})
 
     error = fetch_error(add_route(http_server, "loop", handler), max_redirects=5)
-    assert error.message == "Exceeded 5 redirects."
+    assert error.message == (
+        "HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
+        "The last 30x error message was:\nFound")
     assert error.error_type == "redirect"
     assert seen.count == 6
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+def test_a_redirect_without_location_fails_as_urllib_fails_it(http_server, status):
+    """Not a downloaded body: urllib (img2dataset) raises HTTP Error 302: Found."""
+    def handler(request):
+        send_bytes(request, b"<html>moved</html>", status=status)
+
+    error = fetch_error(add_route(http_server, f"no_location_{status}", handler))
+    assert (error.message, error.error_type, error.retryable) == (
+        f"HTTP Error {status}: {HTTPStatus(status).phrase}", "redirect", False)
 
 
 def test_redirect_to_another_scheme_fails(http_server):

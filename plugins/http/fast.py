@@ -51,7 +51,7 @@ from any2ds_plugins.http.host_connections import (
 )
 from any2ds_plugins.http.hosts import host_key, port_of
 from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners, split_url
-from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error
+from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error, too_many_redirects
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
 
@@ -228,8 +228,7 @@ class FastHttpFetcher(SiteManners):
             redirects = 0
             while (location := response.redirect_location) is not None:
                 if redirects == self.options.max_redirects:
-                    raise FetchError(f"Exceeded {self.options.max_redirects} redirects.",
-                                     error_type="redirect")
+                    raise too_many_redirects(response.status, response.reason)
                 url = urljoin(url, location)
                 scheme = urlsplit(url).scheme.lower()
                 if scheme not in self.schemes:
@@ -425,6 +424,8 @@ class FastHttpFetcher(SiteManners):
         if interim > MAX_INTERIM_RESPONSES:
             raise FetchError(TOO_MANY_INTERIM, retryable=False, error_type="protocol")
         status = response.status
+        if status in REDIRECT_STATUSES and response.redirect_location is None:  # nowhere to go: urllib fails it
+            raise status_error(status, response.reason, None)
         if status >= 400 or response.redirect_location is not None:
             length = response.content_length
             if length is None or length > DRAIN_LIMIT:  # not worth reading: drop the connection instead

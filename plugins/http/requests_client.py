@@ -15,13 +15,14 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.models import REDIRECT_STATI
 
 from any2ds import FetchError, FetchResult
 from any2ds_plugins.http.addresses import BlockedAddress
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt, DeadlineReaper
 from any2ds_plugins.http.hosts import HostTurn
 from any2ds_plugins.http.manners import DRAIN_LIMIT
-from any2ds_plugins.http.retry import status_error
+from any2ds_plugins.http.retry import status_error, too_many_redirects
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer
 from any2ds_plugins.http.transport import as_fetch_error, guarded_session, is_stale_connection
@@ -99,8 +100,7 @@ class RequestsClient:
             redirects = 0
             while response.is_redirect:
                 if redirects == self.options.max_redirects:
-                    raise FetchError(f"Exceeded {self.options.max_redirects} redirects.",
-                                     error_type="redirect")
+                    raise too_many_redirects(response.status_code, response.reason)
                 url = self._redirect_target(session, response)
                 self._discard(response, attempt)
                 redirects += 1
@@ -185,7 +185,8 @@ class RequestsClient:
         A 429, a 503 or any error with ``Retry-After`` slows the host down for everyone: no request
         to it starts before the delay a retry would wait.
         """
-        if response.status_code >= 400:
+        # A redirect status here has no Location (else it was followed): urllib fails it.
+        if response.status_code >= 400 or response.status_code in REDIRECT_STATI:
             error = status_error(response.status_code, response.reason, response.headers.get("Retry-After"))
             self.fetcher.slow_down_after(error, response.url, number)
             self._discard(response, attempt)

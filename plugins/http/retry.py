@@ -57,9 +57,19 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> HT
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
-    kind = "rate_limited" if status == 429 else "http_4xx" if status < 500 else "http_5xx"
+    # A 3xx that is an error is a redirect without a Location (urllib's "HTTP Error 302: Found").
+    kind = ("redirect" if status < 400 else "rate_limited" if status == 429 else "http_4xx" if status < 500
+            else "http_5xx")
     return HTTPStatusError(f"HTTP Error {status}: {reason}", retryable=status in RETRYABLE_STATUSES,
                            error_type=kind, http_status=status, retry_after=parse_retry_after(retry_after))
+
+
+def too_many_redirects(status: int, reason: str | None) -> FetchError:
+    """img2dataset's (urllib's) message for a redirect loop or too long a chain: the code and
+    reason of the last redirect. Its newlines become spaces, as in every failure message."""
+    return FetchError(f"HTTP Error {status}: The HTTP server returned a redirect error that would lead to an "
+                      f"infinite loop.\nThe last 30x error message was:\n{reason or HTTPStatus(status).phrase}",
+                      retryable=False, error_type="redirect")
 
 
 def retry_delay(error: FetchError, failed_attempts: int, backoff: float, longest: float) -> float:
