@@ -38,8 +38,23 @@ class RowIntake:
         """Row ``index`` of shard ``shard_id``; a column missing from ``row`` is None."""
         caption = row.get(self.caption_col) if self.caption_col else None
         columns = {name: row.get(name) for name in self.columns if name not in (self.url_col, self.caption_col)}
-        return Sample(key=self.keys.key(shard_id, index), shard_id=shard_id, index=index, url=row.get(self.url_col),
-                      caption=None if caption is None else str(caption), columns=columns)
+        url, error = _url_of(row.get(self.url_col))
+        return Sample(key=self.keys.key(shard_id, index), shard_id=shard_id, index=index, url=url,
+                      caption=None if caption is None else str(caption), columns=columns, error=error)
+
+
+def _url_of(value: Any) -> tuple[str | None, SampleError | None]:
+    """A row's URL as text, and the error failing the row if it is not text: bytes (a parquet
+    binary column) are decoded as UTF-8; any other value is kept, as text, for the record."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return value.decode("utf-8", "backslashreplace"), SampleError("URL is not UTF-8 text",
+                                                                          error_type="invalid_url")
+    return str(value), SampleError(f"URL is {type(value).__name__}, not text", error_type="invalid_url")
 
 
 @attrs.frozen

@@ -60,6 +60,7 @@ class ShardCutter:
         self._check_columns(source)
         for batch in self.reader.read(source, self.columns, READ_BATCH_ROWS):
             if batch.num_rows:
+                _check_url_type(source, batch.schema.field(0))
                 yield _with_columns(batch, self.columns)
 
     def _check_columns(self, source: InputSource) -> None:
@@ -77,6 +78,16 @@ def check_columns(where: str, columns: Sequence[str], available: Sequence[str]) 
             f"{', '.join(map(repr, available))} (check url_col, caption_col, save_additional_columns "
             "and the options naming input columns)"
         )
+
+
+def _check_url_type(source: InputSource, field: pa.Field) -> None:
+    """Refuse a URL column that does not hold text (ints, lists), as the jsonl reader does: its
+    type is the file's, so every row would fail. Binary holds text in many parquet files."""
+    url_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+    if not (pa.types.is_null(url_type) or pa.types.is_string(url_type) or pa.types.is_large_string(url_type)
+            or pa.types.is_binary(url_type) or pa.types.is_large_binary(url_type)):
+        raise ConfigError(f"input file {source.path}: column {field.name!r} is {field.type}, not text "
+                          "(URLs must be strings)")
 
 
 def counted_shards(reader: Reader, sources: Sequence[InputSource], rows_per_shard: int,

@@ -409,7 +409,7 @@ def top_hosts(hosts: Mapping[str, Counter[str]], count: int) -> dict[str, dict[s
 
 def _host(url: str | None) -> str | None:
     try:
-        return urlsplit(url).hostname if url else None
+        return urlsplit(url).hostname if url and isinstance(url, str) else None  # a plugin's sample may hold bytes
     except ValueError:  # not a URL at all; its failure says so
         return None
 

@@ -272,6 +272,20 @@ def test_bad_rows_become_failed_records(tmp_path, http_server):
     assert read_stats(out)["00000_stats.json"]["error_types"]["invalid_url"] == 3
 
 
+def test_a_binary_url_column_is_read_as_text(tmp_path, http_server):
+    """Common in real parquet files: URLs typed binary, holding UTF-8 (or, in a bad row, not)."""
+    urls = [http_server.url("/allowed/64_64.jpg").encode(), http_server.url("/allowed/\xff.jpg").encode("latin-1")]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"url": pa.array(urls, pa.binary())}), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--output_folder", str(out),
+               "--thread_count", "4") == 0
+    got = read_metadata(out)
+    assert [(r["url"], r["status"], r["error_type"]) for r in got] == [
+        (urls[0].decode(), "success", None),
+        (http_server.url("/allowed/\\xff.jpg"), "failed_to_download", "invalid_url")]
+
+
 def test_python_api_and_yaml_config(tmp_path, csv_input):
     out = tmp_path / "api"
     summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out), allow_private_networks=True,

@@ -518,6 +518,27 @@ def test_intake_turns_rows_into_samples_and_refuses_unsafe_keys():
     assert fine.key == "fine"
 
 
+def test_intake_reads_binary_urls_as_text_and_fails_urls_that_are_not_text():
+    """A parquet binary URL column holds bytes; a Pipeline row may hold anything. Either way the
+    sample's URL is text, so that nothing downstream (stats per host, metadata) meets another type."""
+    intake = RowIntake(KEYS, "url", None, ())
+    rows = [{"url": b"http://a/b"}, {"url": b"http://a/\xff"}, {"url": 5}, {"url": None}]
+    got = [intake.sample(row, 0, i) for i, row in enumerate(rows)]
+    assert [s.url for s in got] == ["http://a/b", "http://a/\\xff", "5", None]
+    assert [(s.error.error_type, s.error.message) if s.error else None for s in got] == [
+        None, ("invalid_url", "URL is not UTF-8 text"), ("invalid_url", "URL is int, not text"), None]
+    results = collect(flow(BytesFetcher(), [Recorder()]).results(iter(got)))
+    assert [(r.status, r.error_type) for r in results.values()] == [
+        ("success", None), ("failed_to_download", "invalid_url"), ("failed_to_download", "invalid_url"),
+        ("failed_to_download", "missing")]
+    tally = StatsTally()
+    for result in results.values():
+        tally.add(result)
+    # A SampleReader plugin's sample may still hold bytes: counted, under no host.
+    tally.add(SampleResult(Sample("x", 0, 9, b"http://c/d"), "failed_to_download", "HTTP Error 404", "http_4xx"))
+    assert tally.stats(0).failed_hosts == {"a": {"invalid_url": 1}}
+
+
 # -- the shard cutter -----------------------------------------------------------------------------
 
 

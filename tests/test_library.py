@@ -94,6 +94,12 @@ def test_a_dict_missing_a_url_is_a_failed_row(pipeline):
     assert (result.status, result.error_type, result.sample.caption) == ("failed_to_download", "missing", "no url")
 
 
+def test_a_url_that_is_not_text_is_a_failed_row(pipeline):
+    results = list(pipeline.process([{"url": 5, "caption": "int"}, {"url": b"http://127.0.0.1:9/a.jpg"}]))
+    assert [(r.sample.url, r.status, r.error_type) for r in results] == [
+        ("5", "failed_to_download", "invalid_url"), ("http://127.0.0.1:9/a.jpg", "failed_to_download", "connect")]
+
+
 @pytest.mark.parametrize("options, message", [
     ({"image_size": 0}, "image_size"),
     ({"processors": ["nope"]}, "processors: unknown processor 'nope'"),

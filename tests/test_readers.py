@@ -148,6 +148,26 @@ def test_a_shard_carries_only_its_own_rows(tmp_path):
     assert max(len(pickle.dumps(shard)) for shard in shards) < 10_000
 
 
+@pytest.mark.parametrize("urls", [pa.array([1, 2]), pa.array([["https://a"], ["https://b"]])], ids=["int", "list"])
+def test_a_url_column_that_is_not_text_stops_the_run(tmp_path, urls):
+    """As jsonl refuses an int URL: one line naming the file and the column, before any shard."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"url": urls}), path)
+    with pytest.raises(ConfigError) as info:
+        list(ShardCutter(READER["parquet"](None), [source(path)], ["url"], rows_per_shard=100))
+    url_type = pq.read_schema(path).field("url").type
+    assert str(info.value) == f"input file {path}: column 'url' is {url_type}, not text (URLs must be strings)"
+
+
+@pytest.mark.parametrize("url_type", [pa.binary(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())])
+def test_a_url_column_of_another_text_type_is_cut(tmp_path, url_type):
+    path = tmp_path / "in.parquet"
+    urls = [b"https://a", b"https://b"] if url_type == pa.binary() else ["https://a", "https://b"]
+    pq.write_table(pa.table({"url": pa.array(urls).cast(url_type)}), path)
+    (shard,) = ShardCutter(READER["parquet"](None), [source(path)], ["url"], rows_per_shard=100)
+    assert shard.rows.num_rows == 2
+
+
 def test_txt_bom_and_trailing_newline(tmp_path):
     path = tmp_path / "in.txt"
     path.write_bytes(b"\xef\xbb\xbfhttps://a\nhttps://b\n")
