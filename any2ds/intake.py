@@ -39,6 +39,11 @@ class RowIntake:
         caption = row.get(self.caption_col) if self.caption_col else None
         columns = {name: row.get(name) for name in self.columns if name not in (self.url_col, self.caption_col)}
         url, error = _url_of(row.get(self.url_col))
+        if isinstance(caption, bytes):  # a parquet binary column
+            try:
+                caption = caption.decode("utf-8")
+            except UnicodeDecodeError:
+                caption, error = None, error or SampleError("caption is not UTF-8 text", error_type="invalid_caption")
         return Sample(key=self.keys.key(shard_id, index), shard_id=shard_id, index=index, url=url,
                       caption=None if caption is None else str(caption), columns=columns, error=error)
 

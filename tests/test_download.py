@@ -286,6 +286,22 @@ def test_a_binary_url_column_is_read_as_text(tmp_path, http_server):
         (http_server.url("/allowed/\\xff.jpg"), "failed_to_download", "invalid_url")]
 
 
+def test_a_binary_caption_column_is_read_as_text(tmp_path, http_server):
+    """Captions typed binary hold UTF-8: stored as text, never as the b'...' repr; one that is not
+    UTF-8 fails its row, as an archive's caption member does."""
+    url = http_server.url("/allowed/64_64.jpg")
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"url": [url, url], "caption": pa.array(["café".encode(), b"caf\xe9"], pa.binary())}), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--caption_col", "caption",
+               "--output_folder", str(out), "--output_format", "webdataset", "--thread_count", "4") == 0
+    assert [(r["caption"], r["status"], r["error_type"], r["error_message"]) for r in read_metadata(out)] == [
+        ("café", "success", None, None),
+        (None, "failed_to_download", "parquet.invalid_caption", "caption is not UTF-8 text")]
+    (sample,) = wds.WebDataset(str(out / "00000.tar"), shardshuffle=False)
+    assert sample["txt"] == "café".encode()
+
+
 def test_python_api_and_yaml_config(tmp_path, csv_input):
     out = tmp_path / "api"
     summary = any2ds.download(url_list=str(csv_input), input_format="csv", output_folder=str(out), allow_private_networks=True,

@@ -459,6 +459,19 @@ def test_invalid_utf8_names_the_line(tmp_path):
     assert "not UTF-8 text at line 2" in config_error("jsonl", path)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+@pytest.mark.parametrize("position", ["first block", "later"])
+def test_csv_invalid_utf8_names_the_line(tmp_path, fmt, position):
+    """In the first block pyarrow typed the column binary, and every caption came out as b'...'."""
+    sep = "," if fmt == "csv" else "\t"
+    before = 0 if position == "first block" else 60_000  # about 1.4 MiB: past the first block
+    lines = [f"url{sep}caption"] + [f"https://e/{i}{sep}caption {i}" for i in range(before + 1)]
+    path = tmp_path / f"in.{fmt}"
+    text = "\n".join(lines) + f"\nhttps://e/x{sep}caf"
+    path.write_bytes(text.encode() + b"\xe9\n" + f"https://e/y{sep}z\n".encode())
+    assert f"not UTF-8 text at line {before + 3}: " in config_error(fmt, path, columns=["url", "caption"])
+
+
 def test_corrupt_parquet_pages(tmp_path):
     table = pa.table({"url": [f"https://e.com/{i}" for i in range(20_000)], "n": list(range(20_000))})
     path = tmp_path / "in.parquet"

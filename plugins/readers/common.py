@@ -176,7 +176,15 @@ def rebatch(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.R
 
 
 def as_text_type(arrow_type: pa.DataType) -> pa.DataType:
-    """Text and all-null columns become strings: a later value cannot break them."""
-    if pa.types.is_null(arrow_type) or pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+    """Text and all-null columns become strings: a later value cannot break them. So do binary
+    ones: pyarrow infers binary for text that is not UTF-8, which the conversion then refuses."""
+    if (pa.types.is_null(arrow_type) or pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_binary(arrow_type)):
         return pa.string()
     return arrow_type
+
+
+def not_utf8(source: InputSource, first_line: int, chunk: bytes, exc: UnicodeDecodeError) -> ConfigError:
+    """The error for a chunk of ``line_chunks`` (its first line ``first_line``) that is not UTF-8, naming the line."""
+    line = first_line + chunk.count(b"\n", 0, exc.start)
+    return input_error(source, f"not UTF-8 text at line {line}: {one_line(exc)}")

@@ -15,8 +15,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from any2ds import ConfigError, InputSource, Reader
 from any2ds_plugins.readers.common import (
-    CHUNK_BYTES, DATA_ERRORS, GZIP_ERRORS, as_text_type, data_error, guarded, input_error, one_line, open_text,
-    present_columns, read_input, rebatch,
+    CHUNK_BYTES, DATA_ERRORS, GZIP_ERRORS, as_text_type, data_error, guarded, input_error, line_chunks, not_utf8,
+    one_line, open_text, present_columns, read_input, rebatch,
 )
 
 CSV_INFER_BYTES = 1024 * 1024
@@ -108,6 +108,8 @@ class CsvReader(Reader):
             if type(exc) is OSError and source.compression:
                 return input_error(source, f"not valid {source.compression} data: {message}")
             return None
+        if "invalid UTF8" in message:
+            return self._find_bad_utf8(source) or data_error(source, exc)
         conversion = re.match(r"In CSV column #(\d+): (.*)", message)
         if conversion and names is not None and int(conversion[1]) < len(names):
             column = names[int(conversion[1])]
@@ -119,6 +121,17 @@ class CsvReader(Reader):
             if where:
                 return input_error(source, where)
         return data_error(source, exc)
+
+    def _find_bad_utf8(self, source: InputSource) -> ConfigError | None:
+        """The error naming the first line that is not UTF-8 (pyarrow's names the column only);
+        None if this scan finds none."""
+        with source.open() as f:
+            for line, chunk in line_chunks(source, f):
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return not_utf8(source, line, chunk, exc)
+        return None
 
     def _find_bad_row(self, source: InputSource) -> str | None:
         """Scan the file with the csv module for the first row with the wrong field count.

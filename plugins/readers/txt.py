@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 
 from any2ds import InputSource, Reader
-from any2ds_plugins.readers.common import input_error, line_chunks, one_line, open_text, rebatch
+from any2ds_plugins.readers.common import line_chunks, not_utf8, open_text, rebatch
 
 
 class TxtReader(Reader):
@@ -42,8 +42,7 @@ class TxtReader(Reader):
                 try:
                     text = chunk.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    bad_line = line + chunk.count(b"\n", 0, exc.start)
-                    raise input_error(source, f"not UTF-8 text at line {bad_line}: {one_line(exc)}") from exc
+                    raise not_utf8(source, line, chunk, exc) from exc
                 lines = text.split("\n")
                 if "\r" in text:
                     lines = [entry.rstrip("\r") for entry in lines]
