@@ -60,8 +60,9 @@ class ShardCutter:
         self._check_columns(source)
         for batch in self.reader.read(source, self.columns, READ_BATCH_ROWS):
             if batch.num_rows:
-                _check_url_type(source, batch.schema.field(0))
-                yield _with_columns(batch, self.columns)
+                batch = _with_columns(batch, self.columns)
+                _check_url_type(source, batch.schema.field(0))  # the URL column is first
+                yield batch
 
     def _check_columns(self, source: InputSource) -> None:
         available = self.reader.available_columns(source)
