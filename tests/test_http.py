@@ -517,6 +517,43 @@ def test_a_redirect_without_location_fails_as_urllib_fails_it(http_server, statu
         f"HTTP Error {status}: {HTTPStatus(status).phrase}", "redirect", False)
 
 
+def test_a_redirect_to_a_location_that_does_not_parse_fails_as_a_redirect(http_server):
+    url = add_route(http_server, f"bad_location_{FETCHER.name}",
+                    lambda r: send_bytes(r, b"", status=302, headers={"Location": "http://[::1/x.jpg"}))
+    error = fetch_error(url)
+    assert (error.message, error.error_type, error.retryable) == (
+        "redirect to an invalid URL 'http://[::1/x.jpg': Invalid IPv6 URL", "redirect", False)
+
+
+def test_a_redirect_body_is_not_read_past_the_drain_limit(http_server):
+    """A large redirect body is dropped with its connection, not read: requests read it whole to
+    work out the next hop, even when told not to follow redirects."""
+    chunks_sent: list[int] = []
+    finished = threading.Event()
+
+    def trickled_redirect(request):
+        request.send_response(302)
+        request.send_header("Location", target)
+        request.send_header("Content-Length", str(64 * 2**17))
+        request.end_headers()
+        try:
+            for _ in range(64):
+                request.wfile.write(bytes(2**17))
+                request.wfile.flush()
+                chunks_sent.append(1)
+                time.sleep(0.03)
+        except OSError:  # the client dropped the connection: what is asked
+            pass
+        finally:
+            finished.set()
+
+    target = add_route(http_server, f"drain_target_{FETCHER.name}", lambda r: send_bytes(r, BODY))
+    url = add_route(http_server, f"drain_{FETCHER.name}", trickled_redirect)
+    assert fetch(url, timeout=10.0).body == BODY
+    assert finished.wait(10)
+    assert len(chunks_sent) < 32, f"{len(chunks_sent)} of 64 chunks of the redirect's body were sent"
+
+
 def test_redirect_to_another_scheme_fails(http_server):
     url = add_route(http_server, "ftp_redirect",
                     lambda r: send_bytes(r, b"", status=302, headers={"Location": "ftp://example.com/file.jpg"}))

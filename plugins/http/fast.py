@@ -36,7 +36,7 @@ import zlib
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import certifi
 import pycurl
@@ -50,7 +50,7 @@ from any2ds_plugins.http.host_connections import (
     IDLE_SECONDS, DaemonThreads, HostConnections, HostState, socket_inode,
 )
 from any2ds_plugins.http.hosts import host_key, port_of
-from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners, split_url
+from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners, redirect_target, split_url
 from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error, too_many_redirects
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
@@ -229,12 +229,7 @@ class FastHttpFetcher(SiteManners):
             while (location := response.redirect_location) is not None:
                 if redirects == self.options.max_redirects:
                     raise too_many_redirects(response.status, response.reason)
-                url = urljoin(url, location)
-                scheme = urlsplit(url).scheme.lower()
-                if scheme not in self.schemes:
-                    raise FetchError(f"redirect to unsupported URL scheme {scheme!r}",
-                                     error_type="redirect")
-                url = _prepared(url)
+                url = _prepared(redirect_target(url, location, self.schemes))
                 redirects += 1
                 await self._check_robots_txt(url, turn, robots_txt)
                 await turn.go(url)

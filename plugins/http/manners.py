@@ -4,8 +4,9 @@ robots.txt). Neither requests nor libcurl is imported here."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Optional
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import attrs
 from attrs import validators as v
@@ -30,6 +31,19 @@ def split_url(url: str) -> SplitResult:
     except ValueError:
         raise FetchError(f"Failed to parse: {url}", retryable=False, error_type="invalid_url") from None
     return parts
+
+
+def redirect_target(url: str, location: str, schemes: Collection[str]) -> str:
+    """The absolute URL a redirect from ``url`` to ``location`` points to. A target that does not
+    parse, or whose scheme is not one of ``schemes``, fails the attempt (``redirect``)."""
+    try:
+        target = urljoin(url, location)
+        scheme = urlsplit(target).scheme.lower()
+    except ValueError as exc:  # unbalanced brackets, a bracketed host that is no IP address
+        raise FetchError(f"redirect to an invalid URL {location!r}: {exc}", error_type="redirect") from None
+    if scheme not in schemes:
+        raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="redirect")
+    return target
 
 
 @attrs.frozen

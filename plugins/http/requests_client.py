@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import warnings
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -21,7 +20,7 @@ from any2ds import FetchError, FetchResult
 from any2ds_plugins.http.addresses import BlockedAddress
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT, REAPER_GRACE, Attempt, DeadlineReaper
 from any2ds_plugins.http.hosts import HostTurn
-from any2ds_plugins.http.manners import DRAIN_LIMIT
+from any2ds_plugins.http.manners import DRAIN_LIMIT, redirect_target
 from any2ds_plugins.http.retry import status_error, too_many_redirects
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import ROBOTS_MAX_BYTES, RobotsAnswer
@@ -173,11 +172,7 @@ class RequestsClient:
 
     def _redirect_target(self, session: requests.Session, response: requests.Response) -> str:
         """The absolute URL a redirect points to; only http(s) targets are followed."""
-        target = urljoin(response.url, session.get_redirect_target(response))
-        scheme = urlsplit(target).scheme.lower()
-        if scheme not in self.fetcher.schemes:
-            raise FetchError(f"redirect to unsupported URL scheme {scheme!r}", error_type="redirect")
-        return target
+        return redirect_target(response.url, session.get_redirect_target(response), self.fetcher.schemes)
 
     def _check(self, response: requests.Response, attempt: Attempt, number: int, *, x_robots_tag: bool) -> None:
         """Refuse error statuses, X-Robots-Tag refusals and oversized bodies before reading the body.

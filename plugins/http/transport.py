@@ -82,7 +82,7 @@ def as_fetch_error(exc: Exception) -> FetchError:
 
 def guarded_session(user_agent: str) -> requests.Session:
     """A session whose connections go through the guarded pools, keeping one idle connection per host."""
-    session = requests.Session()
+    session = _ClientRedirectsSession()
     session.headers["User-Agent"] = user_agent
     adapter = _GuardedAdapter(pool_connections=HOSTS_PER_THREAD, pool_maxsize=1, max_retries=0)
     session.mount("http://", adapter)
@@ -91,6 +91,16 @@ def guarded_session(user_agent: str) -> requests.Session:
     # (about 9% of a worker's CPU); proxy variables are still honoured.
     session.auth = _no_auth
     return session
+
+
+class _ClientRedirectsSession(requests.Session):
+    """A session whose redirects its client follows itself, each hop checked. requests, even told
+    not to follow them, works out the next hop of a redirect (for ``Response.next``), and for that
+    read the redirect's whole body, however large (our drain stops at DRAIN_LIMIT), and raised a
+    bare ValueError on a Location that does not parse. That look-ahead is skipped."""
+
+    def resolve_redirects(self, *_args, **_kwargs):
+        return iter(())
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
