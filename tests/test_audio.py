@@ -352,7 +352,18 @@ def test_kept_channels_the_encoder_cannot_store_fail_the_sample_clearly():
     body = encoded(signal(44100, 6, seconds=0.1), 44100, "WAV")
     error = failure(body, encode_format="mp3", sample_rate=44100)
     assert (error.message, error.error_type) == (
-        "mp3 stores at most 2 channels; set audio_sample_rate or audio_channels", "audio.unsupported_by_encoder")
+        "mp3 stores at most 2 channels; set audio_channels", "audio.unsupported_by_encoder")
+
+
+def test_mp3_keeps_the_rates_it_stores_and_fails_the_others_per_sample():
+    """No audio_sample_rate needed for mp3 (opus requires one): a 44.1 kHz file keeps its rate, a
+    96 kHz one fails alone."""
+    kept = run(encoded(signal(44100, 2, seconds=0.2), 44100, "WAV"), encode_format="mp3")
+    assert sf.info(io.BytesIO(kept.media["mp3"].data)).samplerate == 44100
+    error = failure(encoded(signal(96000, 2, seconds=0.2), 96000, "WAV"), encode_format="mp3")
+    assert (error.message, error.error_type) == (
+        "mp3 stores sample rates 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000 Hz; "
+        "set audio_sample_rate", "audio.unsupported_by_encoder")
 
 
 # ----------------------------------------------------------------------------- options

@@ -17,7 +17,9 @@ def encode(samples: np.ndarray, sample_rate: int, encode_format: str, compressio
     encoder = ENCODERS[encode_format]
     refusal = encoder.refusal(encode_format, sample_rate, samples.shape[1])
     if refusal is not None:
-        raise failure(f"{refusal}; set audio_sample_rate or audio_channels", "audio.unsupported_by_encoder")
+        rate_refused = encoder.refusal(encode_format, sample_rate, None) is not None
+        raise failure(f"{refusal}; set {'audio_sample_rate' if rate_refused else 'audio_channels'}",
+                      "audio.unsupported_by_encoder")
     # libsndfile wraps out-of-range floats around when it writes integer samples; resampling overshoots.
     np.clip(samples, -1.0, 1.0, out=samples)
     buffer = io.BytesIO()

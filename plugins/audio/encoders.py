@@ -28,6 +28,9 @@ class Encoder:
     max_channels: int
     max_sample_rate: int
     sample_rates: Collection[int] = ()  # when only these rates exist
+    # No usual rate (44.1 kHz...) among them: keeping each file's rate would fail most files, so
+    # audio_sample_rate must be set. mp3 stores every usual rate up to 48 kHz: it keeps them.
+    rate_required: bool = False
     has_compression_level: bool = True
     has_bitrate_mode: bool = False
 
@@ -55,7 +58,7 @@ ENCODERS = {
     "wav": Encoder("WAV", "PCM_16", max_channels=1024, max_sample_rate=2**31 - 1, has_compression_level=False),
     "ogg": Encoder("OGG", "VORBIS", max_channels=255, max_sample_rate=192_000),
     "opus": Encoder("OGG", "OPUS", max_channels=255, max_sample_rate=48_000,
-                    sample_rates=(8000, 12000, 16000, 24000, 48000)),
+                    sample_rates=(8000, 12000, 16000, 24000, 48000), rate_required=True),
     "mp3": Encoder("MP3", "MPEG_LAYER_III", max_channels=2, max_sample_rate=48_000,
                    sample_rates=(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
                    has_bitrate_mode=True),

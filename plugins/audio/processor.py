@@ -98,7 +98,7 @@ class AudioOptions:
             raise ValueError("audio_compression_level must be below 1 for mp3 (libsndfile refuses 1)")
         if self.bitrate_mode is not None and not (encoder.has_bitrate_mode and self.compression_level is not None):
             raise ValueError("audio_bitrate_mode applies to mp3 only, together with audio_compression_level")
-        if encoder.sample_rates and self.sample_rate is None:
+        if encoder.rate_required and self.sample_rate is None:
             raise ValueError(f"{self.encode_format} stores only some sample rates: set audio_sample_rate to one of "
                              f"{', '.join(map(str, encoder.sample_rates))}")
         refusal = encoder.refusal(self.encode_format, self.sample_rate, self.channels)
