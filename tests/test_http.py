@@ -554,6 +554,19 @@ def test_a_redirect_body_is_not_read_past_the_drain_limit(http_server):
     assert len(chunks_sent) < 32, f"{len(chunks_sent)} of 64 chunks of the redirect's body were sent"
 
 
+def test_an_answer_that_is_not_http_is_a_protocol_failure(http_server):
+    """Not a bad URL, not a connection failure to retry, and no URL in the message (each would
+    make a status_dict key of its own)."""
+    def garbage(request):
+        request.wfile.write(b"\x00\x01garbage, not http\r\n\r\n")
+        request.close_connection = True
+
+    url = add_route(http_server, f"garbage_{FETCHER.name}", garbage)
+    error = fetch_error(url)
+    assert (error.error_type, error.retryable) == ("protocol", False)
+    assert "127.0.0.1" not in error.message and "garbage_" not in error.message
+
+
 def test_redirect_to_another_scheme_fails(http_server):
     url = add_route(http_server, "ftp_redirect",
                     lambda r: send_bytes(r, b"", status=302, headers={"Location": "ftp://example.com/file.jpg"}))

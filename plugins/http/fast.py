@@ -459,6 +459,8 @@ class FastHttpFetcher(SiteManners):
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
                 message = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {detail}"
             return FetchError(message, retryable=False, error_type="tls")
+        if code == pycurl.E_UNSUPPORTED_PROTOCOL and "HTTP/0.9" in message:  # an answer that is not HTTP
+            return FetchError(message, retryable=False, error_type="protocol")
         if code in _BAD_URL_CODES:
             return FetchError(f"Invalid URL {url!r}: {message}", retryable=False, error_type="invalid_url")
         if code == pycurl.E_GOT_NOTHING:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from http.client import BadStatusLine, RemoteDisconnected
 from urllib.parse import urlsplit
 
 import requests
@@ -64,6 +65,10 @@ def as_fetch_error(exc: Exception) -> FetchError:
     unframed = next((cause for cause in chain if isinstance(cause, UnframedResponse)), None)
     if unframed is not None:
         return FetchError(str(unframed), retryable=False, error_type="protocol")
+    # An answer that is not HTTP at all (img2dataset's message: the line, as http.client quotes
+    # it); a kept-alive connection closed unanswered (RemoteDisconnected) is a connection failure.
+    if any(isinstance(cause, BadStatusLine) and not isinstance(cause, RemoteDisconnected) for cause in chain):
+        return FetchError(root_message(exc), retryable=False, error_type="protocol")
     if any(isinstance(cause, (NameResolutionError, socket.gaierror)) for cause in chain):
         return FetchError(root_message(exc), retryable=True, error_type="dns")
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError)):
