@@ -226,11 +226,11 @@ def _decode_jpeg(body: bytes, size: tuple[int, int], grayscale: bool,
 
 
 def _decode_with_pillow(image: Image.Image, shrink_to: tuple[int, int] | None) -> tuple[Decoded, bool]:
-    """Pillow's decode of an image OpenCV does not decode, shrunk on load where Pillow can (JPEG),
-    as stored (not turned upright), with the source's extent in it (see :func:`scale`); and
-    whether its pixels were converted (see :func:`_to_array`)."""
+    """Pillow's decode of an image OpenCV does not decode, shrunk on load to ``shrink_to`` (given
+    for JPEGs only), as stored (not turned upright), with the source's extent in it (see
+    :func:`scale`); and whether its pixels were converted (see :func:`_to_array`)."""
     extent = None
-    if shrink_to is not None and image.format in JPEG_FORMATS:
+    if shrink_to is not None:
         drafted = image.draft(image.mode, shrink_to)
         if drafted is not None and drafted[1][2:] != image.size:
             extent = drafted[1][2:]
