@@ -42,7 +42,7 @@ class ImageOptions:
     )
     exact_resize: bool = option(
         False, "Decode at full resolution and resize in one step at the exact ratio, as img2dataset does. "
-        "Off, large JPEGs are decoded at 1/2, 1/4 or 1/8 of their size (keeping at least 1.75 times the "
+        "Off, large JPEGs are decoded at 1/2, 1/4 or 1/8 of their size (keeping at least 1.5 times the "
         "target) and their area downscales by up to 4 go through twice the target size (by up to 1.2, one "
         "bilinear resample): a quarter less CPU per image, the outputs within 53 dB of exact ones on "
         "average (docs/performance.md). Other formats (PNG, GIF, WebP...) are always resized exactly.",
