@@ -4,6 +4,7 @@ streamed by the run's SampleReader, each with a key that is safe as a file name.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -74,6 +75,16 @@ class ShardIntake:
                                                                                               self.rows.columns)
         for sample in source:
             yield sample if is_safe_key(sample.key) else self._unsafe(sample)
+
+    def repeated_urls(self, shard: Shard) -> dict[str, int]:
+        """The URLs ``shard``'s rows list more than once, with their counts (MS-COCO lists each
+        image once per caption), read as samples read them (a binary column's as UTF-8 text)."""
+        url_col = self.rows.url_col
+        if shard.rows is None or url_col not in shard.rows.column_names:
+            return {}
+        urls = (_url_of(value) for value in shard.rows.column(url_col).to_pylist())
+        counts = Counter(url.strip() for url, error in urls if url is not None and error is None)
+        return {url: count for url, count in counts.items() if count > 1}
 
     def _from_rows(self, shard: Shard) -> Iterator[Sample]:
         for index, row in enumerate(shard.rows.to_pylist()):

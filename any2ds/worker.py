@@ -510,7 +510,7 @@ class ShardRunner:
         layout = self.pipeline.layout(shard.column_schema)
         shard_write = ShardWrite(self.pipeline, self.output.target(shard.shard_id), layout)
         try:
-            flow = self.stages.flow(repeats=self._repeated_urls(shard), cpu_share=cpu_share)
+            flow = self.stages.flow(repeats=self.intake.repeated_urls(shard), cpu_share=cpu_share)
             for result in flow.results(self.intake.samples(shard)):
                 shard_write.write(result)
                 reporter.add(result)
@@ -518,15 +518,6 @@ class ShardRunner:
             shard_write.abort()
             raise
         return shard_write.commit(shard.shard_id)
-
-    def _repeated_urls(self, shard: Shard) -> dict[str, int]:
-        """The URLs ``shard``'s rows list more than once, with their counts (MS-COCO lists each
-        image once per caption)."""
-        url_col = self.pipeline.config.core.url_col
-        if shard.rows is None or url_col not in shard.rows.column_names:
-            return {}
-        counts = Counter(url.strip() for url in shard.rows.column(url_col).to_pylist() if isinstance(url, str))
-        return {url: count for url, count in counts.items() if count > 1}
 
     def close(self) -> None:
         self.stages.close()

@@ -224,6 +224,19 @@ def test_duplicate_urls_are_fetched_once_per_shard(tmp_path, http_server, blur):
         assert by_url[(rows[0]["url"], False)] != by_url[(rows[3]["url"], True)]
 
 
+def test_duplicate_urls_of_a_binary_column_are_fetched_once_per_shard(tmp_path, http_server):
+    """Parquet files often type URLs binary: their duplicates are found as the samples read them."""
+    urls = [http_server.url(f"/allowed/{name}?binary-duplicates") for name in ("64_64.jpg", "123_456.jpg")]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"url": pa.array([urls[i % 2].encode() for i in range(8)], pa.binary())}), path)
+    out = tmp_path / "out"
+    assert run("--url_list", str(path), "--input_format", "parquet", "--output_folder", str(out),
+               "--output_format", "webdataset", "--thread_count", "4") == 0
+    assert len([path for path, _headers in http_server.requests if "binary-duplicates" in path]) == 2
+    assert [(m["url"], m["status"]) for m in sorted(read_metadata(out), key=lambda m: m["key"])] == [
+        (urls[i % 2], "success") for i in range(8)]
+
+
 @pytest.mark.parametrize("name, content, input_format", [
     ("empty.jsonl", "", "jsonl"), ("empty.json", "[]", "json"), ("empty.txt", "", "txt"),
     ("header_only.csv", "url,caption\n", "csv"),
