@@ -567,6 +567,25 @@ def test_an_answer_that_is_not_http_is_a_protocol_failure(http_server):
     assert "127.0.0.1" not in error.message and "garbage_" not in error.message
 
 
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+], ids=["status", "content_length"])
+def test_a_head_that_does_not_parse_is_a_protocol_failure_and_not_retried(http_server, head):
+    """As an answer that is not HTTP: the server will send the same head again, so a retry only
+    costs it a request."""
+    requests_seen = Counter()
+
+    def malformed(request):
+        requests_seen.hit(request)
+        request.wfile.write(head + b"hello!")
+        request.close_connection = True
+
+    url = add_route(http_server, f"malformed_{FETCHER.name}_{len(head)}", malformed)
+    error = fetch_error(url, retries=2, retry_backoff=0.01)
+    assert (error.error_type, error.retryable, requests_seen.count) == ("protocol", False, 1)
+
+
 def test_redirect_to_another_scheme_fails(http_server):
     url = add_route(http_server, "ftp_redirect",
                     lambda r: send_bytes(r, b"", status=302, headers={"Location": "ftp://example.com/file.jpg"}))

@@ -87,6 +87,9 @@ _PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]*")
 # One header field: its name and its value without surrounding blanks.
 _FIELD = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
 _BAD_URL_CODES = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
+# libcurl's codes for an answer it cannot read as HTTP, and for a URL it cannot use: which one, is
+# told by whether a request went out. Code 8 is libcurl's CURLE_WEIRD_SERVER_REPLY, under its old FTP name in pycurl.
+_REFUSED_ANSWER_CODES = frozenset({pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_FTP_WEIRD_SERVER_REPLY})
 
 
 class _Redirect(Exception):
@@ -459,7 +462,9 @@ class FastHttpFetcher(SiteManners):
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
                 message = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {detail}"
             return FetchError(message, retryable=False, error_type="tls")
-        if code == pycurl.E_UNSUPPORTED_PROTOCOL and "HTTP/0.9" in message:  # an answer that is not HTTP
+        if code in _REFUSED_ANSWER_CODES and transfer.handle.getinfo(pycurl.REQUEST_SIZE):
+            # The request went out and libcurl refused the answer (not HTTP, its status line, a header,
+            # conflicting lengths), as http.client and urllib3 refuse it: the server would send it again.
             return FetchError(message, retryable=False, error_type="protocol")
         if code in _BAD_URL_CODES:
             return FetchError(f"Invalid URL {url!r}: {message}", retryable=False, error_type="invalid_url")
