@@ -567,23 +567,41 @@ def test_an_answer_that_is_not_http_is_a_protocol_failure(http_server):
     assert "127.0.0.1" not in error.message and "garbage_" not in error.message
 
 
-@pytest.mark.parametrize("head", [
-    b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-], ids=["status", "content_length"])
-def test_a_head_that_does_not_parse_is_a_protocol_failure_and_not_retried(http_server, head):
-    """As an answer that is not HTTP: the server will send the same head again, so a retry only
-    costs it a request."""
+MALFORMED_HEADS = {  # name: (head, refused by both fetchers)
+    "status": (b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\n", True),
+    "two_lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", True),
+    "length_not_a_number": (b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", False),
+    "unknown_transfer_encoding": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: foo\r\n\r\n", False),
+    "header_without_colon": (b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 5\r\n\r\n", False),
+    "long_status_line": (b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\nContent-Length: 5\r\n\r\n", False),
+    "many_headers": (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: v\r\n" * 120 + b"Content-Length: 5\r\n\r\n", False),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED_HEADS)
+def test_a_head_either_fetcher_refuses_is_a_protocol_failure_and_not_retried(http_server, name):
+    """A head one client reads leniently (http.client skips a line without a colon, libcurl reads any
+    number of headers) and the other refuses: read, or refused as ``protocol`` once. The server
+    would send the same head again, so a retry only costs it a request."""
+    head, refused_by_both = MALFORMED_HEADS[name]
     requests_seen = Counter()
 
     def malformed(request):
         requests_seen.hit(request)
-        request.wfile.write(head + b"hello!")
+        request.wfile.write(head + b"hello")
         request.close_connection = True
 
-    url = add_route(http_server, f"malformed_{FETCHER.name}_{len(head)}", malformed)
-    error = fetch_error(url, retries=2, retry_backoff=0.01)
-    assert (error.error_type, error.retryable, requests_seen.count) == ("protocol", False, 1)
+    url = add_route(http_server, f"malformed_{FETCHER.name}_{name}", malformed)
+    fetcher = make_fetcher(retries=2, retry_backoff=0.01)
+    try:
+        result = fetcher.fetch(Sample(key="0", shard_id=0, index=0, url=url))
+    except FetchError as error:
+        assert (error.error_type, error.retryable) == ("protocol", False), error
+    else:
+        assert not refused_by_both and result.body == b"hello"
+    finally:
+        fetcher.close()
+    assert requests_seen.count == 1
 
 
 def test_redirect_to_another_scheme_fails(http_server):

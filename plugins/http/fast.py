@@ -88,8 +88,10 @@ _PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]*")
 _FIELD = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
 _BAD_URL_CODES = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
 # libcurl's codes for an answer it cannot read as HTTP, and for a URL it cannot use: which one, is
-# told by whether a request went out. Code 8 is libcurl's CURLE_WEIRD_SERVER_REPLY, under its old FTP name in pycurl.
-_REFUSED_ANSWER_CODES = frozenset({pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_FTP_WEIRD_SERVER_REPLY})
+# told by whether a request went out. Code 8 is libcurl's CURLE_WEIRD_SERVER_REPLY, under its old FTP name in
+# pycurl; BAD_CONTENT_ENCODING is a Transfer-Encoding libcurl does not know (fast_http decodes Content-Encoding itself).
+_REFUSED_ANSWER_CODES = frozenset({pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_FTP_WEIRD_SERVER_REPLY,
+                                   pycurl.E_BAD_CONTENT_ENCODING})
 
 
 class _Redirect(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from http.client import BadStatusLine, RemoteDisconnected
+from http.client import BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected
 from urllib.parse import urlsplit
 
 import requests
@@ -66,8 +66,9 @@ def as_fetch_error(exc: Exception) -> FetchError:
     if unframed is not None:
         return FetchError(str(unframed), retryable=False, error_type="protocol")
     # An answer that is not HTTP at all (img2dataset's message: the line, as http.client quotes
-    # it); a kept-alive connection closed unanswered (RemoteDisconnected) is a connection failure.
-    if any(isinstance(cause, BadStatusLine) and not isinstance(cause, RemoteDisconnected) for cause in chain):
+    # it), or a head past http.client's limits (a line too long, too many headers): the server would
+    # send it again. A kept-alive connection closed unanswered (RemoteDisconnected) is a connection failure.
+    if any(_refused_head(cause) for cause in chain):
         return FetchError(root_message(exc), retryable=False, error_type="protocol")
     if any(isinstance(cause, (NameResolutionError, socket.gaierror)) for cause in chain):
         return FetchError(root_message(exc), retryable=True, error_type="dns")
@@ -83,6 +84,14 @@ def as_fetch_error(exc: Exception) -> FetchError:
         return FetchError(root_message(exc), retryable=True, error_type="connect")
     kind = "invalid_url" if isinstance(exc, _INVALID_URL) else "protocol"
     return FetchError(root_message(exc), retryable=False, error_type=kind)
+
+
+def _refused_head(cause: BaseException) -> bool:
+    """Whether http.client refused a response head: its status line, a line too long, or more
+    headers than it reads (a bare HTTPException; its subclass IncompleteRead is a short body)."""
+    if isinstance(cause, BadStatusLine):
+        return not isinstance(cause, RemoteDisconnected)
+    return isinstance(cause, LineTooLong) or type(cause) is HTTPException
 
 
 def guarded_session(user_agent: str) -> requests.Session:
