@@ -575,6 +575,7 @@ MALFORMED_HEADS = {  # name: (head, refused by both fetchers)
     "header_without_colon": (b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 5\r\n\r\n", False),
     "long_status_line": (b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\nContent-Length: 5\r\n\r\n", False),
     "many_headers": (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: v\r\n" * 120 + b"Content-Length: 5\r\n\r\n", False),
+    "unknown_version": (b"HTTP/2.5 200 OK\r\nContent-Length: 5\r\n\r\n", False),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from http.client import BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected
+from http.client import BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected, UnknownProtocol
 from urllib.parse import urlsplit
 
 import requests
@@ -87,11 +87,12 @@ def as_fetch_error(exc: Exception) -> FetchError:
 
 
 def _refused_head(cause: BaseException) -> bool:
-    """Whether http.client refused a response head: its status line, a line too long, or more
-    headers than it reads (a bare HTTPException; its subclass IncompleteRead is a short body)."""
+    """Whether http.client refused a response head: its status line or HTTP version, a line too
+    long, or more headers than it reads (a bare HTTPException; its subclass IncompleteRead is a
+    short body)."""
     if isinstance(cause, BadStatusLine):
         return not isinstance(cause, RemoteDisconnected)
-    return isinstance(cause, LineTooLong) or type(cause) is HTTPException
+    return isinstance(cause, (LineTooLong, UnknownProtocol)) or type(cause) is HTTPException
 
 
 def guarded_session(user_agent: str) -> requests.Session:
