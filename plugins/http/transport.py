@@ -66,8 +66,8 @@ def as_fetch_error(exc: Exception) -> FetchError:
     if unframed is not None:
         return FetchError(str(unframed), retryable=False, error_type="protocol")
     # An answer that is not HTTP at all (img2dataset's message: the line, as http.client quotes
-    # it), or a head past http.client's limits (a line too long, too many headers): the server would
-    # send it again. A kept-alive connection closed unanswered (RemoteDisconnected) is a connection failure.
+    # it), or a head http.client refuses otherwise (see _refused_head): the server would send it
+    # again. A kept-alive connection closed unanswered (RemoteDisconnected) is a connection failure.
     if any(_refused_head(cause) for cause in chain):
         return FetchError(root_message(exc), retryable=False, error_type="protocol")
     if any(isinstance(cause, (NameResolutionError, socket.gaierror)) for cause in chain):
