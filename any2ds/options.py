@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -214,10 +215,24 @@ class OptionSchema:
 
     def parse_kwargs(self, kwargs: Mapping[str, Any], needs_url_list: bool = True) -> RunConfig:
         """``any2ds.download(**kwargs)``, type-checked exactly as the flags are; ``needs_url_list``
-        is False for what reads no input list (``any2ds.Pipeline``, reading an output back)."""
-        self.reject_unknown(_names(kwargs, set(self.namespaces.values())))
+        is False for what reads no input list (``any2ds.Pipeline``, reading an output back).
+        A ``config`` keyword names a YAML file of options, read as ``--config`` is (flat names
+        shared by several components set each of them); the other keywords win over it."""
+        kwargs = dict(kwargs)
+        path = kwargs.pop("config", None)
+        file_values = _read_config(path, "config") if path is not None else {}
+        namespaces = set(self.namespaces.values())
+        self.reject_unknown(_names(file_values, namespaces))
+        self.reject_unknown(_names(kwargs, namespaces))
+        nested = self.nest(file_values)
+        for name, value in self.nest(kwargs).items():
+            section = nested.get(name)
+            if name in namespaces and isinstance(section, Mapping) and isinstance(value, Mapping):
+                nested[name] = {**section, **value}  # a keyword replaces one option of the file's section
+            else:
+                nested[name] = value
         try:
-            namespace = self.parser().parse_object(self.nest(kwargs))
+            namespace = self.parser().parse_object(nested)
         except Exception as exc:
             raise ConfigError(_one_line(exc)) from exc
         return self.run_config(namespace, needs_url_list)
@@ -356,16 +371,27 @@ def read_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return specs, normalized
 
 
-def _read_config(path: str) -> dict[str, Any]:
+def keyword_plugins(kwargs: Mapping[str, Any]) -> list[str]:
+    """The one-off plugins ``any2ds.download`` or ``Pipeline`` keywords name: ``plugins``, else the
+    ``plugins`` key of the YAML file their ``config`` keyword names."""
+    if kwargs.get("plugins"):
+        return plugin_list(kwargs["plugins"])
+    if kwargs.get("config") is None:
+        return []
+    return plugin_list(_read_config(kwargs["config"], "config").get("plugins") or [])
+
+
+def _read_config(path: str | os.PathLike, name: str = "--config") -> dict[str, Any]:
+    """The options of YAML file ``path``, given by option ``name`` (named in errors)."""
     try:
         with open(path) as f:
             content = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--config {path}: {_one_line(exc)}") from exc
+        raise ConfigError(f"{name} {path}: {_one_line(exc)}") from exc
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of options, got {type(content).__name__}")
+        raise ConfigError(f"{name} {path}: expected a mapping of options, got {type(content).__name__}")
     return content
 
 

@@ -53,9 +53,9 @@ def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
         kwargs[name] = value
 
     # Imported here: jsonargparse (20 ms, 3.7 MB) stays out of the workers, which import this module.
-    from any2ds.options import OptionSchema, plugin_list
+    from any2ds.options import OptionSchema, keyword_plugins
 
-    host = PluginHost.load(local_plugins=plugin_list(kwargs.get("plugins") or []))
+    host = PluginHost.load(local_plugins=keyword_plugins(kwargs))
     return Run(host, OptionSchema(host).parse_kwargs(kwargs)).execute()
 
 

@@ -11,7 +11,7 @@ import yaml
 from any2ds import Processor, Writer, hookimpl, option
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
-from any2ds.options import OptionSchema, read_plugins
+from any2ds.options import OptionSchema, keyword_plugins, read_plugins
 
 
 def _size_at_least_one(_inst, attribute, value):
@@ -123,6 +123,38 @@ def test_keyword_arguments_flat_nested_and_dotted(schema):
     assert config.component_values["image"]["resize_mode"] == "keep_ratio"
     assert config.options_for(Thumbnail).size == 5 and config.options_for(Sprite).size == 6
 
+
+
+def test_a_config_keyword_reads_its_file_as_the_flag_does(schema, tmp_path):
+    """``download(config=...)``: the file's flat names shared by both fetchers set each, as
+    ``--config`` does; a keyword wins over the file, also over one option of a file's section."""
+    path = tmp_path / "run.yaml"
+    path.write_text("user_agent_token: img2dataset\ndisallowed_header_directives: [noai, noindex]\n"
+                    "retries: 2\nallow_private_networks: true\nimage_size: 128\n"
+                    "thumbnail:\n  size: 20\nsprite:\n  size: 9\nplugins: [a.py]\n")
+    from_flag = parse(schema, "--config", str(path))
+    from_keyword = schema.parse_kwargs({"url_list": "in.txt", "config": str(path)})
+    assert from_keyword.component_values == from_flag.component_values
+    for fetcher in ("http", "fast_http"):
+        assert {name: from_keyword.component_values[fetcher][name] for name in (
+            "user_agent_token", "disallowed_header_directives", "retries", "allow_private_networks")} == {
+            "user_agent_token": "img2dataset", "disallowed_header_directives": ["noai", "noindex"],
+            "retries": 2, "allow_private_networks": True}
+    assert keyword_plugins({"config": str(path)}) == ["a.py"]
+    assert keyword_plugins({"config": str(path), "plugins": "b.py"}) == ["b.py"]
+
+    overridden = schema.parse_kwargs({"url_list": "in.txt", "config": str(path), "retries": 0,
+                                      "thumbnail": {"size": 5}, "fast_http.timeout": 2})
+    assert overridden.component_values["http"]["retries"] == overridden.component_values["fast_http"]["retries"] == 0
+    assert overridden.options_for(Thumbnail).size == 5 and overridden.options_for(Sprite).size == 9
+    assert overridden.component_values["fast_http"]["timeout"] == 2.0
+    assert overridden.component_values["http"]["user_agent_token"] == "img2dataset"
+
+    with pytest.raises(ConfigError, match=r"^config .*missing\.yaml: .*No such file"):
+        schema.parse_kwargs({"url_list": "in.txt", "config": str(tmp_path / "missing.yaml")})
+    path.write_text("retires: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\): 'retires' \(did you mean 'retries'\?\)"):
+        schema.parse_kwargs({"url_list": "in.txt", "config": str(path)})
 
 def test_builtin_options_answer_to_both_names(schema):
     flat = parse(schema, "--image_size", "64", "--timeout", "2")
