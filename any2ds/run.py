@@ -23,7 +23,7 @@ from any2ds.pipeline import RunPipeline, SamplePipeline
 from any2ds.preflight import check_workers
 from any2ds.components import Distributor, Observer, SampleReader
 from any2ds.progress import ProgressTicker, ProgressTracker, RunProgress
-from any2ds.sharding import ShardCutter, counted_shards, planned_shards
+from any2ds.sharding import ShardCutter, check_input_columns, counted_shards, planned_shards
 from any2ds.types import Shard, ShardFailure, ShardStats
 from any2ds.worker import ShardTask, close_runners, top_hosts
 
@@ -68,7 +68,10 @@ class Run:
         check_output_url(config.core.output_folder, config.core.storage())
         self.pipeline = RunPipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
-        self.sources = self.pipeline.samples.reader.input_files(config.core.url_list, config.core.input_format)
+        samples = self.pipeline.samples
+        self.sources = samples.reader.input_files(config.core.url_list, config.core.input_format)
+        if not isinstance(samples.reader, SampleReader):
+            check_input_columns(samples.reader, self.sources, samples.input_columns())
         try:
             check_workers(self.pipeline.distributor, host, config)
         except BaseException:

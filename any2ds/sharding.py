@@ -57,17 +57,26 @@ class ShardCutter:
 
     def _batches(self, source: InputSource) -> Iterator[pa.RecordBatch]:
         """The file's batches, every requested column present and in order."""
-        self._check_columns(source)
+        _check_source_columns(self.reader, source, self.columns)
         for batch in self.reader.read(source, self.columns, READ_BATCH_ROWS):
             if batch.num_rows:
                 batch = _with_columns(batch, self.columns)
                 _check_url_type(source, batch.schema.field(0))  # the URL column is first
                 yield batch
 
-    def _check_columns(self, source: InputSource) -> None:
-        available = self.reader.available_columns(source)
-        if available:  # None: no column names (txt); []: an empty file, zero rows
-            check_columns(f"input file {source.path}", self.columns, available)
+
+
+def check_input_columns(reader: Reader, sources: Sequence[InputSource], columns: Sequence[str]) -> None:
+    """Refuse an input whose first file lacks a column the run reads, before anything is written.
+    Each file is checked again as it is read (a later one may lack it)."""
+    for source in sources[:1]:
+        _check_source_columns(reader, source, columns)
+
+
+def _check_source_columns(reader: Reader, source: InputSource, columns: Sequence[str]) -> None:
+    available = reader.available_columns(source)
+    if available:  # None: no column names (txt); []: an empty file, zero rows
+        check_columns(f"input file {source.path}", columns, available)
 
 
 def check_columns(where: str, columns: Sequence[str], available: Sequence[str]) -> None:

@@ -388,6 +388,7 @@ def test_bad_config_is_one_clear_line(tmp_path, csv_input, args, message):
     err = proc.stderr.strip()
     assert message in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # refused at startup: no folder left looking like a run
 
 
 def test_console_script_and_help_list_plugin_options():

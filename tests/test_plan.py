@@ -63,3 +63,17 @@ def test_plan_refuses_a_bad_config_in_one_line(tmp_path):
                              "--output_folder", str(tmp_path / "out"), "--processors", "[imgae]"],
                             cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "imgae" in result.stderr
+
+
+def test_a_missing_input_column_is_refused_before_anything_is_written(tmp_path):
+    """A parquet file's row count is read from its footer, without its rows: plan and download
+    still check its columns at startup, and neither leaves an output folder behind."""
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"URL": ["http://example.com/a.jpg"], "TEXT": ["a cat"]}), urls)
+    for command in ("plan", "download"):
+        result = subprocess.run([sys.executable, "-m", "any2ds", command, "--url_list", str(urls), "--input_format",
+                                 "parquet", "--caption_col", "TEXT", "--output_folder", str(tmp_path / "out")],
+                                cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert "column(s) 'url' not found; its columns are: 'URL', 'TEXT'" in result.stderr
+        assert not (tmp_path / "out").exists()
