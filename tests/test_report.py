@@ -19,6 +19,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from any2ds.cli import main
+from any2ds.report.collect import ShardStatsFile, _throughput
 from any2ds.testing import download_in_process, read_dataset, send_bytes, serve_directory
 from tests.audio_files import encoded, signal
 
@@ -345,3 +346,12 @@ def test_html_page_draws_its_plots_offline(image_output, audio_output, tmp_path,
     assert network == [] and errors == []
     assert_bars_match(page, "distribution-duration", audio["distributions"]["duration"]["histogram"]["counts"])
     page.close()
+
+
+@pytest.mark.parametrize("seconds, steps", [(3.01, 30), (0.05, 1), (0.1, 1), (600.0, 60)])
+def test_throughput_steps_are_at_least_a_tenth_of_a_second(seconds, steps):
+    shard = ShardStatsFile("00000", 10, 10, {"success": 10}, {}, {}, 100.0, 100.0 + seconds)
+    throughput = _throughput([shard])
+    assert len(throughput["series"]["start_time"]) == steps
+    assert throughput["bin_seconds"] == pytest.approx(seconds / steps)
+    assert sum(throughput["series"]["samples_per_sec"]) * throughput["bin_seconds"] == pytest.approx(10)

@@ -340,7 +340,7 @@ def _throughput(shards: list[ShardStatsFile]) -> dict[str, Any] | None:
     counts = np.array([shard.count for shard in shards], dtype=float)
     successes = np.array([shard.successes for shard in shards], dtype=float)
     first, last = starts.min(), ends.max()
-    bins = int(min(MAX_TIME_BINS, max(1, math.ceil((last - first) / MIN_BIN_SECONDS))))
+    bins = int(min(MAX_TIME_BINS, max(1, (last - first) // MIN_BIN_SECONDS)))  # each at least MIN_BIN_SECONDS
     edges = np.linspace(first, last, bins + 1)
     bin_seconds = (last - first) / bins
     series_samples, series_successes = np.zeros(bins), np.zeros(bins)
