@@ -101,7 +101,7 @@ class Run:
                     break
                 failed = self._run_round(list(failed.values()), task, totals)
             ticker.stop()
-            summary = finish_output(self.pipeline.samples, self.output, totals, start, skipped=len(skip),
+            summary = finish_output(self.pipeline.samples, self.config, self.output, totals, start, skipped=len(skip),
                                     failed=failed)
             self._notify("run_completed", summary)
         finally:
@@ -212,12 +212,12 @@ class Run:
             )
 
 
-def finish_output(pipeline: SamplePipeline, output: OutputFolder, totals: RunTotals, start: float, skipped: int,
-                  failed: Mapping[int, Shard]) -> dict[str, Any]:
+def finish_output(pipeline: SamplePipeline, config: RunConfig, output: OutputFolder, totals: RunTotals, start: float,
+                  skipped: int, failed: Mapping[int, Shard]) -> dict[str, Any]:
     """A run's last writes, once its shards are committed: the writer's ``finalize``, then the run
-    summary (with the manifest of every committed shard); returns the summary."""
+    summary (``config`` and the manifest of every committed shard); returns the summary."""
     pipeline.writer.finalize(output)
-    summary = totals.summary(start, time.time(), skipped=skipped, failed=failed, config=pipeline.config)
+    summary = totals.summary(start, time.time(), skipped=skipped, failed=failed, config=config)
     summary["manifest"] = output.manifest()
     output.write_json(SUMMARY_FILE, summary)
     output.finish()

@@ -48,6 +48,8 @@ class ShardSink:
         if input_schema is not None:
             check_columns("ShardSink input_schema", pipeline.saved_columns(), input_schema.names)
         self._pipeline = pipeline
+        # What the summary records: the folder written, which the options may not name.
+        self._config = attrs.evolve(pipeline.config, core=attrs.evolve(core, output_folder=output_folder))
         self._keys = KeyFormat(core.number_sample_per_shard, core.oom_shard_count)
         self._input_schema = input_schema
         self._layout: MetadataLayout | None = None
@@ -64,7 +66,7 @@ class ShardSink:
         self._closed = False
         self.summary: dict[str, Any] | None = None
         self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": self._start,
-                                              "config": pipeline.config.as_dict()})
+                                              "config": self._config.as_dict()})
 
     def write(self, result: SampleResult) -> None:
         """Add ``result`` to the open shard under its key in the output; commit the shard when full."""
@@ -100,7 +102,8 @@ class ShardSink:
                 self._drop()
                 raise
             self._closed = True
-            self.summary = finish_output(self._pipeline, self.output, self._totals, self._start, skipped=0, failed={})
+            self.summary = finish_output(self._pipeline, self._config, self.output, self._totals, self._start,
+                                         skipped=0, failed={})
             return self.summary
 
     def __enter__(self) -> ShardSink:

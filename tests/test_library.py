@@ -179,6 +179,7 @@ def test_filtered_results_written_as_a_runs_shards(pipeline_rows, pipeline_rows_
     dataset = read_dataset(out)
     assert len(kept) >= 8
     assert sink.summary["state"] == "done" and dataset.summary["count"] == len(kept)
+    assert dataset.summary["config"]["output_folder"] == str(out)  # the folder written, not the option's default
     assert dataset.summary["shards_done"] == -(-len(kept) // 4)
     assert [row["key"] for row in dataset.rows] == [f"{i // 4:05d}{i % 4}" for i in range(len(kept))]
     expected = {row["url"]: media for row, media in pipeline_rows_downloaded}
