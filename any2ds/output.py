@@ -23,7 +23,7 @@ import fsspec
 
 from any2ds.errors import ConfigError
 from any2ds.storage import Storage
-from any2ds.types import shard_name
+from any2ds.types import InputSource, shard_name
 
 TMP_DIR = "_tmp"
 STATS_SUFFIX = "_stats.json"
@@ -50,6 +50,13 @@ class OutputFolder:
     def join(self, name: str) -> str:
         """The path of ``name`` inside the output folder (on :attr:`fs`)."""
         return f"{self.root}/{name}"
+
+    def holds(self, source: InputSource) -> bool:
+        """Whether input file ``source`` is inside the output folder (on the same filesystem)."""
+        if _is_local(self.fs):  # links resolved: the same file may be named through one
+            return _is_local(source.fs) and os.path.realpath(source.path).startswith(
+                os.path.realpath(self.root) + os.sep)
+        return source.fs.protocol == self.fs.protocol and source.path.startswith(self.root + "/")
 
     def done_shards(self) -> set[int]:
         """Shard ids whose stats file exists (committed shards)."""

@@ -70,6 +70,10 @@ class Run:
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
         samples = self.pipeline.samples
         self.sources = samples.reader.input_files(config.core.url_list, config.core.input_format)
+        if config.core.incremental_mode == "overwrite" and any(map(self.output.holds, self.sources)):
+            raise ConfigError(f"url_list {config.core.url_list!r} is inside output_folder "
+                              f"{config.core.output_folder!r}, which incremental_mode overwrite deletes first: "
+                              "move the input out of it")
         if not isinstance(samples.reader, SampleReader):
             check_input_columns(samples.reader, self.sources, samples.input_columns())
         try:

@@ -391,6 +391,22 @@ def test_bad_config_is_one_clear_line(tmp_path, csv_input, args, message):
     assert not (tmp_path / "o").exists()  # refused at startup: no folder left looking like a run
 
 
+
+def test_overwrite_refuses_an_input_inside_the_output_folder(tmp_path):
+    """overwrite deletes the output folder first: an input list inside it would be deleted
+    unread (img2dataset's users keep lists beside their shards)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    urls = out / "list.txt"
+    urls.write_text("http://example.com/a.jpg\n")
+    for url_list in (urls, out):
+        proc = subprocess.run([sys.executable, "-m", "any2ds", "download", "--url_list", str(url_list),
+                               "--output_folder", str(out), "--incremental_mode", "overwrite"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "is inside output_folder" in proc.stderr and "overwrite deletes first" in proc.stderr
+        assert urls.read_text() == "http://example.com/a.jpg\n"
+
 def test_console_script_and_help_list_plugin_options():
     proc = subprocess.run(["any2ds", "download", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
