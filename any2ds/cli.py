@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  report    {REPORT_HELP}\n  verify    {VERIFY_HELP}",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    previous = _on_sigterm(_raise_terminated)
     try:
         return COMMANDS[argv[0]](argv[1:])
     except Any2dsError as exc:
@@ -97,6 +99,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("any2ds: interrupted; finished shards are kept. Run the same command again to resume.", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("any2ds: terminated; finished shards are kept. Run the same command again to resume.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        _on_sigterm(previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (``timeout``, ``docker stop``, Kubernetes, Slurm), raised in the main thread as
+    Ctrl-C's KeyboardInterrupt is, so that a run stops its workers the same way."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise _Terminated()
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM; return the one it replaces (None off the main thread,
+    where Python cannot set handlers: the caller's own handling stays)."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +26,8 @@ from any2ds import (CoreOptions, Distributor, RunConfig, Shard, ShardFailure, Sh
 MAX_REPORT_BYTES = 65536
 # Seconds the receiving thread waits before looking whether the run ended.
 RECEIVE_SECONDS = 0.2
+# Seconds between a worker's looks at whether its main process is still there.
+PARENT_CHECK_SECONDS = 0.5
 
 
 class MultiprocessingDistributor(Distributor):
@@ -193,7 +196,7 @@ class _Workers:
 
     def pool(self, processes: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(self.reports, self.cpu_share))
+                                   initializer=_start_worker, initargs=(self.reports, self.cpu_share, os.getpid()))
 
 
 # In a worker process: where reports go, the socket they are sent from, the shared cpu_share.
@@ -202,11 +205,21 @@ _REPORTS_SOCKET: socket.socket | None = None
 _CPU_SHARE: Any = None
 
 
-def _start_worker(reports: str | None, cpu_share: Any) -> None:
+def _start_worker(reports: str | None, cpu_share: Any, parent: int) -> None:
     """Ctrl-C reaches the whole process group; the main process alone decides how to stop."""
     global _REPORTS_ADDRESS, _CPU_SHARE
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _REPORTS_ADDRESS, _CPU_SHARE = reports, cpu_share
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="any2ds-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives no run: once its main process is gone (SIGKILL, the OOM killer), the
+    worker is re-parented and exits, its open shard left uncommitted for a rerun to redo, rather
+    than go on writing into a folder that a rerun may be writing too, then wait for ever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _run_shard(task: ShardFunction, shard: Shard) -> ShardStats:

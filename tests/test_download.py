@@ -368,6 +368,38 @@ def test_interrupted_run_resumes_to_a_complete_dataset(tmp_path, http_server):
     assert_complete_webdataset(out, shards=20, rows=400)
 
 
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie no longer does: a re-parented one may wait long to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sent, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_run_killed_or_terminated_leaves_no_worker_behind(tmp_path, http_server, sent, code):
+    """SIGTERM (timeout, docker stop, Kubernetes, Slurm) stops a run as Ctrl-C does; after a
+    SIGKILL of the main process its workers exit too, instead of writing on into the folder."""
+    cmd, out = long_run(tmp_path, http_server, rows=400)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_shards(out, proc, 1)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, "the run's workers are not there"
+    proc.send_signal(sent)
+    assert proc.wait(timeout=60) == code
+    if sent == signal.SIGTERM:
+        assert "any2ds: terminated; finished shards are kept" in proc.stderr.read()
+    assert wait_until(lambda: not any(map(_running, workers)), 30), "a worker outlived its run"
+    done = len(glob.glob(f"{out}/*_stats.json"))
+    time.sleep(1)
+    assert len(glob.glob(f"{out}/*_stats.json")) == done < 20
+
 @pytest.mark.parametrize("args, message", [
     (["--url_list", "/nonexistent/list.txt"], "url_list '/nonexistent/list.txt' does not exist"),
     (["--input_format", "xml"], "input_format: unknown reader 'xml'"),
