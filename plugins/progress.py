@@ -57,8 +57,7 @@ class ProgressObserver(Observer):
             _print(f"shard {stats.shard_id} done in {stats.duration:.1f}s: {stats.successes}/{stats.count} ok")
 
     def shard_failed(self, failure: ShardFailure) -> None:
-        if self._mode != "none":
-            _print(f"shard {failure.shard_id} failed: {failure.error}")
+        _print(f"shard {failure.shard_id} failed: {failure.error}")  # an error, not progress: in every mode
 
     def run_completed(self, summary: Mapping[str, Any]) -> None:
         self.close()

@@ -251,6 +251,22 @@ def test_a_rerun_says_the_shards_an_earlier_run_did_were_skipped(tmp_path, http_
         "; 2 shards done by an earlier run, skipped"), again
 
 
+
+def test_a_failed_shard_is_printed_in_every_progress_mode(tmp_path, capfd):
+    """A shard that fails as a whole (here a truncated archive) is an error, not progress: even
+    with ``progress none`` its cause reaches stderr, not only the exit status."""
+    member = tmp_path / "a.txt"
+    member.write_bytes(os.urandom(4096))
+    archive = tmp_path / "in.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(tmp_path), "a.txt"], check=True)
+    archive.write_bytes(archive.read_bytes()[:1024])
+    for mode in ("none", "log"):
+        summary = download_in_process(url_list=str(archive), input_format="archive", progress=mode,
+                                      output_folder=str(tmp_path / f"out-{mode}"))
+        assert summary["shards_failed"] == [0]
+        err = capfd.readouterr().err
+        assert "shard 0 failed: ArchiveError: archive " in err and "truncated or corrupt" in err, err
+
 def test_terminal_shows_a_live_bar_with_total_rate_and_eta(tmp_path, slow_server):
     """The CLI in a real pseudo-terminal (tmux): what the screen shows while the run goes."""
     tmux = shutil.which("tmux")
