@@ -134,7 +134,8 @@ class CoreOptions:
     )
     progress: Literal["auto", "bar", "log", "none"] = option(
         "auto", "What the progress observer shows on stderr: bar (a live bar), log (a line every "
-                "progress_log_interval seconds), none; auto: bar on a terminal, else log."
+                "progress_log_interval seconds), none (only a failed shard's error); auto: bar on a terminal, "
+                "else log."
     )
 
     def cpu_threads(self, busy_processes: int | None = None) -> int:
