@@ -41,6 +41,7 @@ class OutputFolder:
     the filesystem built with ``storage``'s options (the run's ``storage_options``)."""
 
     def __init__(self, url: str, oom_shard_count: int, storage: Storage = Storage()) -> None:
+        self.url = url  # as the user gave it, for messages
         self.fs, self.root = storage.url_to_fs(url)
         if _is_local(self.fs):
             self.root = os.path.abspath(self.root)
@@ -86,11 +87,31 @@ class OutputFolder:
         return {name: {"files": len(stats.get("files", {})), "sha256": shard_digest(stats.get("files", {}))}
                 for name, stats in self.shard_stats().items()}
 
+    def check_usable(self) -> None:
+        """A ConfigError, in one line, for a folder that cannot be one: an existing file, a path
+        through a file, or a filesystem that refuses to answer (missing credentials, say)."""
+        try:
+            if _is_local(self.fs):
+                existing = self.root
+                while not os.path.lexists(existing):
+                    existing = os.path.dirname(existing)
+                if not os.path.isdir(existing):
+                    raise ConfigError(f"output_folder {self.url!r}: {existing!r} is a file, not a folder")
+            elif self.fs.exists(self.root) and not self.fs.isdir(self.root):
+                raise ConfigError(f"output_folder {self.url!r} is a file, not a folder")
+        except ConfigError:
+            raise
+        except Exception as exc:  # the filesystem's own error, whatever its class (botocore's, ...)
+            raise ConfigError(f"output_folder {self.url!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
     def prepare(self, mode: str) -> tuple[set[int], int]:
         """Apply the incremental mode; return (shard ids to skip, id of the first new shard)."""
-        if mode == "overwrite" and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
-        self.fs.makedirs(self.root, exist_ok=True)
+        try:
+            if mode == "overwrite" and self.fs.exists(self.root):
+                self.fs.rm(self.root, recursive=True)
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as exc:  # not writable, or gone from under us: one line, not a traceback
+            raise ConfigError(f"output_folder {self.url!r}: {exc}") from exc
         done = self.done_shards()
         # A run interrupted after a commit's renames leaves the shard's temporary folder behind.
         # The temporary files of unfinished shards may be another machine's, at work on other
@@ -345,6 +366,10 @@ def file_sha256(f: BinaryIO) -> str:
     while block := f.read(2**20):
         digest.update(block)
     return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

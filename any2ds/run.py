@@ -68,6 +68,7 @@ class Run:
         check_output_url(config.core.output_folder, config.core.storage())
         self.pipeline = RunPipeline.build(host, config)
         self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
+        self.output.check_usable()
         samples = self.pipeline.samples
         self.sources = samples.reader.input_files(config.core.url_list, config.core.input_format)
         if config.core.incremental_mode == "overwrite" and any(map(self.output.holds, self.sources)):

@@ -424,6 +424,19 @@ def test_bad_config_is_one_clear_line(tmp_path, csv_input, args, message):
 
 
 
+
+def test_an_output_folder_that_cannot_be_one_is_one_clear_line(tmp_path):
+    """A file given as output_folder, or a path through one: download and plan say so in one
+    line, at startup, not with a traceback once the run starts writing."""
+    urls = tmp_path / "list.txt"
+    urls.write_text("http://example.com/a.jpg\n")
+    for folder in (urls, urls / "sub"):
+        for command in ("download", "plan"):
+            proc = subprocess.run([sys.executable, "-m", "any2ds", command, "--url_list", str(urls),
+                                   "--output_folder", str(folder)], capture_output=True, text=True)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert proc.stderr == f"any2ds: error: output_folder {str(folder)!r}: {str(urls)!r} is a file, not a folder\n"
+
 def test_overwrite_refuses_an_input_inside_the_output_folder(tmp_path):
     """overwrite deletes the output folder first: an input list inside it would be deleted
     unread (img2dataset's users keep lists beside their shards)."""
