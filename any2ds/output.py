@@ -73,13 +73,17 @@ class OutputFolder:
         return sorted(names, key=int)
 
     def shard_stats(self) -> dict[str, dict[str, Any]]:
-        """The ``_stats.json`` of every committed shard, by shard file stem (read concurrently
-        on object stores)."""
+        """The ``_stats.json`` of every committed shard, by shard file stem."""
+        return {name: json.loads(text) for name, text in self.shard_stats_texts().items()}
+
+    def shard_stats_texts(self) -> dict[str, bytes]:
+        """The bytes of every committed shard's ``_stats.json``, by shard file stem, in shard
+        order (read concurrently on object stores)."""
         names = self.done_shard_names()
         paths = [self.join(name + STATS_SUFFIX) for name in names]
         contents = self.fs.cat(paths) if paths else {}
         by_file = {posixpath.basename(path): data for path, data in contents.items()}
-        return {name: json.loads(by_file[name + STATS_SUFFIX]) for name in names}
+        return {name: by_file[name + STATS_SUFFIX] for name in names}
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         """Every committed shard's files in brief: their count and one sha256 over their names and

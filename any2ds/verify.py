@@ -34,16 +34,23 @@ class Verification:
 
 def verify_output(url: str, storage: Storage = Storage()) -> Verification:
     """Recompute the sha256 of every file the shards' stats list and compare with the records
-    (the folder reached with ``storage``'s options)."""
+    (the folder reached with ``storage``'s options). A record that does not parse is a problem
+    of its own, not an error."""
     output = OutputFolder(url, oom_shard_count=1, storage=storage)
-    summary = output.read_json(SUMMARY_FILE) or {}
-    manifest = summary.get("manifest", {})
     problems = []
     checked = 0
-    stats_by_shard = output.shard_stats()
-    if not stats_by_shard and not manifest:
+    try:
+        manifest = (output.read_json(SUMMARY_FILE) or {}).get("manifest", {})
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        problems.append(f"{SUMMARY_FILE}: not a run summary (its JSON does not parse as one)")
+        manifest = {}
+    texts = output.shard_stats_texts()
+    stats_by_shard = {shard: stats for shard, text in texts.items() if isinstance(stats := _parsed(text), dict)}
+    if not texts and not manifest:
         problems.append(f"{url}: no committed shard (no <shard>_stats.json): not an any2ds output folder")
-    for shard in sorted(set(manifest) - set(stats_by_shard)):
+    for shard in sorted(set(texts) - set(stats_by_shard)):
+        problems.append(f"{shard}: its {shard}_stats.json is not a stats file (its JSON does not parse as one)")
+    for shard in sorted(set(manifest) - set(texts)):
         problems.append(f"{shard}: in the run summary, but its {shard}_stats.json is missing")
     for shard, stats in stats_by_shard.items():
         files = stats.get("files")
@@ -62,6 +69,13 @@ def verify_output(url: str, storage: Storage = Storage()) -> Verification:
                     problems.append(f"{name}: sha256 differs from the recorded one")
             checked += 1
     return Verification(checked, problems)
+
+
+def _parsed(text: bytes) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def main(argv: Sequence[str]) -> int:

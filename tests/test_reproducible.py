@@ -79,3 +79,22 @@ def test_verify_finds_a_changed_a_missing_and_a_foreign_file(tmp_path, url_list,
     assert f"00001/{gone.name}: missing" in printed
     assert "00002: its stats do not match the run summary's manifest" in printed
     assert main(["verify", str(tmp_path / "nothing")]) == 1
+
+
+def test_verify_names_a_record_that_does_not_parse_and_checks_the_rest(tmp_path, url_list, capsys):
+    out = tmp_path / "out"
+    download_in_process(url_list=str(url_list), output_folder=str(out), output_format="files",
+                        number_sample_per_shard=6, allow_private_networks=True)
+    (out / "00000_stats.json").write_text("{bad")
+    (out / "00001_stats.json").write_text("[1, 2]")
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["00000: its 00000_stats.json is not a stats file (its JSON does not parse as one)",
+                           "00001: its 00001_stats.json is not a stats file (its JSON does not parse as one)"]
+    checked = len(json.loads((out / "00002_stats.json").read_text())["files"])
+    assert printed[2:] == [f"{checked} files checked: 2 problem(s)"]
+    (out / "_any2ds" / "run_summary.json").write_text("{x")
+    assert main(["verify", str(out)]) == 1
+    assert capsys.readouterr().out.startswith(
+        "_any2ds/run_summary.json: not a run summary (its JSON does not parse as one)\n")
