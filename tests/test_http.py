@@ -194,6 +194,16 @@ def test_a_url_that_does_not_parse_is_invalid_url(url, robots_txt):
     assert (error.message, error.error_type, error.retryable) == (f"Failed to parse: {url}", "invalid_url", False)
 
 
+
+@pytest.mark.parametrize("host, reason", [("a" * 64 + ".com", "label empty or too long"), ("a..b", "label empty or too long"),
+                                          ("a" * 300, "label too long")], ids=["long_label", "empty_label", "long_name"])
+def test_a_host_no_resolver_can_look_up_is_invalid_url(host, reason):
+    """A label over 63 characters, or empty: the name cannot be encoded for a lookup. Python's
+    message, as img2dataset reports it; not retried."""
+    error = fetch_error(f"http://{host}/a.jpg", retries=3, retry_backoff=10)
+    assert (error.message, error.error_type, error.retryable) == (
+        f"encoding with 'idna' codec failed (UnicodeError: {reason})", "invalid_url", False)
+
 def test_dns_failure_message_is_the_resolver_error():
     reason = socket.gaierror(-2, "Name or service not known")
     resolution = urllib3.exceptions.NameResolutionError("no.such.host.invalid", None, reason)

@@ -126,7 +126,8 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple]:
 
     IP literals (including ``2130706433`` and ``0x7f.0.0.1``) are parsed at
     once; names are resolved on a helper thread, abandoned if it overruns
-    (it ends when the resolver gives up). An overrun raises ``socket.gaierror`` (EAI_AGAIN).
+    (it ends when the resolver gives up). An overrun raises ``socket.gaierror`` (EAI_AGAIN); a
+    name that cannot be encoded for a lookup, a FetchError (``invalid_url``).
     """
     host = host.strip("[]")
     family = RESOLVE_FAMILY
@@ -134,6 +135,8 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple]:
         return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:
         pass
+    except UnicodeError as exc:  # a label empty or over 63 characters: no name a resolver could look up
+        raise FetchError(str(exc), retryable=False, error_type="invalid_url") from exc
     answer: Future[list[tuple]] = Future()
 
     def lookup() -> None:
