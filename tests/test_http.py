@@ -586,6 +586,7 @@ MALFORMED_HEADS = {  # name: (head, refused by both fetchers)
     "long_status_line": (b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\nContent-Length: 5\r\n\r\n", False),
     "many_headers": (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: v\r\n" * 120 + b"Content-Length: 5\r\n\r\n", False),
     "unknown_version": (b"HTTP/2.5 200 OK\r\nContent-Length: 5\r\n\r\n", False),
+    "huge_header_line": (b"HTTP/1.1 200 OK\r\nX-Filler: " + b"v" * 200_000 + b"\r\nContent-Length: 5\r\n\r\n", True),
 }
 
 
@@ -607,13 +608,29 @@ def test_a_head_either_fetcher_refuses_is_a_protocol_failure_and_not_retried(htt
     try:
         result = fetcher.fetch(Sample(key="0", shard_id=0, index=0, url=url))
     except FetchError as error:
-        assert (error.error_type, error.retryable) == ("protocol", False), error
+        assert (error.error_type, error.retryable) == ("protocol", False) and error.message, error
     else:
         assert not refused_by_both and result.body == b"hello"
     finally:
         fetcher.close()
     assert requests_seen.count == 1
 
+
+
+def test_a_url_too_long_to_send_fails_once(http_server):
+    """A 2 MB URL: libcurl refuses to send it: invalid_url, nothing sent, not retried."""
+    if FETCHER.name != "fast_http":
+        pytest.skip("requests sends any URL: the server's answer decides")
+    requests_seen = Counter()
+
+    def count(request):
+        requests_seen.hit(request)
+        request.send_error(414)
+
+    url = add_route(http_server, f"long_{FETCHER.name}", count) + "?" + "a" * 2_000_000
+    error = fetch_error(url, retries=2, retry_backoff=0.01)
+    assert (error.message, error.error_type, error.retryable) == ("HTTP request too large", "invalid_url", False)
+    assert requests_seen.count == 0
 
 def test_redirect_to_another_scheme_fails(http_server):
     url = add_route(http_server, "ftp_redirect",

@@ -92,6 +92,9 @@ _BAD_URL_CODES = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCO
 # pycurl; BAD_CONTENT_ENCODING is a Transfer-Encoding libcurl does not know (fast_http decodes Content-Encoding itself).
 _REFUSED_ANSWER_CODES = frozenset({pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_FTP_WEIRD_SERVER_REPLY,
                                    pycurl.E_BAD_CONTENT_ENCODING})
+# libcurl's CURLE_TOO_LARGE (8.6 and later; pycurl does not name it): a request over libcurl's
+# limit, or a response header line over 100 KiB (its message is then empty).
+_E_TOO_LARGE = getattr(pycurl, "E_TOO_LARGE", 100)
 
 
 class _Redirect(Exception):
@@ -464,6 +467,10 @@ class FastHttpFetcher(SiteManners):
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
                 message = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {detail}"
             return FetchError(message, retryable=False, error_type="tls")
+        if code == _E_TOO_LARGE:
+            if transfer.handle.getinfo(pycurl.REQUEST_SIZE):  # as http.client refuses a header line over 64 KiB
+                return FetchError(message or "response head too large", retryable=False, error_type="protocol")
+            return FetchError(message, retryable=False, error_type="invalid_url")  # a URL too long to send
         if code in _REFUSED_ANSWER_CODES and transfer.handle.getinfo(pycurl.REQUEST_SIZE):
             # The request went out and libcurl refused the answer (not HTTP, its status line, a header,
             # conflicting lengths), as http.client and urllib3 refuse it: the server would send it again.
