@@ -102,10 +102,15 @@ class VerifyError(SampleError):
 
 _OBJECT_AT = re.compile(r"\s+(?:object )?at 0x[0-9a-fA-F]+")  # <Foo object at 0x7f3a...>
 _HEX_ID = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
-_LONG_NUMBER = re.compile(r"\d{4,}")
-# Candidates for an IP address: dotted quads, and words of hex digits and colons (checked by ipaddress).
-_ADDRESS_LIKE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\[?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"
-                           r"(?:%\w+)?\]?")
+# Not part of a longer word of letters and digits: an OpenSSL code (0A00010B) is not a number.
+_LONG_NUMBER = re.compile(r"(?<![A-Za-z0-9])\d{4,}(?![A-Za-z0-9])")
+# Candidates for an IP address (checked by ipaddress): dotted quads, bracketed IPv6 addresses, and
+# whole words of hex digits and colons with a digit (IPv4-mapped ones included); not the "::" of
+# "SSL routines::wrong version number", nor a time of day.
+_ADDRESS_LIKE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"
+                           r"|\[[0-9A-Fa-f:.]+(?:%\w+)?\]"
+                           r"|(?<![\w:.])(?=:*[0-9A-Fa-f])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"
+                           r"(?:\.\d{1,3}){0,3}(?:%\w+)?(?![\w:.])")
 _SPACE = re.compile(r"\s+")
 MAX_MESSAGE_CHARS = 500
 

@@ -88,6 +88,17 @@ def test_messages_naming_hosts_addresses_and_sizes_share_a_key():
         "hostname '<host>' doesn't match '*.other.net'")
     assert status_key("body larger than 67108864 bytes") == "body larger than N bytes"
     assert status_key("at 12:30:45") == "at 12:30:45"  # not an address
+    assert status_key("Failed to connect to [2001:db8::1]:8443 after 3 ms") == (
+        "Failed to connect to <address>:N after 3 ms")
+    assert status_key("connect to ::ffff:10.0.0.1 port 80") == "connect to <address> port 80"
+
+
+@pytest.mark.parametrize("message", [
+    "TLS connect error: error:0A00010B:SSL routines::wrong version number",
+    "error:0A000086:SSL routines::certificate verify failed",
+])
+def test_openssl_codes_and_double_colons_are_not_addresses_or_numbers(message):
+    assert status_key(message) == message
 
 
 def test_status_dict_stays_small_and_the_failing_hosts_are_counted():
