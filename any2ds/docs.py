@@ -133,7 +133,8 @@ option `x` is given as `--<component>.x` on the command line, as `x` in the YAML
 answer to the flat name listed second (img2dataset's flags: `--image_size`, `image_size:`,
 `download(image_size=...)`); a flat name several of them share, such as `--timeout`, sets each
 of them. Defaults are written as in YAML, which is also how flags read
-their values: `null` for none, `.inf` for infinity, `[a, b]` for a list."""
+their values: `null` for none (on the command line `None` too, as img2dataset reads it), `.inf` for
+infinity, `[a, b]` for a list."""
 
 
 def option_reference(host: PluginHost | None = None) -> str:

@@ -181,7 +181,7 @@ class OptionSchema:
     def parse_args(self, argv: Sequence[str]) -> RunConfig:
         """The ``any2ds download`` command line (``--config`` already read, see :func:`read_plugins`)."""
         self.reject_unknown(arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--"))
-        argv = self._expand_shared(argv)
+        argv = self._expand_shared(_none_as_null(argv))
         for i, arg in enumerate(argv[:-1]):
             if arg == "--config":
                 content = yaml.safe_load(argv[i + 1])
@@ -316,6 +316,19 @@ def _names(values: Mapping[str, Any], namespaces: set[str]) -> list[str]:
         else:
             names.append(name)
     return names
+
+
+def _none_as_null(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each flag's value ``None`` written ``null``: img2dataset's command line
+    (python-fire) reads ``--caption_col None`` as no caption column, and so does this one."""
+    normalized = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and not arg.startswith("--config=") and arg.endswith("=None"):
+            arg = arg.removesuffix("None") + "null"
+        elif arg == "None" and i and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and argv[i - 1] != "--config":
+            arg = "null"
+        normalized.append(arg)
+    return normalized
 
 
 def _yaml_text(value: Any) -> str:

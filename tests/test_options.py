@@ -156,6 +156,18 @@ def test_a_config_keyword_reads_its_file_as_the_flag_does(schema, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown option\(s\): 'retires' \(did you mean 'retries'\?\)"):
         schema.parse_kwargs({"url_list": "in.txt", "config": str(path)})
 
+
+def test_none_on_the_command_line_is_null_as_in_img2dataset(schema):
+    """img2dataset's command line (python-fire) reads None as Python's None, for any flag."""
+    config = parse(schema, "--caption_col", "None", "--save_additional_columns=None", "--compute_hash", "None",
+                   "--verify_hash", "None", "--user_agent_token=None", "--thumbnail.size", "7")
+    assert config.core.caption_col is None and config.core.save_additional_columns is None
+    assert config.component_values["hash"] == {**config.component_values["hash"], "compute_hash": None,
+                                               "verify_hash": None}
+    for fetcher in ("http", "fast_http"):
+        assert config.component_values[fetcher]["user_agent_token"] is None
+    assert parse(schema, "--caption_col", "caption").core.caption_col == "caption"
+
 def test_builtin_options_answer_to_both_names(schema):
     flat = parse(schema, "--image_size", "64", "--timeout", "2")
     nested = parse(schema, "--image.image_size", "64", "--http.timeout", "2", "--fast_http.timeout", "2")
