@@ -8,6 +8,7 @@ is retried ``max_shard_retry`` times and then reported in the summary.
 from __future__ import annotations
 
 import inspect
+import posixpath
 import sys
 import threading
 import time
@@ -39,6 +40,8 @@ IMG2DATASET_ARGUMENTS = (
 )
 # Changing these between runs changes which rows land in which shard.
 SHARDING_OPTIONS = ("url_list", "input_format", "number_sample_per_shard", "oom_shard_count")
+# run_summary.json: each input file's name and size (a resume refuses an input that changed).
+INPUTS_KEY = "input_files"
 # run_summary.json: the hosts with the most failures.
 TOP_FAILED_HOSTS = 50
 
@@ -93,7 +96,9 @@ class Run:
         self.check_resume()
         skip, first_id = self.output.prepare(core.incremental_mode)
         start = time.time()
-        self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict()})
+        inputs = self._input_sizes()
+        self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict(),
+                                              INPUTS_KEY: inputs})
         task = ShardTask(self.config, self.pipeline.distributor.dedicated_workers)
         totals = RunTotals()
         self._notify("run_started", self.config)
@@ -107,7 +112,7 @@ class Run:
                 failed = self._run_round(list(failed.values()), task, totals)
             ticker.stop()
             summary = finish_output(self.pipeline.samples, self.config, self.output, totals, start, skipped=len(skip),
-                                    failed=failed)
+                                    failed=failed, inputs=inputs)
             self._notify("run_completed", summary)
         finally:
             ticker.stop()
@@ -215,14 +220,46 @@ class Run:
                 + "; resuming would shift rows between shards. Use the same options, "
                 "incremental_mode=overwrite, or another output_folder."
             )
+        change = _input_change(previous.get(INPUTS_KEY) or {}, self._input_sizes())
+        if change is not None:
+            raise ConfigError(
+                f"url_list {self.config.core.url_list!r} changed since output_folder "
+                f"{self.config.core.output_folder!r} was made from it ({change}); resuming would shift rows "
+                "between shards. Use the same input, incremental_mode=overwrite, or another output_folder."
+            )
+
+    def _input_sizes(self) -> dict[str, int]:
+        """Each input file's name and size, in input order: what a resume checks its input against.
+        Rows are cut into shards by their place in the files; a SampleReader plans its own shards
+        (an archive's are the archive's), and lists files that may be missing: nothing to record."""
+        if isinstance(self.pipeline.samples.reader, SampleReader):
+            return {}
+        return {posixpath.basename(source.path): source.fs.size(source.path) for source in self.sources}
+
+
+def _input_change(recorded: Mapping[str, int], current: Mapping[str, int]) -> str | None:
+    """How the input files differ from those an output was made from, or None. Files may be added
+    after the recorded ones (their rows make new shards); none may change, go, or come before."""
+    names = list(current)
+    for index, (name, size) in enumerate(recorded.items()):
+        if name not in current:
+            return f"{name} is missing"
+        if current[name] != size:
+            return f"{name}: {size:,} bytes, now {current[name]:,}"
+        if names[index] != name:
+            return f"{names[index]} now comes before {name}"
+    return None
 
 
 def finish_output(pipeline: SamplePipeline, config: RunConfig, output: OutputFolder, totals: RunTotals, start: float,
-                  skipped: int, failed: Mapping[int, Shard]) -> dict[str, Any]:
+                  skipped: int, failed: Mapping[int, Shard], inputs: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A run's last writes, once its shards are committed: the writer's ``finalize``, then the run
-    summary (``config`` and the manifest of every committed shard); returns the summary."""
+    summary (``config``, the ``inputs`` a resume checks, and the manifest of every committed
+    shard); returns the summary."""
     pipeline.writer.finalize(output)
     summary = totals.summary(start, time.time(), skipped=skipped, failed=failed, config=config)
+    if inputs is not None:
+        summary[INPUTS_KEY] = dict(inputs)
     summary["manifest"] = output.manifest()
     output.write_json(SUMMARY_FILE, summary)
     output.finish()

@@ -356,6 +356,30 @@ def test_resume_with_other_sharding_options_is_refused(tmp_path, csv_input):
     assert run(*base, "--number_sample_per_shard", "5") == 2
 
 
+def test_resume_from_an_input_that_changed_is_refused(tmp_path, http_server, capfd):
+    """The same path, other contents (a row put first): the rerun would store one row twice and
+    lose another. Files added after the recorded ones are new shards, not a change."""
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    urls = [http_server.url(f"/allowed/{name}") for name in IMAGES]
+    (folder / "a.txt").write_text("".join(url + "\n" for url in urls))
+    out = tmp_path / "out"
+    base = ["--url_list", str(folder), "--input_format", "txt", "--output_folder", str(out), "--output_format",
+            "dummy", "--number_sample_per_shard", "3"]
+    assert run(*base) == 0
+    (folder / "b.txt").write_text(urls[0] + "\n")
+    assert run(*base) == 0  # b.txt sorts after a.txt: its row is one more shard
+    assert sum(stats["count"] for stats in read_stats(out).values()) == len(IMAGES) + 1
+    (folder / "a.txt").write_text("".join(url + "\n" for url in [urls[-1], *urls]))
+    capfd.readouterr()
+    assert run(*base) == 2
+    assert f"changed since output_folder {str(out)!r} was made from it (a.txt: " in capfd.readouterr().err
+    (folder / "a.txt").write_text("".join(url + "\n" for url in urls))
+    (folder / "0.txt").write_text(urls[0] + "\n")
+    assert run(*base) == 2
+    assert "(0.txt now comes before a.txt)" in capfd.readouterr().err
+
+
 def test_interrupted_run_resumes_to_a_complete_dataset(tmp_path, http_server):
     """SIGKILL a real run mid-way, rerun: every shard present once, every tar readable."""
     cmd, out = long_run(tmp_path, http_server, rows=400)
