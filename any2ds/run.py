@@ -70,20 +70,20 @@ class Run:
         self.config = config
         check_output_url(config.core.output_folder, config.core.storage())
         self.pipeline = RunPipeline.build(host, config)
-        self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
-        self.output.check_usable()
-        samples = self.pipeline.samples
-        self.sources = samples.reader.input_files(config.core.url_list, config.core.input_format)
-        if config.core.incremental_mode == "overwrite" and any(map(self.output.holds, self.sources)):
-            raise ConfigError(f"url_list {config.core.url_list!r} is inside output_folder "
-                              f"{config.core.output_folder!r}, which incremental_mode overwrite deletes first: "
-                              "move the input out of it")
-        if not isinstance(samples.reader, SampleReader):
-            check_input_columns(samples.reader, self.sources, samples.input_columns())
         try:
+            self.output = OutputFolder(config.core.output_folder, config.core.oom_shard_count, config.core.storage())
+            self.output.check_usable()
+            samples = self.pipeline.samples
+            self.sources = samples.reader.input_files(config.core.url_list, config.core.input_format)
+            if config.core.incremental_mode == "overwrite" and any(map(self.output.holds, self.sources)):
+                raise ConfigError(f"url_list {config.core.url_list!r} is inside output_folder "
+                                  f"{config.core.output_folder!r}, which incremental_mode overwrite deletes first: "
+                                  "move the input out of it")
+            if not isinstance(samples.reader, SampleReader):
+                check_input_columns(samples.reader, self.sources, samples.input_columns())
             check_workers(self.pipeline.distributor, host, config)
         except BaseException:
-            self.pipeline.close()  # the distributor may have started an engine for the preflight
+            self.pipeline.close()  # its plugins, and an engine the distributor may have started for the preflight
             raise
         self.tracker = ProgressTracker(live=_takes_progress(self.pipeline.distributor),
                                        rows=not isinstance(self.pipeline.samples.reader, SampleReader))
