@@ -167,13 +167,14 @@ def test_500_message_uses_server_reason(http_server):
     assert error.retryable
 
 
-def test_connection_refused_message_is_short():
+def test_connection_refused_message_is_img2dataset_s():
+    """A failure before the request went out, in urllib's words, as img2dataset reports it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     error = fetch_error(f"http://127.0.0.1:{port}/x")
     assert error.error_type == "connect"
-    assert error.message == "[Errno 111] Connection refused"
+    assert error.message == "<urlopen error [Errno 111] Connection refused>"
     assert error.retryable
 
 
@@ -209,7 +210,7 @@ def test_dns_failure_message_is_the_resolver_error():
     resolution = urllib3.exceptions.NameResolutionError("no.such.host.invalid", None, reason)
     resolution.__cause__ = reason
     error = as_fetch_error(requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/", resolution)))
-    assert error.message == "[Errno -2] Name or service not known"
+    assert error.message == "<urlopen error [Errno -2] Name or service not known>"
     assert error.error_type == "dns"
 
 
@@ -807,7 +808,7 @@ def test_default_policy_in_a_private_network_namespace(unshare_command):
         "name_for_both": "ok",  # the loopback address is skipped, the public one used
         "redirect_to_loopback": loopback_blocked,
         "redirect_to_name_for_loopback": loopback_blocked,
-        "unanswered_dns": "dns: [Errno -3] DNS lookup timed out",
+        "unanswered_dns": "dns: <urlopen error [Errno -3] DNS lookup timed out>",
         "proxied_public": "ok",  # the proxy is trusted though it is on loopback
         "proxied_metadata": "blocked: blocked: 169.254.169.254 is a cloud metadata address "
                             "(set allow_link_local to allow)",

@@ -51,7 +51,7 @@ from any2ds_plugins.http.host_connections import (
 )
 from any2ds_plugins.http.hosts import host_key, port_of
 from any2ds_plugins.http.manners import DRAIN_LIMIT, HttpOptions, SiteManners, redirect_target, split_url
-from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error, too_many_redirects
+from any2ds_plugins.http.retry import HTTPStatusError, retry_delay, status_error, too_many_redirects, unsent
 from any2ds_plugins.http.robots import robots_refused
 from any2ds_plugins.http.robots_txt import RobotsAnswer
 
@@ -396,7 +396,7 @@ class FastHttpFetcher(SiteManners):
                     infos = await asyncio.get_running_loop().run_in_executor(None, resolve, host, port,
                                                                              attempt.remaining())
                 except OSError as exc:  # socket.gaierror, a resolver too slow to answer included
-                    raise FetchError(str(exc), retryable=True, error_type="dns") from exc
+                    raise FetchError(unsent(str(exc)), retryable=True, error_type="dns") from exc
                 known = (now + DNS_SECONDS, infos)
             if len(self._dns) > MAX_DNS_ENTRIES:
                 self._dns.clear()
@@ -457,16 +457,17 @@ class FastHttpFetcher(SiteManners):
             final_head = transfer.head_complete and transfer.heads()[-1][0].split(None, 2)[1][:1] != b"1"
             if any(transfer.chunks) or (driver.received_since_start(transfer) and not final_head):
                 return attempt.deadline_error()
-            return FetchError("timed out", retryable=True, error_type="timeout")
+            connected = transfer.handle.getinfo(pycurl.CONNECT_TIME) > 0  # as ``http``: its connect timeout
+            return FetchError("timed out" if connected else unsent("timed out"), retryable=True, error_type="timeout")
         if code == pycurl.E_FILESIZE_EXCEEDED:
             return self.too_large()
         if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
-            return FetchError(message, retryable=True, error_type="dns")
+            return FetchError(unsent(message), retryable=True, error_type="dns")
         if code in _SSL_CODES:
             detail = message.removeprefix("SSL certificate problem: ")
             if code == pycurl.E_PEER_FAILED_VERIFICATION:
                 message = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {detail}"
-            return FetchError(message, retryable=False, error_type="tls")
+            return FetchError(unsent(message), retryable=False, error_type="tls")
         if code == _E_TOO_LARGE:
             if transfer.handle.getinfo(pycurl.REQUEST_SIZE):  # as http.client refuses a header line over 64 KiB
                 return FetchError(message or "response head too large", retryable=False, error_type="protocol")
@@ -487,6 +488,8 @@ class FastHttpFetcher(SiteManners):
             errno = transfer.handle.getinfo(pycurl.OS_ERRNO)
             if errno and code in (pycurl.E_COULDNT_CONNECT, pycurl.E_RECV_ERROR, pycurl.E_SEND_ERROR):
                 message = f"[Errno {errno}] {os.strerror(errno)}"
+            if code == pycurl.E_COULDNT_CONNECT:
+                message = unsent(message)
         return FetchError(message, retryable=True, error_type="connect")
 
     # -- a handle's settings and its connection callbacks --------------------

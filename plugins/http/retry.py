@@ -64,6 +64,12 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> HT
                            error_type=kind, http_status=status, retry_after=parse_retry_after(retry_after))
 
 
+def unsent(message: str) -> str:
+    """img2dataset's (urllib's) wording of a failure before a request went out: resolving the
+    host, connecting, the TLS handshake, sending (``<urlopen error [Errno 111] Connection refused>``)."""
+    return f"<urlopen error {message}>"
+
+
 def too_many_redirects(status: int, reason: str | None) -> FetchError:
     """img2dataset's (urllib's) message for a redirect loop or too long a chain: the code and
     reason of the last redirect. Its newlines become spaces, as in every failure message."""

@@ -23,6 +23,7 @@ from any2ds import FetchError
 from any2ds_plugins.http.deadline import CURRENT_ATTEMPT
 from any2ds_plugins.http.framing import FramedResponse, UnframedResponse
 from any2ds_plugins.http.hosts import port_of
+from any2ds_plugins.http.retry import unsent
 
 # Hosts whose idle connection each thread keeps; bounds idle sockets to threads x this.
 HOSTS_PER_THREAD = 2
@@ -71,17 +72,21 @@ def as_fetch_error(exc: Exception) -> FetchError:
     if any(_refused_head(cause) for cause in chain):
         return FetchError(root_message(exc), retryable=False, error_type="protocol")
     if any(isinstance(cause, (NameResolutionError, socket.gaierror)) for cause in chain):
-        return FetchError(root_message(exc), retryable=True, error_type="dns")
+        return FetchError(unsent(root_message(exc)), retryable=True, error_type="dns")
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError)):
-        return FetchError("timed out", retryable=True, error_type="timeout")
-    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
-        return FetchError(root_message(exc), retryable=False, error_type="tls")
+        connecting = any(isinstance(cause, ConnectTimeoutError) for cause in chain)
+        return FetchError(unsent("timed out") if connecting else "timed out", retryable=True, error_type="timeout")
+    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):  # the handshake
+        return FetchError(unsent(root_message(exc)), retryable=False, error_type="tls")
     if isinstance(exc, requests.RequestException):  # every requests error is an OSError: sort them first
         transient = isinstance(exc, requests.ConnectionError)
     else:
         transient = isinstance(exc, (urllib3.exceptions.ProtocolError, OSError))
     if transient:
-        return FetchError(root_message(exc), retryable=True, error_type="connect")
+        message = root_message(exc)
+        if any(isinstance(cause, NewConnectionError) for cause in chain):
+            message = unsent(message)
+        return FetchError(message, retryable=True, error_type="connect")
     kind = "invalid_url" if isinstance(exc, _INVALID_URL) else "protocol"
     return FetchError(root_message(exc), retryable=False, error_type=kind)
 
