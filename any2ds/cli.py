@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from any2ds.errors import Any2dsError
+from any2ds.errors import Any2dsError, Terminated
 from any2ds.manager import AUTOLOAD_DISABLED, BLOCK_ENV, BLOCKED, BROKEN, DISABLE_AUTOLOAD_ENV, PluginHost
 from any2ds.metadata import settle_pandas_probe
 from any2ds.options import DOWNLOAD_DESCRIPTION, OptionSchema, read_plugins
@@ -99,20 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("any2ds: interrupted; finished shards are kept. Run the same command again to resume.", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         print("any2ds: terminated; finished shards are kept. Run the same command again to resume.", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
         _on_sigterm(previous)
 
 
-class _Terminated(BaseException):
-    """SIGTERM (``timeout``, ``docker stop``, Kubernetes, Slurm), raised in the main thread as
-    Ctrl-C's KeyboardInterrupt is, so that a run stops its workers the same way."""
-
-
 def _raise_terminated(_signum: int, _frame: Any) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def _on_sigterm(handler: Any) -> Any:

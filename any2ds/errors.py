@@ -14,6 +14,11 @@ class ConfigError(Any2dsError):
     """The run's configuration is wrong; the message says what to change."""
 
 
+class Terminated(BaseException):
+    """SIGTERM reached the ``any2ds`` command (``timeout``, ``docker stop``, Kubernetes, Slurm):
+    raised in its main thread as Ctrl-C's KeyboardInterrupt is, so that a run stops the same way."""
+
+
 class PluginError(Any2dsError):
     """A plugin is broken or clashes with another; the message names it."""
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from any2ds.config import RunConfig
-from any2ds.errors import ConfigError
+from any2ds.errors import ConfigError, Terminated, clean_message, error_message_of
 from any2ds.manager import PluginHost
 from any2ds.output import SUMMARY_FILE, OutputFolder, check_output_url
 from any2ds.pipeline import RunPipeline, SamplePipeline
@@ -114,11 +114,26 @@ class Run:
             summary = finish_output(self.pipeline.samples, self.config, self.output, totals, start, skipped=len(skip),
                                     failed=failed, inputs=inputs)
             self._notify("run_completed", summary)
+        except BaseException as stop:
+            self._record_stop(start, inputs, stop)
+            raise
         finally:
             ticker.stop()
             close_runners()
             self.pipeline.close()
         return summary
+
+    def _record_stop(self, start: float, inputs: Mapping[str, int], stop: BaseException) -> None:
+        """The summary of a run that ended early (Ctrl-C, SIGTERM, an error): state ``stopped`` and
+        why, not ``running`` for ever. Its committed shards are kept; a rerun resumes."""
+        reason = ("interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated" if isinstance(stop, Terminated)
+                  else clean_message(error_message_of(stop)))
+        try:
+            self.output.write_json(SUMMARY_FILE, {"state": "stopped", "stop_reason": reason, "start_time": start,
+                                                  "stop_time": time.time(), "config": self.config.as_dict(),
+                                                  INPUTS_KEY: dict(inputs)})
+        except Exception:  # the storage may be what failed: the stop's own error is the one to raise
+            pass
 
     def _shards(self, skip: set[int], first_id: int) -> Iterable[Shard]:
         """The run's shards, read lazily: cut from the rows, or planned by a SampleReader."""

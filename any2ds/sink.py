@@ -38,8 +38,7 @@ class ShardSink:
     its last shard with extend; the default, incremental, refuses a folder that has shards
     (a sink cannot tell which of its rows are done). Thread-safe: writes are serialized.
     If a write or the block raises, the open shard is dropped and the sink is closed with
-    its committed shards kept (and the summary left in state "running", as an interrupted
-    run leaves it).
+    its committed shards kept (and the summary left in state "running").
     """
 
     def __init__(self, pipeline: SamplePipeline, output_folder: str, input_schema: pa.Schema | None = None) -> None:

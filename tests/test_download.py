@@ -417,8 +417,12 @@ def test_a_run_killed_or_terminated_leaves_no_worker_behind(tmp_path, http_serve
     assert len(workers) >= 2, "the run's workers are not there"
     proc.send_signal(sent)
     assert proc.wait(timeout=60) == code
+    summary = json.loads((out / "_any2ds" / "run_summary.json").read_text())
     if sent == signal.SIGTERM:
         assert "any2ds: terminated; finished shards are kept" in proc.stderr.read()
+        assert (summary["state"], summary["stop_reason"]) == ("stopped", "terminated")
+    else:  # nothing ran to say so
+        assert summary["state"] == "running"
     assert wait_until(lambda: not any(map(_running, workers)), 30), "a worker outlived its run"
     done = len(glob.glob(f"{out}/*_stats.json"))
     time.sleep(1)

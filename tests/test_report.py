@@ -139,6 +139,25 @@ def test_json_report_of_an_image_run(image_output, capsys):
     assert report["warnings"] == []
 
 
+
+def test_a_run_an_error_stops_is_reported_stopped_with_why(tmp_path, capsys, monkeypatch):
+    """The second input file lacks the URL column (the first is checked at startup): the run
+    stops there, and its summary and report say so rather than running for ever."""
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "a.csv").write_text("url\nhttp://127.0.0.1:9/a.jpg\n")
+    (folder / "b.csv").write_text("link\nhttp://127.0.0.1:9/b.jpg\n")
+    out = tmp_path / "out"
+    assert main(["download", "--url_list", str(folder), "--input_format", "csv", "--output_folder", str(out),
+                 "--distributor", "inprocess", "--progress", "none"]) == 2
+    summary = json.loads((out / "_any2ds" / "run_summary.json").read_text())
+    assert summary["state"] == "stopped"
+    assert summary["stop_reason"].startswith(f"ConfigError: input file {folder / 'b.csv'}: column(s) 'url' not found")
+    monkeypatch.setenv("COLUMNS", "300")
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert f"state: stopped (ConfigError: input file {folder / 'b.csv'}: column(s) 'url'" in capsys.readouterr().out
+
 def test_terminal_report_of_an_image_run(image_output, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     assert main(["report", str(image_output)]) == 0

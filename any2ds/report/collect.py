@@ -116,6 +116,7 @@ def collect_report(url: str, top: int = 10, storage: Storage = Storage()) -> dic
         "output_folder": url,
         "generated_at": time.time(),
         "state": summary.get("state", "unknown"),
+        "stop_reason": summary.get("stop_reason"),
         "run_start_time": summary.get("start_time"),
         "shards": {
             "done": len(shards),

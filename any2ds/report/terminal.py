@@ -41,6 +41,8 @@ def _overview(report: Mapping[str, Any]) -> Text:
     shards, samples = report["shards"], report["samples"]
     text = Text.assemble(("any2ds report ", "bold"), report["output_folder"], "\n")
     text.append(f"state: {report['state']}", style="bold green" if report["state"] == "done" else "bold yellow")
+    if report["state"] == "stopped" and report["stop_reason"]:
+        text.append(f" ({report['stop_reason']})")
     text.append(f" · shards: {shards['done']} done, {shards['in_progress']} in progress, "
                 f"{len(shards['failed'])} failed")
     if report["state"] == "running" and report["run_start_time"]:
