@@ -91,7 +91,9 @@ class ReportingTask:
 
 class ShareRecordingTask:
     """Shards 0 and 1 wait until both have started (two workers busy) and write the ``cpu_share``
-    they see then; shard 1 then waits (up to 30 s) for its share to change, and writes that too."""
+    they see then; shard 0 ends only once shard 1 has read its share (a busy machine may hold
+    shard 1's worker back that long); shard 1 then waits (up to 30 s) for its share to change,
+    and writes that too."""
 
     def __init__(self, marker_dir: Path) -> None:
         self.marker_dir = str(marker_dir)
@@ -102,7 +104,10 @@ class ShareRecordingTask:
             (markers / f"{shard.shard_id}.started").touch()
             wait_until(lambda: all((markers / f"{i}.started").exists() for i in (0, 1)), 30)
         seen = [cpu_share()]
+        if shard.shard_id == 0:
+            wait_until((markers / "1.read").exists, 30)
         if shard.shard_id == 1:
+            (markers / "1.read").touch()
             wait_until(lambda: cpu_share() != seen[0], 30)
             seen.append(cpu_share())
         (markers / f"{shard.shard_id}.share").write_text(json.dumps(seen))
