@@ -99,9 +99,10 @@ class Pipeline:
                               "rows by process() and runs in its caller's process; processing_threads sets its "
                               "threads)")
         # Imported here: jsonargparse (20 ms, 3.7 MB) stays out of the workers, which import this module.
-        from any2ds.options import OptionSchema, keyword_plugins
+        from any2ds.options import OptionSchema, read_keyword_plugins
 
-        host = PluginHost.load(local_plugins=keyword_plugins(options))
+        plugins, options = read_keyword_plugins(options)
+        host = PluginHost.load(local_plugins=plugins)
         config = OptionSchema(host).parse_kwargs(options, needs_url_list=False)
         built = SamplePipeline.build(host, config, read_input=False)
         try:

@@ -217,10 +217,12 @@ class OptionSchema:
         """``any2ds.download(**kwargs)``, type-checked exactly as the flags are; ``needs_url_list``
         is False for what reads no input list (``any2ds.Pipeline``, reading an output back).
         A ``config`` keyword names a YAML file of options, read as ``--config`` is (flat names
-        shared by several components set each of them); the other keywords win over it."""
+        shared by several components set each of them), or holds its options once read (see
+        :func:`read_keyword_plugins`); the other keywords win over it."""
         kwargs = dict(kwargs)
-        path = kwargs.pop("config", None)
-        file_values = _read_config(path, "config") if path is not None else {}
+        file_values = kwargs.pop("config", None) or {}
+        if not isinstance(file_values, Mapping):  # a path
+            file_values = _read_config(file_values, "config")
         namespaces = set(self.namespaces.values())
         self.reject_unknown(_names(file_values, namespaces))
         self.reject_unknown(_names(kwargs, namespaces))
@@ -384,14 +386,14 @@ def read_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return specs, normalized
 
 
-def keyword_plugins(kwargs: Mapping[str, Any]) -> list[str]:
-    """The one-off plugins ``any2ds.download`` or ``Pipeline`` keywords name: ``plugins``, else the
-    ``plugins`` key of the YAML file their ``config`` keyword names."""
-    if kwargs.get("plugins"):
-        return plugin_list(kwargs["plugins"])
-    if kwargs.get("config") is None:
-        return []
-    return plugin_list(_read_config(kwargs["config"], "config").get("plugins") or [])
+def read_keyword_plugins(kwargs: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """:func:`read_plugins` for ``any2ds.download`` or ``Pipeline`` keywords: the one-off plugins
+    they name (``plugins``, else the ``plugins`` key of their ``config`` file), and the keywords
+    with the ``config`` file's path replaced by its options, so that the file is read once."""
+    kwargs = dict(kwargs)
+    if kwargs.get("config") is not None and not isinstance(kwargs["config"], Mapping):
+        kwargs["config"] = _read_config(kwargs["config"], "config")
+    return plugin_list(kwargs.get("plugins") or (kwargs.get("config") or {}).get("plugins") or []), kwargs
 
 
 def _read_config(path: str | os.PathLike, name: str = "--config") -> dict[str, Any]:

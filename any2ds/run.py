@@ -56,9 +56,10 @@ def download(*args: Any, **kwargs: Any) -> dict[str, Any]:
         kwargs[name] = value
 
     # Imported here: jsonargparse (20 ms, 3.7 MB) stays out of the workers, which import this module.
-    from any2ds.options import OptionSchema, keyword_plugins
+    from any2ds.options import OptionSchema, read_keyword_plugins
 
-    host = PluginHost.load(local_plugins=keyword_plugins(kwargs))
+    plugins, kwargs = read_keyword_plugins(kwargs)
+    host = PluginHost.load(local_plugins=plugins)
     return Run(host, OptionSchema(host).parse_kwargs(kwargs)).execute()
 
 

@@ -11,7 +11,7 @@ import yaml
 from any2ds import Processor, Writer, hookimpl, option
 from any2ds.errors import ConfigError
 from any2ds.manager import PluginHost
-from any2ds.options import OptionSchema, keyword_plugins, read_plugins
+from any2ds.options import OptionSchema, read_keyword_plugins, read_plugins
 
 
 def _size_at_least_one(_inst, attribute, value):
@@ -140,8 +140,10 @@ def test_a_config_keyword_reads_its_file_as_the_flag_does(schema, tmp_path):
             "user_agent_token", "disallowed_header_directives", "retries", "allow_private_networks")} == {
             "user_agent_token": "img2dataset", "disallowed_header_directives": ["noai", "noindex"],
             "retries": 2, "allow_private_networks": True}
-    assert keyword_plugins({"config": str(path)}) == ["a.py"]
-    assert keyword_plugins({"config": str(path), "plugins": "b.py"}) == ["b.py"]
+    plugins, read_once = read_keyword_plugins({"url_list": "in.txt", "config": str(path)})
+    assert plugins == ["a.py"] and read_once["config"]["retries"] == 2
+    assert schema.parse_kwargs(read_once).component_values == from_keyword.component_values
+    assert read_keyword_plugins({"config": str(path), "plugins": "b.py"})[0] == ["b.py"]
 
     overridden = schema.parse_kwargs({"url_list": "in.txt", "config": str(path), "retries": 0,
                                       "thumbnail": {"size": 5}, "fast_http.timeout": 2})
