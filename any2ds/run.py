@@ -7,6 +7,7 @@ is retried ``max_shard_retry`` times and then reported in the summary.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import posixpath
 import sys
@@ -97,9 +98,7 @@ class Run:
         self.check_resume()
         skip, first_id = self.output.prepare(core.incremental_mode)
         start = time.time()
-        inputs = self._input_sizes()
-        self.output.write_json(SUMMARY_FILE, {"state": "running", "start_time": start, "config": self.config.as_dict(),
-                                              INPUTS_KEY: inputs})
+        self._write_unfinished_summary("running", start)
         task = ShardTask(self.config, self.pipeline.distributor.dedicated_workers)
         totals = RunTotals()
         self._notify("run_started", self.config)
@@ -113,10 +112,10 @@ class Run:
                 failed = self._run_round(list(failed.values()), task, totals)
             ticker.stop()
             summary = finish_output(self.pipeline.samples, self.config, self.output, totals, start, skipped=len(skip),
-                                    failed=failed, inputs=inputs)
+                                    failed=failed, inputs=self.input_sizes)
             self._notify("run_completed", summary)
         except BaseException as stop:
-            self._record_stop(start, inputs, stop)
+            self._record_stop(start, stop)
             raise
         finally:
             ticker.stop()
@@ -124,17 +123,21 @@ class Run:
             self.pipeline.close()
         return summary
 
-    def _record_stop(self, start: float, inputs: Mapping[str, int], stop: BaseException) -> None:
+    def _record_stop(self, start: float, stop: BaseException) -> None:
         """The summary of a run that ended early (Ctrl-C, SIGTERM, an error): state ``stopped`` and
         why, not ``running`` for ever. Its committed shards are kept; a rerun resumes."""
         reason = ("interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated" if isinstance(stop, Terminated)
                   else clean_message(error_message_of(stop)))
         try:
-            self.output.write_json(SUMMARY_FILE, {"state": "stopped", "stop_reason": reason, "start_time": start,
-                                                  "stop_time": time.time(), "config": self.config.as_dict(),
-                                                  INPUTS_KEY: dict(inputs)})
+            self._write_unfinished_summary("stopped", start, stop_reason=reason, stop_time=time.time())
         except Exception:  # the storage may be what failed: the stop's own error is the one to raise
             pass
+
+    def _write_unfinished_summary(self, state: str, start: float, **why: Any) -> None:
+        """The run summary before the run's totals are known: its state, start, config and input
+        files (what a resume checks)."""
+        self.output.write_json(SUMMARY_FILE, {"state": state, **why, "start_time": start,
+                                              "config": self.config.as_dict(), INPUTS_KEY: self.input_sizes})
 
     def _shards(self, skip: set[int], first_id: int) -> Iterable[Shard]:
         """The run's shards, read lazily: cut from the rows, or planned by a SampleReader."""
@@ -236,7 +239,7 @@ class Run:
                 + "; resuming would shift rows between shards. Use the same options, "
                 "incremental_mode=overwrite, or another output_folder."
             )
-        change = _input_change(previous.get(INPUTS_KEY) or {}, self._input_sizes())
+        change = _input_change(previous.get(INPUTS_KEY) or {}, self.input_sizes)
         if change is not None:
             raise ConfigError(
                 f"url_list {self.config.core.url_list!r} changed since output_folder "
@@ -244,7 +247,8 @@ class Run:
                 "between shards. Use the same input, incremental_mode=overwrite, or another output_folder."
             )
 
-    def _input_sizes(self) -> dict[str, int]:
+    @functools.cached_property
+    def input_sizes(self) -> dict[str, int]:
         """Each input file's name and size, in input order: what a resume checks its input against.
         Rows are cut into shards by their place in the files; a SampleReader plans its own shards
         (an archive's are the archive's), and lists files that may be missing: nothing to record."""
