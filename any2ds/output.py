@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import fsspec
 
-from any2ds.errors import ConfigError
+from any2ds.errors import ConfigError, clean_message
 from any2ds.storage import Storage
 from any2ds.types import InputSource, shard_name
 
@@ -106,7 +106,7 @@ class OutputFolder:
         except ConfigError:
             raise
         except Exception as exc:  # the filesystem's own error, whatever its class (botocore's, ...)
-            raise ConfigError(f"output_folder {self.url!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ConfigError(f"output_folder {self.url!r}: {type(exc).__name__}: {clean_message(str(exc))}") from exc
 
     def prepare(self, mode: str) -> tuple[set[int], int]:
         """Apply the incremental mode; return (shard ids to skip, id of the first new shard)."""
@@ -370,10 +370,6 @@ def file_sha256(f: BinaryIO) -> str:
     while block := f.read(2**20):
         digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -65,7 +65,6 @@ class ShardCutter:
                 yield batch
 
 
-
 def check_input_columns(reader: Reader, sources: Sequence[InputSource], columns: Sequence[str]) -> None:
     """Refuse an input whose first file lacks a column the run reads, before anything is written.
     Each file is checked again as it is read (a later one may lack it)."""
